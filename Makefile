@@ -1,0 +1,26 @@
+# The two commands: `make run` (the whole stack on embedded defaults) and `make test`.
+# Both create the project-local virtualenv on first use; nothing needs installing beforehand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench envoy-config clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/llm-gateway run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+envoy-config: $(STAMP)
+	@$(BIN)/llm-gateway envoy-config
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .hypothesis

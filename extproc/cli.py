@@ -1,0 +1,71 @@
+"""`llm-gateway`: the project's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from extproc import logs
+
+
+def _run(args: argparse.Namespace) -> int:
+    from extproc import stack
+
+    logs.configure("stack")
+    return stack.run()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from extproc import server
+    from extproc.settings import load_settings
+
+    logs.configure("ext_proc")
+    server.run(load_settings())
+    return 0
+
+
+def _mock_upstream(args: argparse.Namespace) -> int:
+    from extproc import mock_upstream
+
+    logs.configure("mock_upstream")
+    try:
+        asyncio.run(mock_upstream.serve(args.host, args.port, mock_upstream.options_from_cli(args)))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _envoy_config(args: argparse.Namespace) -> int:
+    from extproc.envoy_config import render_bootstrap_yaml
+    from extproc.settings import load_settings
+
+    sys.stdout.write(render_bootstrap_yaml(load_settings()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from extproc import mock_upstream
+
+    parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="the whole stack in the foreground (embedded defaults)").set_defaults(
+        handler=_run
+    )
+    commands.add_parser("serve", help="the ext_proc gRPC server only").set_defaults(handler=_serve)
+    commands.add_parser("envoy-config", help="print the Envoy bootstrap rendered from the settings").set_defaults(
+        handler=_envoy_config
+    )
+    mock = commands.add_parser("mock-upstream", help="the OpenRouter-compatible mock upstream")
+    mock_upstream.add_cli_arguments(mock)
+    mock.set_defaults(handler=_mock_upstream)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

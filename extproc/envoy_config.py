@@ -1,0 +1,360 @@
+"""Renders the Envoy bootstrap from `Settings`, so a provider is declared once.
+
+Request path through Envoy (see docs/ARCHITECTURE.md):
+  listener -> HCM (trusted hops, request id, routing header stripped before routing)
+  -> ext_proc (headers SEND, request body BUFFERED, response headers SEND, response body
+     STREAMED with per-response override) -> router.
+The two chat paths start on a route whose only job is to let the ext_proc run; the ext_proc
+then sets `x-gateway-upstream` and clears the route cache, and Envoy re-routes to that
+provider's cluster. Every other path is answered by Envoy itself with no Python round trip.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import yaml
+
+from extproc import errors
+from extproc.errors import GatewayError
+from extproc.settings import Provider, Settings
+
+UPSTREAM_HEADER = "x-gateway-upstream"
+CHAT_PATHS = ("/api/gateway/chat/completions", "/api/openrouter/chat/completions")
+GATEWAY_PREFIXES = ("/api/gateway/", "/api/openrouter/")
+EXTPROC_CLUSTER = "extproc"
+EXTPROC_FILTER = "envoy.filters.http.ext_proc"
+# Headers the HCM adds or keeps for itself; they stay during routing (Envoy's route lookup
+# needs x-forwarded-proto) and are removed on the way to a provider, which sees none of them.
+ENVOY_REQUEST_HEADERS = (
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-request-id",
+    "x-envoy-external-address",
+    "x-envoy-internal",
+)
+
+_HIGH_LIMITS = {
+    "thresholds": [
+        {
+            "priority": "DEFAULT",
+            "max_connections": 100_000,
+            "max_pending_requests": 100_000,
+            "max_requests": 100_000,
+            "max_retries": 10,
+        }
+    ]
+}
+
+
+def _address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
+    return {"@type": f"type.googleapis.com/{type_name}", **fields}
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _extproc_disabled() -> dict[str, Any]:
+    return {
+        EXTPROC_FILTER: _typed(
+            "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", disabled=True
+        )
+    }
+
+
+def _json_reply(error: GatewayError) -> dict[str, Any]:
+    return {"status": error.status, "body": {"inline_string": error.json().decode()}}
+
+
+def _direct_route(name: str, match: dict[str, Any], error: GatewayError) -> dict[str, Any]:
+    return {
+        "name": name,
+        "match": match,
+        "direct_response": _json_reply(error),
+        "response_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "typed_per_filter_config": _extproc_disabled(),
+    }
+
+
+def _provider_route(settings: Settings, provider: Provider) -> dict[str, Any]:
+    return {
+        "name": f"upstream_{provider.id}",
+        "match": {
+            "prefix": "/",
+            "headers": [{"name": UPSTREAM_HEADER, "string_match": {"exact": provider.cluster}}],
+        },
+        "route": {
+            "cluster": provider.cluster,
+            "host_rewrite_literal": provider.authority,
+            # Contract 2.15: a generation may take up to 10 minutes; never Envoy's 15 s default.
+            "timeout": _seconds(settings.upstream_timeout_seconds),
+            "idle_timeout": _seconds(settings.stream_idle_timeout_seconds),
+        },
+        "request_headers_to_remove": [UPSTREAM_HEADER, *ENVOY_REQUEST_HEADERS],
+    }
+
+
+def _chat_route(settings: Settings, path: str) -> dict[str, Any]:
+    # Only reached before the ext_proc has chosen an upstream. The ext_proc always either
+    # answers or re-routes; if it somehow did neither, the client gets the catalogue's 500.
+    route = _direct_route(
+        f"chat{path.replace('/', '_')}",
+        {"path": path, "headers": [{"name": ":method", "string_match": {"exact": "POST"}}]},
+        errors.INTERNAL_ERROR,
+    )
+    del route["typed_per_filter_config"]
+    return route
+
+
+def _routes(settings: Settings) -> list[dict[str, Any]]:
+    routes = [_provider_route(settings, p) for p in settings.routable_providers.values()]
+    routes += [_chat_route(settings, path) for path in CHAT_PATHS]
+    routes += [
+        _direct_route(f"invalid_path{i}", {"prefix": prefix}, errors.INVALID_PATH)
+        for i, prefix in enumerate(GATEWAY_PREFIXES)
+    ]
+    routes.append(_direct_route("not_found", {"prefix": "/"}, errors.NOT_FOUND))
+    return routes
+
+
+def _extproc_filter(settings: Settings) -> dict[str, Any]:
+    return {
+        "name": EXTPROC_FILTER,
+        "typed_config": _typed(
+            "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            # No grpc_service timeout: the side stream lives as long as the generation.
+            grpc_service={"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
+            processing_mode={
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SEND",
+                "response_body_mode": "STREAMED",
+                "response_trailer_mode": "SKIP",
+            },
+            allow_mode_override=True,
+            message_timeout=f"{settings.extproc_message_timeout_ms / 1000:g}s",
+            max_message_timeout="30s",
+            failure_mode_allow=False,
+            # The client address as Envoy derived it with the trusted hops (contract 11.2).
+            # Every client header reaches the ext_proc, which removes all of them from the
+            # upstream request: a header it never saw would go upstream untouched.
+            request_attributes=["source.address"],
+        ),
+    }
+
+
+def _access_log() -> list[dict[str, Any]]:
+    fields = {
+        "time": "%START_TIME%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+        "method": "%REQ(:METHOD)%",
+        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "status": "%RESPONSE_CODE%",
+        "details": "%RESPONSE_CODE_DETAILS%",
+        "flags": "%RESPONSE_FLAGS%",
+        "upstream_cluster": "%UPSTREAM_CLUSTER%",
+        "bytes_received": "%BYTES_RECEIVED%",
+        "bytes_sent": "%BYTES_SENT%",
+        "duration_ms": "%DURATION%",
+        "upstream_ms": "%RESPONSE_DURATION%",
+    }
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": _typed(
+                "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                log_format={"json_format": fields},
+            ),
+        }
+    ]
+
+
+def _http_connection_manager(settings: Settings) -> dict[str, Any]:
+    too_large = errors.PAYLOAD_TOO_LARGE
+    return _typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix="gateway",
+        codec_type="AUTO",
+        # Contract 6.1: the client sees only whitelisted headers, so no `server: envoy` either.
+        server_header_transformation="PASS_THROUGH",
+        use_remote_address=True,
+        xff_num_trusted_hops=settings.trusted_proxy_hops,
+        generate_request_id=True,
+        stream_idle_timeout=_seconds(settings.stream_idle_timeout_seconds),
+        request_timeout="0s",
+        # Runs before route selection: a client can never pick a cluster by sending the
+        # routing header itself; only the ext_proc's mutation (after this) sets it.
+        early_header_mutation_extensions=[
+            {
+                "name": "strip_routing_header",
+                "typed_config": _typed(
+                    "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
+                    mutations=[{"remove": UPSTREAM_HEADER}],
+                ),
+            }
+        ],
+        local_reply_config={
+            "mappers": [
+                {
+                    "filter": {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {"default_value": 413, "runtime_key": "gateway.413"},
+                            }
+                        }
+                    },
+                    "body": {"inline_string": too_large.json().decode()},
+                    "body_format_override": {
+                        "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+                        "content_type": "application/json",
+                    },
+                }
+            ]
+        },
+        access_log=_access_log(),
+        route_config={
+            "name": "gateway",
+            "virtual_hosts": [{"name": "gateway", "domains": ["*"], "routes": _routes(settings)}],
+        },
+        http_filters=[
+            # Holds the whole request body up to the limit (beyond it: 413), so the ext_proc's
+            # BUFFERED body phase sees the complete JSON document.
+            {
+                "name": "envoy.filters.http.buffer",
+                "typed_config": _typed(
+                    "envoy.extensions.filters.http.buffer.v3.Buffer",
+                    max_request_bytes=settings.max_request_body_bytes,
+                ),
+            },
+            _extproc_filter(settings),
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": _typed(
+                    "envoy.extensions.filters.http.router.v3.Router", suppress_envoy_headers=True
+                ),
+            },
+        ],
+    )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _provider_cluster(settings: Settings, provider: Provider) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": provider.cluster,
+        "type": "STATIC" if _is_ip(provider.host) else "LOGICAL_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "circuit_breakers": _HIGH_LIMITS,
+        "upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 60}},
+        "load_assignment": {
+            "cluster_name": provider.cluster,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _address(provider.host, provider.port)}}]}
+            ],
+        },
+    }
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    if provider.tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": _typed(
+                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                sni=provider.host,
+                common_tls_context={
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "validation_context": {
+                        "trusted_ca": {"filename": settings.ca_bundle},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": provider.host}}
+                        ],
+                    },
+                },
+            ),
+        }
+        protocol = {"auto_config": {"http2_protocol_options": {}, "http_protocol_options": {}}}
+    else:
+        protocol = {"explicit_http_config": {"http_protocol_options": {}}}
+    cluster["typed_extension_protocol_options"] = {options: _typed(options, **protocol)}
+    return cluster
+
+
+def _extproc_cluster(settings: Settings) -> dict[str, Any]:
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    return {
+        "name": EXTPROC_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "circuit_breakers": _HIGH_LIMITS,
+        "load_assignment": {
+            "cluster_name": EXTPROC_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _address(settings.extproc_host, settings.extproc_port)}}
+                    ]
+                }
+            ],
+        },
+        "typed_extension_protocol_options": {
+            options: _typed(
+                options,
+                explicit_http_config={
+                    "http2_protocol_options": {
+                        # Every in-flight chat request holds one stream on this connection.
+                        "max_concurrent_streams": 100_000,
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                    }
+                },
+            )
+        },
+    }
+
+
+def render_bootstrap(settings: Settings) -> dict[str, Any]:
+    return {
+        "admin": {"address": _address("127.0.0.1", settings.envoy_admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "gateway_http",
+                    "address": _address(settings.listen_host, settings.listen_port),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": _http_connection_manager(settings),
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [_extproc_cluster(settings)]
+            + [_provider_cluster(settings, p) for p in settings.routable_providers.values()],
+        },
+    }
+
+
+def render_bootstrap_yaml(settings: Settings) -> str:
+    return yaml.safe_dump(render_bootstrap(settings), sort_keys=False)

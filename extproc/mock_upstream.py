@@ -1,0 +1,577 @@
+"""OpenRouter-compatible mock LLM upstream.
+
+Serves deterministic chat completions (JSON or SSE shaped like OpenRouter's),
+OpenRouter's generation-stats endpoint, and a little introspection for tests.
+It backs the test suite, `make run` without a provider key, and the benchmark,
+so the streaming path precomputes everything it can and each SSE event costs
+one small `orjson.dumps` plus a bytes concatenation.
+
+Clients talk to it through the gateway and cannot set headers, so per-request
+behaviour is controlled by a top-level `"mock": {...}` key in the chat body;
+see docs/mock-upstream.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+MAX_RECORDED_REQUESTS = 200
+MAX_GENERATIONS = 10_000
+# Real providers take prompts of many MiB; aiohttp's default limit is 1 MiB.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+REPLY_PREFIX = "Mock reply: "
+MAX_REPLY_CHARS = 200
+
+# USD per token. Decimal so the emitted cost is the exact price arithmetic and
+# the gateway's accounting can be checked to the last digit.
+_MICRO_USD = Decimal("0.000001")
+PROMPT_PRICE = Decimal("0.3") * _MICRO_USD
+CACHED_PROMPT_PRICE = Decimal("0.075") * _MICRO_USD
+COMPLETION_PRICE = Decimal("1.5") * _MICRO_USD
+# OpenRouter charges BYOK requests a fee of 5 % of the upstream cost.
+BYOK_FEE = Decimal("0.05")
+
+
+@dataclass(frozen=True)
+class MockOptions:
+    """Per-request knobs: server defaults, overridden by the body's "mock" key."""
+
+    content: str | None = None
+    chunks: int | None = None
+    reasoning: str | None = None
+    keepalives: int = 1
+    provider: str = "MockProvider"
+    cached_tokens: int | None = None
+    is_byok: bool = False
+    generation_delay_ms: float = 0
+    status: int = 200
+    error_body: Any = None
+    headers_delay_ms: float = 0
+    chunk_delay_ms: float = 0
+    error_after: int | None = None
+    no_usage: bool = False
+
+
+class MockRequestError(ValueError):
+    """The chat request (or its "mock" options) is invalid; answered with 400."""
+
+
+def _is_count(value: object) -> bool:
+    # bool is an int subclass; `true` must not pass for a count.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_duration(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_status(value: object) -> bool:
+    # 1xx cannot be a final response, and aiohttp rejects codes outside 100-599.
+    return isinstance(value, int) and not isinstance(value, bool) and 200 <= value <= 599
+
+
+def _or_null(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
+
+
+# One entry per MockOptions field: (validator, what the 400 message says it must be).
+_OPTION_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "content": (_or_null(_is_str), "a string or null"),
+    "chunks": (_or_null(_is_count), "a non-negative integer or null"),
+    "reasoning": (_or_null(_is_str), "a string or null"),
+    "keepalives": (_is_count, "a non-negative integer"),
+    "provider": (_is_str, "a string"),
+    "cached_tokens": (_or_null(_is_count), "a non-negative integer or null"),
+    "is_byok": (_is_bool, "a boolean"),
+    "generation_delay_ms": (_is_duration, "a non-negative number"),
+    "status": (_is_status, "an HTTP status between 200 and 599"),
+    "error_body": (lambda value: True, "any JSON value"),
+    "headers_delay_ms": (_is_duration, "a non-negative number"),
+    "chunk_delay_ms": (_is_duration, "a non-negative number"),
+    "error_after": (_or_null(_is_count), "a non-negative integer or null"),
+    "no_usage": (_is_bool, "a boolean"),
+}
+
+
+def _apply_overrides(defaults: MockOptions, overrides: object) -> MockOptions:
+    if not isinstance(overrides, dict):
+        raise MockRequestError('"mock" must be a JSON object')
+    for key, value in overrides.items():
+        check = _OPTION_CHECKS.get(key)
+        if check is None:
+            raise MockRequestError(f"unknown mock option {key!r}")
+        if not check[0](value):
+            raise MockRequestError(f"mock option {key!r} must be {check[1]}")
+    return replace(defaults, **overrides)
+
+
+# Each token is a word with its trailing whitespace (leading whitespace gets its
+# own token), so joining the tokens reproduces the text exactly.
+_TOKEN = re.compile(r"\S+\s*|\s+")
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(
+                    part["text"]
+                    for part in content
+                    if isinstance(part, dict)
+                    and part.get("type") == "text"
+                    and isinstance(part.get("text"), str)
+                )
+            return ""
+    return ""
+
+
+def _reply_text(messages: list[Any], options: MockOptions) -> str:
+    if options.chunks is not None:
+        return " ".join(f"w{i}" for i in range(1, options.chunks + 1))
+    if options.content is not None:
+        return options.content
+    return (REPLY_PREFIX + _last_user_text(messages))[:MAX_REPLY_CHARS]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything the reply will contain, derived once from the request."""
+
+    options: MockOptions
+    model: str
+    tokens: list[str]
+    reasoning_tokens: list[str]
+    prompt_tokens: int
+    cached_tokens: int
+
+    def usage(self, content_sent: int, reasoning_sent: int) -> dict[str, Any]:
+        completion = content_sent + reasoning_sent
+        uncached = max(0, self.prompt_tokens - self.cached_tokens)
+        amount = (
+            uncached * PROMPT_PRICE
+            + self.cached_tokens * CACHED_PROMPT_PRICE
+            + completion * COMPLETION_PRICE
+        )
+        is_byok = self.options.is_byok
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+            "cost": float(amount * BYOK_FEE if is_byok else amount),
+            "is_byok": is_byok,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "cost_details": {"upstream_inference_cost": float(amount) if is_byok else None},
+            "completion_tokens_details": {"reasoning_tokens": reasoning_sent},
+        }
+
+
+def _plan(body: object, defaults: MockOptions) -> _Plan:
+    if not isinstance(body, dict):
+        raise MockRequestError("request body must be a JSON object")
+    options = _apply_overrides(defaults, body.get("mock", {}))
+    model = body.get("model")
+    messages = body.get("messages")
+    if not isinstance(model, str):
+        raise MockRequestError('"model" must be a string')
+    if not isinstance(messages, list):
+        raise MockRequestError('"messages" must be a list')
+    prompt_tokens = max(1, len(orjson.dumps(messages)) // 4)
+    return _Plan(
+        options=options,
+        model=model,
+        tokens=_TOKEN.findall(_reply_text(messages, options)),
+        reasoning_tokens=_TOKEN.findall(options.reasoning or ""),
+        prompt_tokens=prompt_tokens,
+        cached_tokens=prompt_tokens // 4 if options.cached_tokens is None else options.cached_tokens,
+    )
+
+
+def expected_usage(request_body: dict[str, Any], options: MockOptions) -> dict[str, Any]:
+    """The usage object the mock sends for a completed request.
+
+    `options` are the server defaults; a "mock" key in `request_body` is applied
+    on top, as the server does. Raises MockRequestError for a body the server
+    would reject with 400.
+    """
+    plan = _plan(request_body, options)
+    return plan.usage(len(plan.tokens), len(plan.reasoning_tokens))
+
+
+def expected_text(request_body: dict[str, Any], options: MockOptions) -> str:
+    """The reply text the mock sends for `request_body` (same rules as expected_usage)."""
+    return "".join(_plan(request_body, options).tokens)
+
+
+@dataclass(slots=True)
+class _Run:
+    """Progress of one generation, for the generation record."""
+
+    plan: _Plan
+    id: str
+    streamed: bool
+    started: float  # time.monotonic()
+    created: float = field(default_factory=time.time)
+    first_token_at: float | None = None
+    content_sent: int = 0
+    reasoning_sent: int = 0
+
+
+@dataclass(slots=True)
+class _Generation:
+    data: dict[str, Any]
+    available_at: float  # time.monotonic(); until then the endpoint says 404
+
+
+def _elapsed_ms(start: float, end: float) -> int:
+    return round((end - start) * 1000)
+
+
+@dataclass
+class _State:
+    defaults: MockOptions
+    requests: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=MAX_RECORDED_REQUESTS)
+    )
+    # dicts keep insertion order, so the first key is the oldest generation.
+    generations: dict[str, _Generation] = field(default_factory=dict)
+
+    def record_request(self, request: web.Request, body: Any) -> None:
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query),
+                "headers": {name.lower(): value for name, value in request.headers.items()},
+                "body": body,
+            }
+        )
+
+    def finish(self, run: _Run, finish_reason: str | None, cancelled: bool) -> dict[str, Any]:
+        """Record the generation and return its usage."""
+        now = time.monotonic()
+        plan = run.plan
+        usage = plan.usage(run.content_sent, run.reasoning_sent)
+        self.generations[run.id] = _Generation(
+            data={
+                "id": run.id,
+                "model": plan.model,
+                "provider_name": plan.options.provider,
+                "total_cost": usage["cost"],
+                "upstream_inference_cost": usage["cost_details"]["upstream_inference_cost"],
+                "cache_discount": float(
+                    plan.cached_tokens * (PROMPT_PRICE - CACHED_PROMPT_PRICE)
+                ),
+                "native_tokens_prompt": plan.prompt_tokens,
+                "native_tokens_completion": usage["completion_tokens"],
+                "native_tokens_cached": plan.cached_tokens,
+                "native_tokens_reasoning": run.reasoning_sent,
+                "finish_reason": finish_reason,
+                "latency": _elapsed_ms(run.started, run.first_token_at or now),
+                "generation_time": _elapsed_ms(run.started, now),
+                "moderation_latency": None,
+                "streamed": run.streamed,
+                "cancelled": cancelled,
+                "is_byok": plan.options.is_byok,
+                "created_at": datetime.fromtimestamp(run.created, timezone.utc).isoformat(),
+            },
+            available_at=now + plan.options.generation_delay_ms / 1000,
+        )
+        if len(self.generations) > MAX_GENERATIONS:
+            del self.generations[next(iter(self.generations))]
+        return usage
+
+
+_STATE = web.AppKey("mock_upstream_state", _State)
+
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": {"message": message, "code": status}}, status)
+
+
+# SSE building blocks. A chunk is `data: ` + the JSON object opened by the
+# per-request head ({"id":...,"created":T) + one of these tails.
+_KEEPALIVE = b": OPENROUTER PROCESSING\n\n"
+_DONE = b"data: [DONE]\n\n"
+_CONTENT_DELTA = b',"choices":[{"index":0,"delta":{"role":"assistant","content":'
+_REASONING_DELTA = (
+    b',"choices":[{"index":0,"delta":{"role":"assistant","content":"","reasoning_content":'
+)
+_DELTA_END = b'},"finish_reason":null,"native_finish_reason":null,"logprobs":null}]}\n\n'
+_ROLE_TAIL = _CONTENT_DELTA + b'""' + _DELTA_END
+_FINISH_TAIL = (
+    _CONTENT_DELTA
+    + b'""},"finish_reason":"stop","native_finish_reason":"stop","logprobs":null}]}\n\n'
+)
+_ERROR_TAIL = (
+    b',"error":{"code":502,"message":"Mock mid-stream error"},'
+    b'"choices":[{"index":0,"delta":{"content":""},'
+    b'"finish_reason":"error","native_finish_reason":"error"}]}\n\n'
+)
+
+
+@dataclass(slots=True)
+class _EventWriter:
+    response: web.StreamResponse
+    delay_s: float
+    started: bool = False
+
+    async def send(self, event: bytes) -> None:
+        # One write per event so each event is its own flush (and HTTP chunk);
+        # the delay goes between events, not before the first.
+        if self.started and self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        self.started = True
+        await self.response.write(event)
+
+
+async def _stream(request: web.Request, state: _State, run: _Run) -> web.StreamResponse:
+    plan = run.plan
+    options = plan.options
+    # No content-length, so aiohttp uses chunked encoding on HTTP/1.1 (and
+    # close-delimited on HTTP/1.0, which load generators sometimes speak).
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    head = b"data: " + orjson.dumps(
+        {
+            "id": run.id,
+            "provider": options.provider,
+            "model": plan.model,
+            "object": "chat.completion.chunk",
+            "created": int(run.created),
+        }
+    )[:-1]
+    out = _EventWriter(response, options.chunk_delay_ms / 1000)
+    try:
+        await response.prepare(request)
+        for _ in range(options.keepalives):
+            await out.send(_KEEPALIVE)
+        await out.send(head + _ROLE_TAIL)
+        for token in plan.reasoning_tokens:
+            await out.send(head + _REASONING_DELTA + orjson.dumps(token) + _DELTA_END)
+            run.first_token_at = run.first_token_at or time.monotonic()
+            run.reasoning_sent += 1
+        # Slicing with None sends everything; an error_after beyond the reply
+        # still ends in the error event, since that is what was asked for.
+        for token in plan.tokens[: options.error_after]:
+            await out.send(head + _CONTENT_DELTA + orjson.dumps(token) + _DELTA_END)
+            run.first_token_at = run.first_token_at or time.monotonic()
+            run.content_sent += 1
+        if options.error_after is not None:
+            await out.send(head + _ERROR_TAIL)
+            finish_reason = "error"
+        else:
+            await out.send(head + _FINISH_TAIL)
+            if not options.no_usage:
+                usage = plan.usage(run.content_sent, run.reasoning_sent)
+                await out.send(head + b',"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n")
+            finish_reason = "stop"
+        await out.send(_DONE)
+    except (asyncio.CancelledError, ConnectionError) as exc:
+        # The client hung up: record what was generated so the gateway can
+        # still charge the aborted stream.
+        state.finish(run, None, cancelled=True)
+        if isinstance(exc, ConnectionError):
+            return response  # aiohttp finishes a response on a dead connection quietly
+        raise
+    state.finish(run, finish_reason, cancelled=False)
+    return response
+
+
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
+    started = time.monotonic()
+    state = request.app[_STATE]
+    try:
+        body: Any = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        state.record_request(request, None)
+        return _error(400, f"invalid JSON body: {exc}")
+    state.record_request(request, body)
+    try:
+        plan = _plan(body, state.defaults)
+    except MockRequestError as exc:
+        return _error(400, str(exc))
+    options = plan.options
+    if options.headers_delay_ms:
+        await asyncio.sleep(options.headers_delay_ms / 1000)
+    if options.status != 200:
+        # Real OpenRouter errors carry no generation id, so none is recorded.
+        if options.error_body is None:
+            return _error(options.status, f"Mock upstream error {options.status}")
+        return _json(options.error_body, options.status)
+    run = _Run(
+        plan=plan,
+        id=f"gen-{uuid.uuid4().hex}",
+        streamed=body.get("stream") is True,
+        started=started,
+    )
+    if run.streamed:
+        return await _stream(request, state, run)
+    run.content_sent = len(plan.tokens)
+    run.reasoning_sent = len(plan.reasoning_tokens)
+    usage = state.finish(run, "stop", cancelled=False)
+    return _json(
+        {
+            "id": run.id,
+            "provider": options.provider,
+            "model": plan.model,
+            "object": "chat.completion",
+            "created": int(run.created),
+            "choices": [
+                {
+                    "index": 0,
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                    "native_finish_reason": "stop",
+                    "message": {
+                        "role": "assistant",
+                        "content": "".join(plan.tokens),
+                        "refusal": None,
+                        "reasoning": options.reasoning or None,
+                    },
+                }
+            ],
+            "usage": usage,
+        }
+    )
+
+
+async def _generation(request: web.Request) -> web.Response:
+    generation_id = request.query.get("id")
+    if not generation_id:
+        return _error(400, "missing generation id")
+    generation = request.app[_STATE].generations.get(generation_id)
+    if generation is None or time.monotonic() < generation.available_at:
+        return _error(404, "Generation not found")
+    return _json({"data": generation.data})
+
+
+async def _list_requests(request: web.Request) -> web.Response:
+    return _json(list(request.app[_STATE].requests))
+
+
+async def _clear_requests(request: web.Request) -> web.Response:
+    request.app[_STATE].requests.clear()
+    return web.Response(status=204)
+
+
+async def _health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+def build_app(defaults: MockOptions | None = None) -> web.Application:
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app[_STATE] = _State(defaults or MockOptions())
+    app.router.add_get("/__mock/requests", _list_requests)
+    app.router.add_delete("/__mock/requests", _clear_requests)
+    app.router.add_get("/__mock/health", _health)
+    # Match on the path suffix so any base path works (/api/v1, /v1/code, ...).
+    app.router.add_post("/{base:(?:.*/)?}chat/completions", _chat_completions)
+    app.router.add_get("/{base:(?:.*/)?}generation", _generation)
+    return app
+
+
+async def serve(host: str, port: int, defaults: MockOptions | None = None) -> None:
+    """Serve until cancelled. Port 0 picks a free port (the log line shows it)."""
+    runner = web.AppRunner(
+        build_app(defaults),
+        # Per-request access logging would dominate the benchmark's profile.
+        access_log=None,
+        # Stop a handler as soon as its client hangs up, so aborted streams are
+        # recorded at once and don't keep sleeping through their delays.
+        handler_cancellation=True,
+        # In-flight streams may be long and slow; don't hold shutdown for them.
+        shutdown_timeout=1.0,
+    )
+    await runner.setup()
+    try:
+        # A deep backlog so benchmark connection bursts aren't dropped.
+        await web.TCPSite(runner, host, port, backlog=1024).start()
+        bound_port = runner.addresses[0][1]
+        shown_host = f"[{host}]" if ":" in host else host
+        log.info("mock upstream listening on http://%s:%d", shown_host, bound_port)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def _non_negative(convert: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = convert(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    return parse
+
+
+_DEFAULTS = MockOptions()
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8090, help="port to listen on (0: any free)")
+    parser.add_argument(
+        "--chunk-delay-ms",
+        type=_non_negative(float),
+        default=_DEFAULTS.chunk_delay_ms,
+        help="default sleep between SSE events",
+    )
+    parser.add_argument(
+        "--headers-delay-ms",
+        type=_non_negative(float),
+        default=_DEFAULTS.headers_delay_ms,
+        help="default sleep before sending response headers",
+    )
+    parser.add_argument(
+        "--chunks",
+        type=_non_negative(int),
+        default=_DEFAULTS.chunks,
+        help="default reply of N words 'w1 ... wN' (one SSE chunk each)",
+    )
+    parser.add_argument(
+        "--keepalives",
+        type=_non_negative(int),
+        default=_DEFAULTS.keepalives,
+        help="default number of ': OPENROUTER PROCESSING' comments before the first chunk",
+    )
+
+
+def options_from_cli(args: argparse.Namespace) -> MockOptions:
+    return MockOptions(
+        chunk_delay_ms=args.chunk_delay_ms,
+        headers_delay_ms=args.headers_delay_ms,
+        chunks=args.chunks,
+        keepalives=args.keepalives,
+    )

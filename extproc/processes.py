@@ -1,0 +1,99 @@
+"""Child processes of the local stack: start, wait until ready, stop in order.
+
+Children are put in their own session (so a terminal's Ctrl-C reaches only the supervisor,
+which then stops them in order) and are sent SIGTERM by the kernel if the supervisor dies,
+so nothing is left listening whatever happens to it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass(slots=True)
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = 10.0
+
+    @classmethod
+    def start(
+        cls,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
+        stop_timeout: float = 10.0,
+    ) -> Child:
+        logger.info(f"starting {name}", extra={"argv": list(argv)})
+        process = subprocess.Popen(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            user=user,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            stdin=subprocess.DEVNULL,
+        )
+        return cls(name, process, stop_signal, stop_timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if not self.alive:
+            return
+        self.process.send_signal(self.stop_signal)
+        try:
+            self.process.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning(f"{self.name} did not stop in {self.stop_timeout:g}s; killing it")
+            self.process.kill()
+            self.process.wait()
+        logger.info(f"stopped {self.name}", extra={"returncode": self.process.returncode})
+
+
+def wait_until(what: str, ready: Callable[[], bool], child: Child, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive:
+            raise RuntimeError(f"{child.name} exited with {child.process.returncode} before {what}")
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout:g}s")
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+

@@ -1,0 +1,54 @@
+"""Connections shared by all streams of one ext_proc process: the Postgres pool and Redis.
+
+Created once at start-up and closed on shutdown. Neither is required to be up at start: the
+pool opens connections on demand, and each user of them has its own failure policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from extproc.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Resources:
+    db: asyncpg.Pool
+    redis: aioredis.Redis
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Resources:
+        if settings.database_url is None or settings.redis_url is None:
+            raise RuntimeError("DATABASE_URL and REDIS_URL must be set for the ext_proc server")
+        db = await asyncpg.create_pool(
+            settings.database_url.get_secret_value(), min_size=0, max_size=20, command_timeout=5
+        )
+        client = aioredis.Redis.from_url(
+            settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2
+        )
+        resources = cls(db=db, redis=client)
+        await resources.report_reachability()
+        return resources
+
+    async def report_reachability(self) -> None:
+        async def postgres() -> None:
+            async with self.db.acquire(timeout=5) as connection:
+                await connection.fetchval("SELECT 1")
+
+        for name, check in (("postgres", postgres), ("redis", self.redis.ping)):
+            try:
+                await asyncio.wait_for(check(), timeout=5)
+                logger.info(f"{name} reachable")
+            except Exception as exc:  # reported, not fatal: see each dependency's failure policy
+                logger.error(f"{name} unreachable at start-up", extra={"error": repr(exc)})
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.db.close()

@@ -1,0 +1,71 @@
+"""The ext_proc gRPC server process: processor, health service, metrics, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from envoy.service.ext_proc.v3.external_processor_pb2_grpc import add_ExternalProcessorServicer_to_server
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from prometheus_client import start_http_server
+
+from extproc.processor import Processor
+from extproc.resources import Resources
+from extproc.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    limit = settings.extproc_max_message_bytes
+    return [
+        # Request bodies arrive whole (BUFFERED); the 4 MiB default is too small for LLM prompts.
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.max_concurrent_streams", 100_000),
+        ("grpc.so_reuseport", 1),
+    ]
+
+
+async def serve(settings: Settings) -> None:
+    resources = await Resources.open(settings)
+    server = grpc.aio.server(options=grpc_options(settings))
+    add_ExternalProcessorServicer_to_server(Processor(settings), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    address = f"{settings.extproc_host}:{settings.extproc_port}"
+    server.add_insecure_port(address)
+    metrics_server, metrics_thread = start_http_server(settings.metrics_port, settings.metrics_host)
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    logger.info(
+        "ext_proc listening",
+        extra={"address": address, "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"},
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    # Drain: report NOT_SERVING, refuse new streams, let open generations finish.
+    logger.info("ext_proc draining", extra={"grace_seconds": settings.extproc_drain_seconds})
+    await health.enter_graceful_shutdown()
+    await server.stop(grace=settings.extproc_drain_seconds)
+    await resources.close()
+    metrics_server.shutdown()
+    metrics_thread.join(timeout=5)
+    logger.info("ext_proc stopped")
+
+
+def run(settings: Settings) -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is not built for every platform; asyncio's loop also works
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))

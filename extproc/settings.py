@@ -1,0 +1,209 @@
+"""The one typed configuration of the gateway: defaults < YAML file < environment.
+
+Operator-facing names that other tools rely on are fixed: ``DATABASE_URL``, ``REDIS_URL``,
+``NEXTAUTH_SECRET`` and ``<PROVIDER>_API_URL`` / ``<PROVIDER>_API_KEY`` for every provider of
+the contract's table (behaviour.md 3.1). Everything else is ``LLM_GATEWAY_<FIELD>`` in the
+environment or ``<field>:`` in the YAML file named by ``LLM_GATEWAY_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+MIB = 1024 * 1024
+
+# Contract 3.1. `custom` is not here: its URL and key come from the custom_llm row.
+DEFAULT_PROVIDERS: dict[str, dict[str, Any]] = {
+    "openrouter": {"api_url": "https://openrouter.ai/api/v1", "has_generation_endpoint": True},
+    "gigapotato": {"api_url": None, "has_generation_endpoint": False},
+    "corethink": {"api_url": "https://api.corethink.ai/v1/code", "has_generation_endpoint": False},
+    "martian": {"api_url": "https://api.withmartian.com/v1", "has_generation_endpoint": False},
+    "mistral": {"api_url": "https://api.mistral.ai/v1", "has_generation_endpoint": False},
+    "vercel": {"api_url": "https://ai-gateway.vercel.sh/v1", "has_generation_endpoint": True},
+}
+
+# The environment names of providers whose id differs from their secret's prefix.
+PROVIDER_ENV_PREFIX: dict[str, str] = {"vercel": "VERCEL_AI_GATEWAY"}
+
+
+def provider_env_prefix(provider_id: str) -> str:
+    return PROVIDER_ENV_PREFIX.get(provider_id, provider_id.upper().replace("-", "_"))
+
+
+class Provider(BaseModel):
+    """One upstream: where it lives, its key, and whether it has a generation endpoint."""
+
+    model_config = {"frozen": True}
+
+    id: str
+    api_url: str | None = None
+    api_key: SecretStr | None = None
+    has_generation_endpoint: bool = False
+
+    @field_validator("api_url")
+    @classmethod
+    def _url_is_http(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"provider URL must be http(s)://host[:port][/path], got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def configured(self) -> bool:
+        return self.api_url is not None
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.api_url or "").scheme == "https"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.api_url or "").hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.api_url or "")
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def authority(self) -> str:
+        default_port = 443 if self.tls else 80
+        return self.host if self.port == default_port else f"{self.host}:{self.port}"
+
+    @property
+    def base_path(self) -> str:
+        return urlsplit(self.api_url or "").path.rstrip("/")
+
+    @property
+    def cluster(self) -> str:
+        """The Envoy cluster, and the value of the routing header that selects it."""
+        return f"provider_{self.id}"
+
+
+class _ProviderEnvSource(PydanticBaseSettingsSource):
+    """Reads ``<PROVIDER>_API_URL`` / ``<PROVIDER>_API_KEY`` for every known provider."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        providers: dict[str, dict[str, str]] = {}
+        for provider_id in DEFAULT_PROVIDERS:
+            prefix = provider_env_prefix(provider_id)
+            values = {
+                key: os.environ[f"{prefix}_{suffix}"]
+                for key, suffix in (("api_url", "API_URL"), ("api_key", "API_KEY"))
+                if os.environ.get(f"{prefix}_{suffix}")
+            }
+            if values:
+                providers[provider_id] = values
+        return {"providers": providers} if providers else {}
+
+
+def _default_ca_bundle() -> str:
+    cafile = ssl.get_default_verify_paths().cafile
+    if cafile and Path(cafile).exists():
+        return cafile
+    import certifi  # shipped with httpx/aiohttp's dependency tree; the fallback on odd systems
+
+    return certifi.where()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LLM_GATEWAY_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    # Client-facing listener (Envoy).
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    envoy_admin_port: int = 9901
+    # Number of trusted proxies in front of Envoy; the client IP is the address they reported.
+    trusted_proxy_hops: int = Field(default=0, ge=0)
+    max_request_body_bytes: int = Field(default=8 * MIB, gt=0)
+    # Contract 2.15: the upstream request is aborted after 10 minutes; idle streams sooner.
+    upstream_timeout_seconds: int = Field(default=600, gt=0)
+    stream_idle_timeout_seconds: int = Field(default=300, gt=0)
+    ca_bundle: str = Field(default_factory=_default_ca_bundle)
+
+    # The ext_proc gRPC server and its metrics endpoint.
+    extproc_host: str = "127.0.0.1"
+    extproc_port: int = 50051
+    # Envoy waits this long for each ext_proc reply before failing the request closed.
+    extproc_message_timeout_ms: int = Field(default=5000, gt=0)
+    extproc_max_message_bytes: int = Field(default=64 * MIB, gt=0)
+    extproc_drain_seconds: float = Field(default=30.0, ge=0)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+
+    # Dependencies. Unset: `llm-gateway run` and the tests start embedded ones.
+    database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
+    redis_url: SecretStr | None = Field(default=None, validation_alias="REDIS_URL")
+    nextauth_secret: SecretStr | None = Field(default=None, validation_alias="NEXTAUTH_SECRET")
+
+    # Upstream identification headers (contract 2.15).
+    http_referer: str = "https://kilocode.ai"
+    x_title: str = "Kilo Code"
+
+    providers: dict[str, Provider] = Field(default_factory=dict)
+
+    # Local stack (`llm-gateway run`): where embedded services keep their data, and the mock.
+    data_dir: Path = Path(".data")
+    mock_upstream_port: int = 8090
+    # fsync and Redis' append-only file for the embedded services; tests turn them off.
+    embedded_durable: bool = True
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _provider_ids(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: {**(spec or {}), "id": key} for key, spec in value.items()}
+        return value
+
+    @cached_property
+    def routable_providers(self) -> dict[str, Provider]:
+        return {key: p for key, p in self.providers.items() if p.configured}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Highest priority first; dicts are deep-merged, so a YAML file or an environment
+        # variable can change one provider's key without restating the provider table.
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            _ProviderEnvSource(settings_cls),
+        ]
+        config_file = os.environ.get("LLM_GATEWAY_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"LLM_GATEWAY_CONFIG names a missing file: {config_file}")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        sources.append(InitSettingsSource(settings_cls, init_kwargs={"providers": DEFAULT_PROVIDERS}))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,45 @@
+"""Per-request state: one object per ext_proc stream, owned by that stream's coroutine."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from extproc.settings import Provider
+from extproc.usage import ResponseSummary, StreamTap
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """The parsed client request after contract 2.1 (body already normalised)."""
+
+    body: dict[str, Any]
+    model: str  # as sent, for the upstream body
+    model_lower: str  # trimmed and lowercased, for every lookup (contract 2.1)
+    stream: bool
+
+
+@dataclass(slots=True)
+class RequestState:
+    started: float = field(default_factory=time.monotonic)
+    request_id: str = ""
+    method: str = ""
+    path: str = ""  # the client's :path, query string included
+    headers: dict[str, str] = field(default_factory=dict)
+    client_ip: str | None = None
+
+    chat: ChatRequest | None = None
+    provider: Provider | None = None
+
+    status: int | None = None  # upstream (or immediate) response status
+    first_byte_at: float | None = None
+    stream_tap: StreamTap | None = None
+    json_body: bytearray | None = None
+    summary: ResponseSummary | None = None
+
+    @property
+    def query(self) -> str:
+        """The original query string with its '?', forwarded verbatim (contract 1)."""
+        index = self.path.find("?")
+        return self.path[index:] if index >= 0 else ""

@@ -1,0 +1,223 @@
+"""Response tap for usage accounting (contract 7.2).
+
+Reads the original upstream bytes (never the rewritten ones) and keeps only what accounting
+needs: ids, model, provider, finish reason, the last usage object and whether the response
+failed. Upstream data is never trusted to be well formed: nothing here raises on it
+(contract decision 9).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from .money import parse_usd, usd_to_microdollars
+from .sse import SseEvent, SseParser
+
+__all__ = [
+    "ResponseSummary",
+    "StreamTap",
+    "Usage",
+    "summarize_json_body",
+    "suspicious_no_usage",
+    "usage_from_summary",
+]
+
+logger = logging.getLogger(__name__)
+
+# OpenRouter bills BYOK requests 5 % of the upstream cost, so cost × 20 ≈ upstream cost.
+_BYOK_COST_MULTIPLIER = 20
+_BYOK_TOLERANCE_MICRODOLLARS = Decimal("1.1")
+_MICRO = Decimal(1_000_000)
+
+
+@dataclass(slots=True)
+class ResponseSummary:
+    status: int
+    streamed: bool
+    message_id: str | None = None
+    model: str | None = None
+    inference_provider: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None  # the last non-null usage object, as sent
+    has_error: bool = False
+    # Data events that were not JSON objects; for a JSON body, 1 when the body was not one.
+    malformed_events: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    cache_hit_tokens: int
+    cache_write_tokens: int
+    cost_microdollars: int
+    is_byok: bool | None
+
+
+class StreamTap:
+    """Summarises a `stream: true` response from its raw SSE chunks."""
+
+    __slots__ = ("_parser", "_summary")
+
+    def __init__(self, status: int) -> None:
+        self._parser = SseParser()
+        self._summary = ResponseSummary(status=status, streamed=True, has_error=status >= 400)
+
+    def feed(self, chunk: bytes) -> None:
+        for item in self._parser.feed(chunk):
+            if isinstance(item, SseEvent):
+                self._apply(item.data)
+
+    def finish(self, aborted: bool = False) -> ResponseSummary:
+        for item in self._parser.finish():
+            if isinstance(item, SseEvent):
+                self._apply(item.data)
+        summary = self._summary
+        if aborted:
+            summary.has_error = True
+        if summary.malformed_events:
+            logger.warning(
+                "stream had %d data events that were not JSON objects (model %s, id %s)",
+                summary.malformed_events,
+                summary.model,
+                summary.message_id,
+            )
+        if self._parser.dropped_oversized:
+            logger.warning(
+                "stream had %d oversized SSE events dropped (model %s, id %s)",
+                self._parser.dropped_oversized,
+                summary.model,
+                summary.message_id,
+            )
+        return summary
+
+    def _apply(self, data: str) -> None:
+        if data == "[DONE]":
+            return
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._summary.malformed_events += 1
+            return
+        if not isinstance(obj, dict):
+            self._summary.malformed_events += 1
+            return
+        if "error" in obj:
+            self._summary.has_error = True
+        _apply_object(self._summary, obj, "delta")
+
+
+def summarize_json_body(body: bytes, status: int) -> ResponseSummary:
+    """Summarises a non-streaming response body; invalid JSON leaves every field null."""
+    summary = ResponseSummary(status=status, streamed=False)
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict):
+        _apply_object(summary, obj, "message")
+    else:
+        summary.malformed_events = 1
+        logger.warning(
+            "upstream response body is not a JSON object (status %d, %d bytes)", status, len(body)
+        )
+    summary.has_error = not summary.model or status >= 400
+    return summary
+
+
+def usage_from_summary(summary: ResponseSummary) -> Usage:
+    """Tokens and cost from an OpenRouter-format usage object; missing fields count as 0."""
+    usage = summary.usage or {}
+    raw_byok = usage.get("is_byok")
+    is_byok = raw_byok if isinstance(raw_byok, bool) else None
+    cost = usage.get("cost")
+    upstream_cost = _dig(usage, "cost_details", "upstream_inference_cost")
+    _warn_on_cost_anomaly(summary, is_byok, cost, upstream_cost)
+    return Usage(
+        input_tokens=_tokens(usage.get("prompt_tokens")),
+        output_tokens=_tokens(usage.get("completion_tokens")),
+        cache_hit_tokens=_tokens(_dig(usage, "prompt_tokens_details", "cached_tokens")),
+        cache_write_tokens=0,
+        cost_microdollars=usd_to_microdollars(upstream_cost if is_byok else cost),
+        is_byok=is_byok,
+    )
+
+
+def suspicious_no_usage(summary: ResponseSummary) -> bool:
+    """A clean response without usage cannot be charged from the stream alone."""
+    return summary.usage is None and not summary.has_error
+
+
+def _apply_object(summary: ResponseSummary, obj: dict[str, Any], choice_key: str) -> None:
+    # Last non-null wins: later chunks refine earlier ones, and a usage-only final chunk
+    # must not erase what the content chunks said.
+    model = obj.get("model")
+    if isinstance(model, str):
+        summary.model = model
+    message_id = obj.get("id")
+    if isinstance(message_id, str):
+        summary.message_id = message_id
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        summary.usage = usage
+    choices = obj.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    provider = obj.get("provider")
+    if not isinstance(provider, str):
+        # Vercel AI Gateway names the provider it routed to only inside the choice.
+        provider = _dig(
+            choice, choice_key, "provider_metadata", "gateway", "routing", "finalProvider"
+        )
+    if isinstance(provider, str):
+        summary.inference_provider = provider
+    if isinstance(choice, dict):
+        finish_reason = choice.get("finish_reason")
+        if isinstance(finish_reason, str):
+            summary.finish_reason = finish_reason
+
+
+def _dig(value: object, *keys: str) -> object:
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _tokens(value: object) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():  # "12.0" parses to a float
+        return int(value)
+    return 0
+
+
+def _warn_on_cost_anomaly(
+    summary: ResponseSummary, is_byok: bool | None, cost: object, upstream_cost: object
+) -> None:
+    cost_usd = parse_usd(cost)
+    upstream_usd = parse_usd(upstream_cost) or Decimal(0)
+    if is_byok is None and (cost_usd or upstream_usd):
+        logger.warning(
+            "SUSPICIOUS: is_byok is null but costs are non-zero (model %s, id %s)",
+            summary.model,
+            summary.message_id,
+        )
+    # A BYOK cost of exactly 0 is an OpenRouter promotion, not an accounting error.
+    elif is_byok and cost_usd != 0:
+        error = abs((cost_usd or 0) * _BYOK_COST_MULTIPLIER - upstream_usd) * _MICRO
+        if error > _BYOK_TOLERANCE_MICRODOLLARS:
+            logger.warning(
+                "SUSPICIOUS: BYOK cost %s is not 5%% of upstream cost %s (model %s, id %s)",
+                cost,
+                upstream_cost,
+                summary.model,
+                summary.message_id,
+            )

@@ -1,0 +1,132 @@
+"""Fixtures: the whole stack, started exactly as `make run` starts it, on free ports.
+
+`llm-gateway run` is launched as a subprocess with a temporary data directory; it brings up
+embedded Postgres and Redis (or uses DATABASE_URL / REDIS_URL when set), the mock upstream,
+the ext_proc server and a real Envoy. Tests talk to Envoy like any client would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from extproc.processes import free_port
+
+STARTUP_TIMEOUT = 120
+
+
+@dataclass
+class Gateway:
+    url: str
+    admin_url: str
+    metrics_url: str
+    mock_url: str
+    extproc_address: str
+    database_url: str
+    redis_url: str
+    process: subprocess.Popen[bytes]
+    ports: dict[str, int]
+    children: dict[str, int]
+
+    @property
+    def chat_url(self) -> str:
+        return f"{self.url}/api/gateway/chat/completions"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.url}/api/gateway"
+
+    def upstream_requests(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.mock_url}/__mock/requests").json()
+
+    def clear_upstream_requests(self) -> None:
+        httpx.delete(f"{self.mock_url}/__mock/requests").raise_for_status()
+
+    def metrics(self) -> str:
+        return httpx.get(self.metrics_url).text
+
+
+def stack_environment(data_dir: Path, **extra: str) -> tuple[dict[str, str], dict[str, int]]:
+    ports = {name: free_port() for name in ("listen", "admin", "extproc", "metrics", "mock")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        # The suite runs against the mock upstream: a real key in the caller's shell must not
+        # send test traffic to a provider.
+        if not key.endswith(("_API_KEY", "_API_URL"))
+    }
+    env.update(
+        {
+        "LLM_GATEWAY_DATA_DIR": str(data_dir),
+        "LLM_GATEWAY_LISTEN_PORT": str(ports["listen"]),
+        "LLM_GATEWAY_ENVOY_ADMIN_PORT": str(ports["admin"]),
+        "LLM_GATEWAY_EXTPROC_PORT": str(ports["extproc"]),
+        "LLM_GATEWAY_METRICS_PORT": str(ports["metrics"]),
+        "LLM_GATEWAY_MOCK_UPSTREAM_PORT": str(ports["mock"]),
+        "LLM_GATEWAY_EMBEDDED_DURABLE": "false",
+        "LLM_GATEWAY_EXTPROC_DRAIN_SECONDS": "2",
+        }
+        | extra
+    )
+    return env, ports
+
+
+def start_stack(data_dir: Path, **extra: str) -> Gateway:
+    env, ports = stack_environment(data_dir, **extra)
+    log = (data_dir / "stack.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "extproc.cli", "run"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    state_file = data_dir / "stack.json"
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not state_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"stack did not start; log:\n{(data_dir / 'stack.log').read_text()[-5000:]}")
+        time.sleep(0.1)
+    state = json.loads(state_file.read_text())
+    return Gateway(
+        url=state["gateway_url"],
+        admin_url=state["envoy_admin_url"],
+        metrics_url=state["metrics_url"],
+        mock_url=state["mock_upstream_url"],
+        extproc_address=f"127.0.0.1:{ports['extproc']}",
+        database_url=state["database_url"],
+        redis_url=state["redis_url"],
+        process=process,
+        ports=ports,
+        children=state["children"],
+    )
+
+
+def stop_stack(gateway: Gateway, timeout: float = 60) -> int:
+    gateway.process.send_signal(signal.SIGTERM)
+    return gateway.process.wait(timeout)
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    data_dir = tmp_path_factory.mktemp("stack")
+    gw = start_stack(data_dir)
+    try:
+        yield gw
+    finally:
+        stop_stack(gw)
+
+
+@pytest.fixture
+def upstream(gateway: Gateway) -> Gateway:
+    """The gateway with the mock's request record emptied, for asserting what went upstream."""
+    gateway.clear_upstream_requests()
+    return gateway

@@ -1,0 +1,86 @@
+"""`llm-gateway run` as an operator uses it: it drains, and it leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from extproc.processes import port_open
+from tests.conftest import Gateway, start_stack, stop_stack
+
+
+def _listening(gateway: Gateway) -> list[str]:
+    return [name for name, port in gateway.ports.items() if port_open("127.0.0.1", port)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_extproc_reports_serving_on_grpc_health(gateway: Gateway) -> None:
+    with grpc.insecure_channel(gateway.extproc_address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_sigterm_stops_every_process_and_frees_every_port(tmp_path: Path) -> None:
+    gateway = start_stack(tmp_path)
+    assert httpx.post(gateway.chat_url, json={"model": "a/b", "messages": []}).status_code == 200
+    assert set(_listening(gateway)) == {"listen", "admin", "extproc", "metrics", "mock"}
+
+    assert stop_stack(gateway) == 0
+
+    assert _listening(gateway) == []
+    assert [name for name, pid in gateway.children.items() if _alive(pid)] == []
+    assert not (tmp_path / "stack.json").exists()
+
+
+def test_extproc_drains_open_streams_before_exiting(tmp_path: Path) -> None:
+    gateway = start_stack(tmp_path, LLM_GATEWAY_EXTPROC_DRAIN_SECONDS="20")
+    body = {"model": "a/b", "stream": True, "messages": [], "mock": {"chunks": 10, "chunk_delay_ms": 200}}
+    received: list[str] = []
+    first_chunk = threading.Event()
+
+    def read_stream() -> None:
+        with httpx.stream("POST", gateway.chat_url, json=body, timeout=30) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    received.append(line)
+                    first_chunk.set()
+
+    reader = threading.Thread(target=read_stream)
+    reader.start()
+    try:
+        assert first_chunk.wait(10)
+        os.kill(gateway.children["ext_proc"], signal.SIGTERM)
+        reader.join(30)
+        # Role chunk, 10 words, finish chunk, usage chunk, [DONE]: nothing was cut.
+        assert len(received) == 14
+        assert received[-1] == "data: [DONE]"
+        # The ext_proc then exits; the supervisor notices and stops the rest.
+        assert gateway.process.wait(60) == 1
+        assert _listening(gateway) == []
+    finally:
+        if gateway.process.poll() is None:
+            stop_stack(gateway)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT])
+def test_ctrl_c_stops_the_stack_too(tmp_path: Path, signum: int) -> None:
+    gateway = start_stack(tmp_path)
+    gateway.process.send_signal(signum)
+    assert gateway.process.wait(60) == 0
+    time.sleep(0.1)
+    assert _listening(gateway) == []
