@@ -181,8 +181,25 @@ def _access_log() -> list[dict[str, Any]]:
     ]
 
 
+def _local_reply_mapper(error: GatewayError) -> dict[str, Any]:
+    return {
+        "filter": {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": error.status, "runtime_key": f"gateway.local_reply_{error.status}"},
+                }
+            }
+        },
+        "body": {"inline_string": error.json().decode()},
+        "body_format_override": {
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        },
+    }
+
+
 def _http_connection_manager(settings: Settings) -> dict[str, Any]:
-    too_large = errors.PAYLOAD_TOO_LARGE
     return _typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix="gateway",
@@ -205,23 +222,17 @@ def _http_connection_manager(settings: Settings) -> dict[str, Any]:
                 ),
             }
         ],
+        # Envoy's own error replies (body too large, ext_proc unreachable, failing or too slow,
+        # upstream unreachable) carry the catalogue's JSON bodies instead of Envoy's plain text.
         local_reply_config={
             "mappers": [
-                {
-                    "filter": {
-                        "status_code_filter": {
-                            "comparison": {
-                                "op": "EQ",
-                                "value": {"default_value": 413, "runtime_key": "gateway.413"},
-                            }
-                        }
-                    },
-                    "body": {"inline_string": too_large.json().decode()},
-                    "body_format_override": {
-                        "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
-                        "content_type": "application/json",
-                    },
-                }
+                _local_reply_mapper(error)
+                for error in (
+                    errors.PAYLOAD_TOO_LARGE,
+                    errors.INTERNAL_ERROR,
+                    errors.SERVICE_UNAVAILABLE,
+                    errors.GATEWAY_TIMEOUT,
+                )
             ]
         },
         access_log=_access_log(),
@@ -300,9 +311,10 @@ def _provider_cluster(settings: Settings, provider: Provider) -> dict[str, Any]:
 
 def _extproc_cluster(settings: Settings) -> dict[str, Any]:
     options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    host = settings.extproc_connect_host or settings.extproc_host
     return {
         "name": EXTPROC_CLUSTER,
-        "type": "STATIC",
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "circuit_breakers": _HIGH_LIMITS,
         "load_assignment": {
@@ -310,7 +322,7 @@ def _extproc_cluster(settings: Settings) -> dict[str, Any]:
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": _address(settings.extproc_host, settings.extproc_port)}}
+                        {"endpoint": {"address": _address(host, settings.extproc_port)}}
                     ]
                 }
             ],

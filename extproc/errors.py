@@ -49,7 +49,15 @@ SERVICE_UNAVAILABLE = GatewayError(
     },
 )
 INTERNAL_ERROR = GatewayError(500, {"error": "Internal server error"})
-# Not in the contract (the reference runs behind Vercel's own limit); Envoy answers it.
+# Not in the contract; Envoy answers these two itself (the reference ran behind Vercel's own
+# body limit and request timeout).
+GATEWAY_TIMEOUT = GatewayError(
+    504,
+    {
+        "error": "Gateway timeout",
+        "message": "The gateway timed out waiting for a response. Please try again later.",
+    },
+)
 PAYLOAD_TOO_LARGE = GatewayError(
     413,
     {

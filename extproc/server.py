@@ -27,6 +27,11 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", limit),
         ("grpc.max_concurrent_streams", 100_000),
         ("grpc.so_reuseport", 1),
+        # Envoy pings its ext_proc connection every 30 s (envoy_config.py); gRPC's default
+        # policy would answer pings on an idle connection with GOAWAY "too_many_pings".
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 0),
     ]
 
 

@@ -145,6 +145,8 @@ class Settings(BaseSettings):
     # The ext_proc gRPC server and its metrics endpoint.
     extproc_host: str = "127.0.0.1"
     extproc_port: int = 50051
+    # Where Envoy dials the ext_proc when that is not where it binds (containers: a hostname).
+    extproc_connect_host: str | None = None
     # Envoy waits this long for each ext_proc reply before failing the request closed.
     extproc_message_timeout_ms: int = Field(default=5000, gt=0)
     extproc_max_message_bytes: int = Field(default=64 * MIB, gt=0)

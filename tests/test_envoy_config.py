@@ -84,3 +84,14 @@ def test_trusted_hops_are_configurable(hops: int) -> None:
     hcm = yaml.safe_load(text)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert hcm["xff_num_trusted_hops"] == hops
     assert hcm["use_remote_address"] is True
+
+
+def test_the_example_in_envoy_folder_is_the_current_default_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("LLM_GATEWAY_") or name.endswith(("_API_URL", "_API_KEY")):
+            monkeypatch.delenv(name)
+    example = Path(__file__).parent.parent / "envoy" / "envoy.example.yaml"
+    rendered = render_bootstrap_yaml(load_settings(ca_bundle="/etc/ssl/certs/ca-certificates.crt"))
+    assert example.read_text() == rendered, "regenerate with: LLM_GATEWAY_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt make envoy-config > envoy/envoy.example.yaml"

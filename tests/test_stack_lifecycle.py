@@ -84,3 +84,27 @@ def test_ctrl_c_stops_the_stack_too(tmp_path: Path, signum: int) -> None:
     assert gateway.process.wait(60) == 0
     time.sleep(0.1)
     assert _listening(gateway) == []
+
+
+def test_a_stalled_extproc_fails_closed_with_a_json_error_within_the_message_timeout(tmp_path: Path) -> None:
+    gateway = start_stack(tmp_path, LLM_GATEWAY_EXTPROC_MESSAGE_TIMEOUT_MS="1000")
+    extproc = gateway.children["ext_proc"]
+    try:
+        os.kill(extproc, signal.SIGSTOP)
+        started = time.monotonic()
+        response = httpx.post(gateway.chat_url, json={"model": "a/b", "messages": []}, timeout=30)
+        elapsed = time.monotonic() - started
+        os.kill(extproc, signal.SIGCONT)
+        assert response.status_code == 504
+        assert response.json() == {
+            "error": "Gateway timeout",
+            "message": "The gateway timed out waiting for a response. Please try again later.",
+        }
+        assert elapsed < 5
+        # Nothing reached the provider while the ext_proc could not decide.
+        assert gateway.upstream_requests() == []
+        # Once it is back, requests flow again.
+        assert httpx.post(gateway.chat_url, json={"model": "a/b", "messages": []}, timeout=30).status_code == 200
+    finally:
+        os.kill(extproc, signal.SIGCONT)
+        stop_stack(gateway)
