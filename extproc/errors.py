@@ -66,3 +66,66 @@ PAYLOAD_TOO_LARGE = GatewayError(
     },
 )
 
+FREE_MODEL_RATE_LIMITED = GatewayError(
+    429,
+    {
+        "error": "Rate limit exceeded",
+        "message": "Free model usage limit reached. Please try again later or upgrade to a paid model.",
+    },
+)
+PAID_MODEL_AUTH_REQUIRED = GatewayError(
+    401,
+    {"error": {"code": "PAID_MODEL_AUTH_REQUIRED", "message": "You need to sign in to use this model."}},
+)
+# 401, not 429: the extension cannot handle a 429 here yet (contract 2.7).
+PROMOTION_MODEL_LIMIT_REACHED = GatewayError(
+    401,
+    {
+        "error": {
+            "code": "PROMOTION_MODEL_LIMIT_REACHED",
+            "message": "Sign up for free to continue and explore 500 other models. "
+            "Takes 2 minutes, no credit card required. Or come back later.",
+        }
+    },
+)
+MODEL_ALPHA_ENDED = GatewayError(
+    404,
+    {
+        "error": "The alpha period for this model has ended.",
+        "message": "The alpha period for this model has ended.",
+    },
+)
+MODEL_NOT_ALLOWED = GatewayError(
+    404,
+    {"error": "Model not allowed for your team.", "message": "The requested model is not allowed for your team."},
+)
+_DATA_COLLECTION = (
+    "Data collection is required for this model. "
+    "Please enable data collection to use this model or choose another model."
+)
+DATA_COLLECTION_REQUIRED = GatewayError(400, {"error": _DATA_COLLECTION, "message": _DATA_COLLECTION})
+
+
+def payment_required(*, returning: bool, balance_microdollars: int, buy_credits_url: str, bonus_usd: int) -> GatewayError:
+    """Contract 2.12: the 402 for a paid model with no balance, first-time or returning."""
+    if returning:
+        title, message = "Low Credit Warning!", "Add credits to continue, or switch to a free model"
+    else:
+        title = "Paid Model - Credits Required"
+        message = f"This is a paid model. To use paid models, you need to add credits. Get ${bonus_usd} free on your first topup!"
+    return GatewayError(
+        402,
+        {
+            "error": {
+                "title": title,
+                "message": message,
+                "balance": usd_number(balance_microdollars),
+                "buyCreditsUrl": buy_credits_url,
+            }
+        },
+    )
+
+
+def usd_number(microdollars: int) -> int | float:
+    """USD as the reference's JSON shows it: a whole amount has no fraction (`0`, not `0.0`)."""
+    return microdollars // 1_000_000 if microdollars % 1_000_000 == 0 else microdollars / 1_000_000

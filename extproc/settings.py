@@ -16,6 +16,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
+
+from extproc.catalogue import (
+    DEFAULT_FREE_MODELS,
+    DEFAULT_PROMOTIONS,
+    DEFAULT_RATE_LIMITED_TO_DEATH,
+    Catalogue,
+    FreeModel,
+    Promotion,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -159,6 +168,31 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = Field(default=None, validation_alias="REDIS_URL")
     nextauth_secret: SecretStr | None = Field(default=None, validation_alias="NEXTAUTH_SECRET")
 
+    # Admission (contract 2.4-2.13, 4). Tables and limits are the contract's values.
+    free_models: tuple[FreeModel, ...] = Field(
+        default_factory=lambda: tuple(FreeModel.model_validate(m) for m in DEFAULT_FREE_MODELS)
+    )
+    rate_limited_to_death: tuple[str, ...] = DEFAULT_RATE_LIMITED_TO_DEATH
+    promotions: tuple[Promotion, ...] = Field(
+        default_factory=lambda: tuple(Promotion.model_validate(p) for p in DEFAULT_PROMOTIONS)
+    )
+    free_model_limit: int = Field(default=200, gt=0)  # per IP ...
+    free_model_window_seconds: int = Field(default=3600, gt=0)  # ... per hour
+    promotion_limit: int = Field(default=10_000, gt=0)  # anonymous per IP ...
+    promotion_window_seconds: int = Field(default=24 * 3600, gt=0)  # ... per day
+    # `|`-separated e-mail domains whose users are refused (always anonymous).
+    blacklist_domains: str = Field(default="", validation_alias="BLACKLIST_DOMAINS")
+    employee_organization_id: str = "9d278969-5453-4ae3-a51f-a8d2274a7b56"
+    app_url: str = "https://app.kilo.ai"
+    # The first top-up bonus quoted in the first-time 402 (24 until 2025-10-14T08:01Z).
+    first_topup_bonus_usd: int = 20
+    # How long the ext_proc trusts a cached user, membership or balance before asking
+    # Postgres again, and how long past that it keeps serving them while Postgres is down.
+    directory_cache_seconds: float = Field(default=5.0, ge=0)
+    directory_stale_seconds: float = Field(default=600.0, ge=0)
+    # Postgres queries on the request path give up after this; the request gets a 503.
+    directory_query_timeout_seconds: float = Field(default=2.0, gt=0)
+
     # Upstream identification headers (contract 2.15).
     http_referer: str = "https://kilocode.ai"
     x_title: str = "Kilo Code"
@@ -177,6 +211,14 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return {key: {**(spec or {}), "id": key} for key, spec in value.items()}
         return value
+
+    @cached_property
+    def catalogue(self) -> Catalogue:
+        return Catalogue.build(self.free_models, self.rate_limited_to_death)
+
+    @cached_property
+    def blacklisted_domains(self) -> tuple[str, ...]:
+        return tuple(d.strip().lower() for d in self.blacklist_domains.split("|") if d.strip())
 
     @cached_property
     def routable_providers(self) -> dict[str, Provider]:
