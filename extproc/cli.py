@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import NoReturn
 
 from extproc import logs
 
@@ -44,10 +45,25 @@ def _envoy_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from extproc import mock_upstream
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that the operator commands report usage errors as JSON on stderr."""
 
-    parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__)
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            from extproc import admin
+
+            admin.usage_error(message)
+        super().error(message)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; `command`, the first word when known, lets the operator commands
+    skip importing the mock upstream (aiohttp) just to describe its options."""
+    from extproc import admin
+
+    parser = _Parser(prog="llm-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="the whole stack in the foreground (embedded defaults)").set_defaults(
         handler=_run
@@ -57,13 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
         handler=_envoy_config
     )
     mock = commands.add_parser("mock-upstream", help="the OpenRouter-compatible mock upstream")
-    mock_upstream.add_cli_arguments(mock)
+    if command not in admin.COMMAND_GROUPS:
+        from extproc import mock_upstream
+
+        mock_upstream.add_cli_arguments(mock)
     mock.set_defaults(handler=_mock_upstream)
+    # Operator commands: user, token, credits, org (extproc/admin.py).
+    admin.add_subcommands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from extproc import admin
+
+    words = sys.argv[1:] if argv is None else argv
+    command = words[0] if words else None
+    parser = build_parser(command)
+    # Unrecognised arguments are reported by the top-level parser.
+    parser.json_errors = command in admin.COMMAND_GROUPS
+    args = parser.parse_args(argv)
     return int(args.handler(args))
 
 

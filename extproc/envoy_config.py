@@ -322,7 +322,8 @@ def _extproc_cluster(settings: Settings) -> dict[str, Any]:
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": _address(host, settings.extproc_port)}}
+                        {"endpoint": {"address": _address(host, settings.extproc_port + worker)}}
+                        for worker in range(settings.extproc_workers)
                     ]
                 }
             ],

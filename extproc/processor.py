@@ -21,7 +21,7 @@ from extproc.phases.request_body import on_request_body
 from extproc.phases.request_headers import on_request_headers
 from extproc.phases.response_body import on_response_body
 from extproc.phases.response_headers import on_response_headers
-from extproc.settings import Settings
+from extproc.services import Services
 from extproc.state import RequestState
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ _PHASE_TIMERS = {
 
 
 class Processor(ExternalProcessorServicer):
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, services: Services) -> None:
+        self.services = services
 
     async def Process(  # noqa: N802 (gRPC method name)
         self,
@@ -74,7 +74,7 @@ class Processor(ExternalProcessorServicer):
             if phase == "request_headers":
                 return on_request_headers(state, request.request_headers, dict(request.attributes))
             if phase == "request_body":
-                return await on_request_body(self.settings, state, request.request_body)
+                return await on_request_body(self.services, state, request.request_body)
             if phase == "response_headers":
                 return on_response_headers(state, request.response_headers)
         except Exception:

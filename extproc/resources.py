@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
+from extproc.db.migrate import migrate
 from extproc.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -30,21 +31,30 @@ class Resources:
         db = await asyncpg.create_pool(
             settings.database_url.get_secret_value(), min_size=0, max_size=20, command_timeout=5
         )
-        client = aioredis.Redis.from_url(
-            settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2
+        # A blocking pool: past its size requests wait for a connection instead of failing
+        # (redis-py's default pool raises, which the limiter would count as "Redis down").
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url.get_secret_value(),
+            max_connections=512,
+            timeout=1,
+            socket_timeout=2,
+            socket_connect_timeout=2,
         )
+        client = aioredis.Redis(connection_pool=pool)
         resources = cls(db=db, redis=client)
-        await resources.report_reachability()
+        await resources.prepare()
         return resources
 
-    async def report_reachability(self) -> None:
+    async def prepare(self) -> None:
+        """Apply migrations and report what is reachable; neither outage stops start-up."""
+
         async def postgres() -> None:
             async with self.db.acquire(timeout=5) as connection:
-                await connection.fetchval("SELECT 1")
+                await migrate(connection)
 
         for name, check in (("postgres", postgres), ("redis", self.redis.ping)):
             try:
-                await asyncio.wait_for(check(), timeout=5)
+                await asyncio.wait_for(check(), timeout=30)
                 logger.info(f"{name} reachable")
             except Exception as exc:  # reported, not fatal: see each dependency's failure policy
                 logger.error(f"{name} unreachable at start-up", extra={"error": repr(exc)})

@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 
 from extproc.processor import Processor
 from extproc.resources import Resources
+from extproc.services import Services
 from extproc.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
 async def serve(settings: Settings) -> None:
     resources = await Resources.open(settings)
     server = grpc.aio.server(options=grpc_options(settings))
-    add_ExternalProcessorServicer_to_server(Processor(settings), server)
+    add_ExternalProcessorServicer_to_server(Processor(Services.build(settings, resources)), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     address = f"{settings.extproc_host}:{settings.extproc_port}"

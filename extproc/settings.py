@@ -154,6 +154,8 @@ class Settings(BaseSettings):
     # The ext_proc gRPC server and its metrics endpoint.
     extproc_host: str = "127.0.0.1"
     extproc_port: int = 50051
+    # Processes behind Envoy's ext_proc cluster (ports extproc_port + i, metrics_port + i).
+    extproc_workers: int = Field(default=1, ge=1)
     # Where Envoy dials the ext_proc when that is not where it binds (containers: a hostname).
     extproc_connect_host: str | None = None
     # Envoy waits this long for each ext_proc reply before failing the request closed.

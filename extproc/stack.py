@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -40,6 +42,7 @@ def _envoy_ready(admin_port: int) -> bool:
 
 class Stack:
     def __init__(self) -> None:
+        self.demo: dict[str, str] | None = None
         self.state_file: Path | None = None
         self.children: list[Child] = []
         self.stopping = threading.Event()
@@ -67,13 +70,20 @@ class Stack:
             self._export(REDIS_URL=url)
             logger.info("embedded redis ready", extra={"redis_url": url})
 
+        if settings.nextauth_secret is None:
+            self._export(NEXTAUTH_SECRET=_local_secret(data_dir / "nextauth_secret"))
+            logger.info("NEXTAUTH_SECRET is not set: tokens are signed with the stack's own secret")
+
         openrouter_key = settings.providers["openrouter"].api_key
         if openrouter_key is None:
             self._start_mock(settings.mock_upstream_port)
 
+        embedded_database = settings.database_url is None
         settings = load_settings()
         self._start_extproc(settings)
         self._start_envoy(settings, data_dir)
+        # A ready-to-use account, only in the stack's own database (never in one it was given).
+        self.demo = _demo_account(data_dir / "demo.json") if embedded_database else None
         self.state_file.write_text(
             json.dumps(
                 {
@@ -87,6 +97,7 @@ class Stack:
                     ),
                     "metrics_url": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
                     "envoy_admin_url": f"http://127.0.0.1:{settings.envoy_admin_port}",
+                    "demo_user": self.demo,
                 },
                 indent=2,
             )
@@ -110,16 +121,21 @@ class Stack:
         )
 
     def _start_extproc(self, settings: Settings) -> None:
-        child = Child.start(
-            "ext_proc",
-            [sys.executable, "-m", "extproc.cli", "serve"],
-            stop_timeout=settings.extproc_drain_seconds + 10,
-        )
-        self.children.append(child)
-        wait_until(
-            "ext_proc", lambda: port_open(settings.extproc_host, settings.extproc_port), child
-        )
-        wait_until("ext_proc metrics", lambda: port_open(settings.metrics_host, settings.metrics_port), child)
+        for worker in range(settings.extproc_workers):
+            port, metrics_port = settings.extproc_port + worker, settings.metrics_port + worker
+            child = Child.start(
+                f"ext_proc-{worker}" if worker else "ext_proc",
+                [sys.executable, "-m", "extproc.cli", "serve"],
+                env={
+                    **os.environ,
+                    "LLM_GATEWAY_EXTPROC_PORT": str(port),
+                    "LLM_GATEWAY_METRICS_PORT": str(metrics_port),
+                },
+                stop_timeout=settings.extproc_drain_seconds + 10,
+            )
+            self.children.append(child)
+            wait_until("ext_proc", lambda: port_open(settings.extproc_host, port), child)
+            wait_until("ext_proc metrics", lambda: port_open(settings.metrics_host, metrics_port), child)
 
     def _start_envoy(self, settings: Settings, data_dir: Path) -> None:
         config = data_dir / "envoy.yaml"
@@ -158,28 +174,61 @@ class Stack:
         return 0
 
 
-def banner(settings: Settings) -> str:
-    url = f"http://{settings.listen_host}:{settings.listen_port}"
-    return "\n".join(
-        [
-            "",
-            f"LLM gateway ready on {url}  (chat: {url}{CHAT_PATHS[0]})",
-            f"  metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics"
-            f"   envoy admin: http://127.0.0.1:{settings.envoy_admin_port}",
-            "  try:",
-            f"    curl -sN {url}{CHAT_PATHS[0]} -H 'content-type: application/json' "
-            """-d '{"model":"openai/gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello"}]}'""",
-            "  Ctrl-C stops everything.",
-            "",
-        ]
+def _local_secret(path: Path) -> str:
+    """The local stack's JWT secret, made once and kept with its data (owner-only)."""
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _cli(*args: str) -> dict[str, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "extproc.cli", *args], check=True, capture_output=True, text=True
     )
+    return json.loads(result.stdout)
+
+
+def _demo_account(path: Path) -> dict[str, str]:
+    """A user with $5 of credits, created on the first run and given a fresh token after."""
+    if path.exists():
+        user_id = json.loads(path.read_text())["id"]
+        account = {"id": user_id, "token": _cli("token", "mint", "--user", user_id)["token"]}
+    else:
+        created = _cli("user", "create", "--email", "demo@example.com", "--credits-usd", "5")
+        account = {"id": created["id"], "token": created["token"]}
+        path.write_text(json.dumps({"id": created["id"]}))
+    return account
+
+
+def banner(settings: Settings, demo: dict[str, str] | None) -> str:
+    url = f"http://{settings.listen_host}:{settings.listen_port}"
+    chat = f"{url}{CHAT_PATHS[0]}"
+    body = """'{"model":"openai/gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello"}]}'"""
+    lines = [
+        "",
+        f"LLM gateway ready on {url}  (chat: {chat})",
+        f"  metrics: http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+        f"   envoy admin: http://127.0.0.1:{settings.envoy_admin_port}",
+    ]
+    if demo is not None:
+        lines += [
+            f"  demo user {demo['id']} ($5 of credits), token:",
+            f"    {demo['token']}",
+            "  try:",
+            f"    curl -sN {chat} -H 'authorization: Bearer {demo['token']}' -H 'content-type: application/json' -d {body}",
+        ]
+    else:
+        lines += ["  create a user and a token with: llm-gateway user create --email you@example.com --credits-usd 5"]
+    lines += ["  Ctrl-C stops everything.", ""]
+    return "\n".join(lines)
 
 
 def run() -> int:
     stack = Stack()
     try:
         settings = stack.start()
-        print(banner(settings), flush=True)
+        print(banner(settings, stack.demo), flush=True)
         return stack.wait()
     finally:
         stack.stop()

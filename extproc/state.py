@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extproc.settings import Provider
 from extproc.usage import ResponseSummary, StreamTap
+
+if TYPE_CHECKING:  # the pipeline's types refer back to ChatRequest
+    from extproc.pipeline.client_headers import ClientInfo
+    from extproc.pipeline.identity import Identity
 
 
 @dataclass(slots=True)
@@ -30,6 +34,9 @@ class RequestState:
     client_ip: str | None = None
 
     chat: ChatRequest | None = None
+    client: ClientInfo | None = None
+    auto_model: str | None = None  # the kilo/auto* id the client asked for, when resolved
+    identity: Identity | None = None
     provider: Provider | None = None
 
     status: int | None = None  # upstream (or immediate) response status

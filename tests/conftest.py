@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,23 @@ class Gateway:
     process: subprocess.Popen[bytes]
     ports: dict[str, int]
     children: dict[str, int]
+    data_dir: Path
+
+    def cli(self, *args: str) -> dict[str, Any]:
+        """Run an operator command against this stack's database, as an operator would."""
+        result = subprocess.run(
+            [sys.executable, "-m", "extproc.cli", *args],
+            env={**os.environ, "LLM_GATEWAY_DATA_DIR": str(self.data_dir), "DATABASE_URL": self.database_url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def new_user(self, credits_usd: str = "10", email: str | None = None) -> dict[str, Any]:
+        email = email or f"user-{uuid.uuid4().hex[:12]}@example.com"
+        return self.cli("user", "create", "--email", email, "--credits-usd", credits_usd)
 
     @property
     def chat_url(self) -> str:
@@ -107,6 +125,7 @@ def start_stack(data_dir: Path, **extra: str) -> Gateway:
         process=process,
         ports=ports,
         children=state["children"],
+        data_dir=data_dir,
     )
 
 
@@ -115,10 +134,20 @@ def stop_stack(gateway: Gateway, timeout: float = 60) -> int:
     return gateway.process.wait(timeout)
 
 
+# The shared stack trusts one proxy hop, so each test can be its own client IP by sending
+# `x-forwarded-for` (as a load balancer in front of Envoy would), and has a small anonymous
+# promotion limit so that limit can be reached in a test.
+SESSION_STACK = {
+    "LLM_GATEWAY_TRUSTED_PROXY_HOPS": "1",
+    "LLM_GATEWAY_PROMOTION_LIMIT": "5",
+    "BLACKLIST_DOMAINS": "blocked.example|banned.test",
+}
+
+
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     data_dir = tmp_path_factory.mktemp("stack")
-    gw = start_stack(data_dir)
+    gw = start_stack(data_dir, **SESSION_STACK)
     try:
         yield gw
     finally:
@@ -130,3 +159,23 @@ def upstream(gateway: Gateway) -> Gateway:
     """The gateway with the mock's request record emptied, for asserting what went upstream."""
     gateway.clear_upstream_requests()
     return gateway
+
+
+@pytest.fixture(scope="session")
+def account(gateway: Gateway) -> dict[str, Any]:
+    """A user with plenty of credits, shared by tests that only need to be let in."""
+    return gateway.new_user(credits_usd="1000")
+
+
+@pytest.fixture(scope="session")
+def auth(account: dict[str, Any]) -> dict[str, str]:
+    return {"authorization": f"Bearer {account['token']}"}
+
+
+_ip_counter = iter(range(1, 1_000_000))
+
+
+def fresh_ip() -> str:
+    """A client address no other test used, so per-IP limits start empty."""
+    n = next(_ip_counter)
+    return f"198.18.{n // 250}.{n % 250 + 1}"

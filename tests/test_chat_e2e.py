@@ -20,8 +20,8 @@ MODEL = "openai/gpt-4o-mini"
 
 
 @pytest.fixture
-def client(gateway: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.openai_base_url, api_key="client-token-never-forwarded")
+def client(gateway: Gateway, account: dict) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.openai_base_url, api_key=account["token"])
 
 
 def test_openai_sdk_streams_a_completion(client: openai.OpenAI, upstream: Gateway) -> None:
@@ -48,13 +48,13 @@ def test_openai_sdk_non_streaming_completion(client: openai.OpenAI, upstream: Ga
     assert completion.usage.completion_tokens == expected_usage(request, MockOptions())["completion_tokens"]
 
 
-def test_the_legacy_openrouter_prefix_serves_the_same(gateway: Gateway) -> None:
-    client = openai.OpenAI(base_url=f"{gateway.url}/api/openrouter", api_key="x")
+def test_the_legacy_openrouter_prefix_serves_the_same(gateway: Gateway, account: dict) -> None:
+    client = openai.OpenAI(base_url=f"{gateway.url}/api/openrouter", api_key=account["token"])
     completion = client.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert completion.choices[0].message.content == expected_text({"model": MODEL, "messages": MESSAGES}, MockOptions())
 
 
-def test_stream_chunks_reach_the_client_as_they_are_produced(gateway: Gateway) -> None:
+def test_stream_chunks_reach_the_client_as_they_are_produced(gateway: Gateway, auth: dict) -> None:
     body = {
         "model": MODEL,
         "stream": True,
@@ -63,7 +63,7 @@ def test_stream_chunks_reach_the_client_as_they_are_produced(gateway: Gateway) -
     }
     arrivals: list[float] = []
     started = time.monotonic()
-    with httpx.stream("POST", gateway.chat_url, json=body, timeout=30) as response:
+    with httpx.stream("POST", gateway.chat_url, json=body, headers=auth, timeout=30) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("data: {") and '"content":"w' in line:
@@ -75,12 +75,14 @@ def test_stream_chunks_reach_the_client_as_they_are_produced(gateway: Gateway) -
     assert arrivals[0] < arrivals[-1] - 0.75
 
 
-def test_upstream_gets_the_provider_key_and_none_of_the_client_headers(gateway: Gateway, upstream: Gateway) -> None:
+def test_upstream_gets_the_provider_key_and_none_of_the_client_headers(
+    gateway: Gateway, upstream: Gateway, account: dict
+) -> None:
     response = httpx.post(
         f"{gateway.chat_url}?trace=1&x=y",
         json={"model": MODEL, "messages": MESSAGES, "models": ["a/b", "c/d"], "stream_options": {"foo": 1}},
         headers={
-            "authorization": "Bearer client-secret-token",
+            "authorization": f"Bearer {account['token']}",
             "cookie": "session=client-cookie",
             "x-custom-client-header": "leak-me",
             "user-agent": "test-client/1.0",
@@ -96,7 +98,7 @@ def test_upstream_gets_the_provider_key_and_none_of_the_client_headers(gateway: 
     assert headers["x-title"] == "Kilo Code"
     assert headers["content-type"] == "application/json"
     assert set(headers) == {"host", "authorization", "http-referer", "x-title", "content-type", "content-length"}
-    assert "client-secret-token" not in orjson.dumps(received).decode()
+    assert account["token"] not in orjson.dumps(received).decode()
     assert received["path"] == "/api/v1/chat/completions"
     assert received["query"] == {"trace": "1", "x": "y"}
     body = received["body"]
@@ -113,9 +115,9 @@ def test_client_headers_cannot_choose_the_upstream_cluster(gateway: Gateway) -> 
     assert response.json() == {"error": "Not found"}
 
 
-def test_response_headers_are_limited_to_the_whitelist(gateway: Gateway) -> None:
+def test_response_headers_are_limited_to_the_whitelist(gateway: Gateway, auth: dict) -> None:
     for stream in (True, False):
-        response = httpx.post(gateway.chat_url, json={"model": MODEL, "messages": MESSAGES, "stream": stream})
+        response = httpx.post(gateway.chat_url, json={"model": MODEL, "messages": MESSAGES, "stream": stream}, headers=auth)
         assert response.status_code == 200
         # The mock sends `server` and `cache-control`; framing headers are the HTTP layer's own.
         names = set(response.headers) - {"transfer-encoding", "content-length", "connection"}
@@ -123,16 +125,16 @@ def test_response_headers_are_limited_to_the_whitelist(gateway: Gateway) -> None
         assert response.headers["content-encoding"] == "identity"
 
 
-def test_upstream_errors_pass_through_with_their_status(gateway: Gateway) -> None:
+def test_upstream_errors_pass_through_with_their_status(gateway: Gateway, auth: dict) -> None:
     response = httpx.post(
-        gateway.chat_url, json={"model": MODEL, "messages": MESSAGES, "mock": {"status": 429}}
+        gateway.chat_url, json={"model": MODEL, "messages": MESSAGES, "mock": {"status": 429}}, headers=auth
     )
     assert response.status_code == 429
     assert response.json() == {"error": {"message": "Mock upstream error 429", "code": 429}}
 
 
-def test_metrics_count_requests_by_status_provider_and_model(gateway: Gateway) -> None:
-    httpx.post(gateway.chat_url, json={"model": MODEL, "messages": MESSAGES})
+def test_metrics_count_requests_by_status_provider_and_model(gateway: Gateway, auth: dict) -> None:
+    httpx.post(gateway.chat_url, json={"model": MODEL, "messages": MESSAGES}, headers=auth)
     httpx.post(gateway.chat_url, content=b"not json")
     text = gateway.metrics()
     assert f'llm_gateway_requests_total{{model="{MODEL}",provider="openrouter",status="200"}}' in text

@@ -76,7 +76,7 @@ def test_a_large_body_within_the_limit_is_forwarded(upstream: Gateway) -> None:
     text = "y" * (6 * 1024 * 1024)
     response = httpx.post(
         upstream.chat_url,
-        json={"model": "a/b", "messages": [{"role": "user", "content": text}], "mock": {"content": "ok"}},
+        json={"model": "a/b:free", "messages": [{"role": "user", "content": text}], "mock": {"content": "ok"}},
         timeout=30,
     )
     assert response.status_code == 200

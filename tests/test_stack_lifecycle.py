@@ -37,7 +37,7 @@ def test_extproc_reports_serving_on_grpc_health(gateway: Gateway) -> None:
 
 def test_sigterm_stops_every_process_and_frees_every_port(tmp_path: Path) -> None:
     gateway = start_stack(tmp_path)
-    assert httpx.post(gateway.chat_url, json={"model": "a/b", "messages": []}).status_code == 200
+    assert httpx.post(gateway.chat_url, json={"model": "a/b:free", "messages": []}).status_code == 200
     assert set(_listening(gateway)) == {"listen", "admin", "extproc", "metrics", "mock"}
 
     assert stop_stack(gateway) == 0
@@ -49,7 +49,7 @@ def test_sigterm_stops_every_process_and_frees_every_port(tmp_path: Path) -> Non
 
 def test_extproc_drains_open_streams_before_exiting(tmp_path: Path) -> None:
     gateway = start_stack(tmp_path, LLM_GATEWAY_EXTPROC_DRAIN_SECONDS="20")
-    body = {"model": "a/b", "stream": True, "messages": [], "mock": {"chunks": 10, "chunk_delay_ms": 200}}
+    body = {"model": "a/b:free", "stream": True, "messages": [], "mock": {"chunks": 10, "chunk_delay_ms": 200}}
     received: list[str] = []
     first_chunk = threading.Event()
 
@@ -92,7 +92,7 @@ def test_a_stalled_extproc_fails_closed_with_a_json_error_within_the_message_tim
     try:
         os.kill(extproc, signal.SIGSTOP)
         started = time.monotonic()
-        response = httpx.post(gateway.chat_url, json={"model": "a/b", "messages": []}, timeout=30)
+        response = httpx.post(gateway.chat_url, json={"model": "a/b:free", "messages": []}, timeout=30)
         elapsed = time.monotonic() - started
         os.kill(extproc, signal.SIGCONT)
         assert response.status_code == 504
@@ -104,7 +104,7 @@ def test_a_stalled_extproc_fails_closed_with_a_json_error_within_the_message_tim
         # Nothing reached the provider while the ext_proc could not decide.
         assert gateway.upstream_requests() == []
         # Once it is back, requests flow again.
-        assert httpx.post(gateway.chat_url, json={"model": "a/b", "messages": []}, timeout=30).status_code == 200
+        assert httpx.post(gateway.chat_url, json={"model": "a/b:free", "messages": []}, timeout=30).status_code == 200
     finally:
         os.kill(extproc, signal.SIGCONT)
         stop_stack(gateway)

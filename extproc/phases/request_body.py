@@ -1,24 +1,100 @@
-"""Phase 2: the request pipeline of behaviour.md section 2, in the contract's order."""
+"""Phase 2: the request pipeline of behaviour.md section 2, in the contract's order (2.0)."""
 
 from __future__ import annotations
 
+import uuid
+
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingResponse
 
-from extproc import protocol
+from extproc import errors, protocol
+from extproc.directory import DirectoryUnavailable
+from extproc.limits import Admission
+from extproc.pipeline.auto_model import apply_auto_model, resolve_auto_model
+from extproc.pipeline.balance import organization_balance, require_balance
+from extproc.pipeline.client_headers import extract_client_info
+from extproc.pipeline.free_usage import log_free_model_usage
+from extproc.pipeline.identity import Identity, admit_anonymous, authenticate
+from extproc.pipeline.organization import apply_organization_rules, data_collection_gate
 from extproc.pipeline.parse import parse_chat_request
 from extproc.pipeline.rejection import Rejection
 from extproc.pipeline.upstream import forward, select_provider
-from extproc.settings import Settings
+from extproc.pipeline.validation import validate_request
+from extproc.services import Services
 from extproc.state import RequestState
 
+_LIMIT_REFUSALS = {
+    Admission.FREE_MODEL_LIMIT: errors.FREE_MODEL_RATE_LIMITED,
+    Admission.PROMOTION_LIMIT: errors.PROMOTION_MODEL_LIMIT_REACHED,
+}
 
-async def on_request_body(settings: Settings, state: RequestState, message: HttpBody) -> ProcessingResponse:
+
+async def on_request_body(services: Services, state: RequestState, message: HttpBody) -> ProcessingResponse:
     try:
-        state.chat = chat = parse_chat_request(message.body)  # 2.1
-        # Admission (2.2-2.13: client IP, auto model, limits, auth, balance) comes here.
-        state.provider = provider = select_provider(settings, chat)  # 3.2
-        # Request shaping (2.14, 5) comes here.
-        return forward(settings, state, chat, provider)  # 2.15
+        return await _admit(services, state, message.body)
     except Rejection as rejection:
         state.status = rejection.error.status
         return protocol.immediate(rejection.error)
+    except DirectoryUnavailable:
+        state.status = errors.SERVICE_UNAVAILABLE.status
+        return protocol.immediate(errors.SERVICE_UNAVAILABLE)
+
+
+async def _admit(services: Services, state: RequestState, raw: bytes) -> ProcessingResponse:
+    settings, catalogue = services.settings, services.settings.catalogue
+    chat = parse_chat_request(raw)  # 2.1
+    state.client = client = extract_client_info(state.headers, state.path)  # 2.9 (pure)
+    auto = resolve_auto_model(chat.model_lower, client.mode)  # 2.3
+    if auto is not None:
+        state.auto_model = chat.model_lower
+        chat = apply_auto_model(chat, auto)
+    state.chat = chat
+    model = chat.model_lower
+
+    if state.client_ip is None:  # 2.2
+        raise Rejection(errors.NO_CLIENT_IP)
+    ip = state.client_ip
+
+    # 2.5 and 2.6. Authentication has no visible effect of its own, so it runs before the
+    # free-model limits; their refusals still take the contract's precedence below.
+    identity = await authenticate(state.headers, settings, services.directory)
+    identity = identity or admit_anonymous(model, ip, catalogue)
+    state.identity = identity
+
+    # 2.4 and 2.7 in one atomic Redis script; 2.8 logs what it admitted.
+    kilo_free = catalogue.is_kilo_free_model(model)
+    if kilo_free or (identity.anonymous and catalogue.is_free_model(model)):
+        # A member of the window per request, never a client-influenced id (a repeated id
+        # would be counted once).
+        admission = await services.limiter.admit(
+            ip, kilo_free=kilo_free, anonymous=identity.anonymous, request_id=uuid.uuid4().hex
+        )
+        if admission in _LIMIT_REFUSALS:
+            raise Rejection(_LIMIT_REFUSALS[admission])
+    if kilo_free:
+        await log_free_model_usage(
+            services.resources.db,
+            ip,
+            model,
+            None if identity.anonymous else identity.user_id,
+            settings.directory_query_timeout_seconds,
+        )
+
+    state.provider = provider = select_provider(settings, chat)  # 3.2
+    validate_request(chat, catalogue)  # 2.11
+    if not identity.anonymous:  # 2.12
+        await _check_balance_and_organization(services, identity, chat.body, model)
+    data_collection_gate(chat.body, model, catalogue)  # 2.13
+    # Request shaping (2.14, 5) comes here.
+    return forward(settings, state, chat, provider)  # 2.15
+
+
+async def _check_balance_and_organization(services: Services, identity: Identity, body: dict, model: str) -> None:
+    settings, directory = services.settings, services.directory
+    assert identity.user is not None
+    if identity.organization_id is None:
+        await require_balance(settings, directory, identity, model, identity.user.balance_microdollars)
+        return
+    account = await directory.organization_account(identity.organization_id, identity.user_id)
+    await require_balance(settings, directory, identity, model, organization_balance(account))
+    if account is not None:
+        apply_organization_rules(body, model, account.plan, account.settings, settings.catalogue)

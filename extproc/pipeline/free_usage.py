@@ -1,0 +1,23 @@
+"""Step 2.8: a Kilo free-model request is logged before the upstream call, so it counts even
+if the upstream fails. A failed insert is logged and the request goes on (the reference
+worker's choice): the Redis limiter has already counted it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+logger = logging.getLogger(__name__)
+
+_INSERT = "INSERT INTO free_model_usage (ip_address, model, kilo_user_id) VALUES ($1, $2, $3)"
+
+
+async def log_free_model_usage(pool: asyncpg.Pool, ip: str, model_lower: str, user_id: str | None, timeout: float) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            async with pool.acquire() as connection:
+                await connection.execute(_INSERT, ip, model_lower, user_id)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        logger.error("free_model_usage insert failed", extra={"model": model_lower, "error": repr(exc)})

@@ -1,0 +1,33 @@
+"""What every stream of one ext_proc process shares: settings, pools, caches, the limiter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from extproc.directory import Directory
+from extproc.limits import FreeModelLimiter
+from extproc.resources import Resources
+from extproc.settings import Settings
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    resources: Resources
+    directory: Directory
+    limiter: FreeModelLimiter
+
+    @classmethod
+    def build(cls, settings: Settings, resources: Resources) -> Services:
+        return cls(
+            settings=settings,
+            resources=resources,
+            directory=Directory(resources.db, settings),
+            limiter=FreeModelLimiter(
+                resources.redis,
+                free_limit=settings.free_model_limit,
+                free_window_seconds=settings.free_model_window_seconds,
+                promotion_limit=settings.promotion_limit,
+                promotion_window_seconds=settings.promotion_window_seconds,
+            ),
+        )
