@@ -40,12 +40,18 @@ class Gateway:
     ports: dict[str, int]
     children: dict[str, int]
     data_dir: Path
+    env: dict[str, str]  # what the stack was started with beyond the defaults
 
     def cli(self, *args: str) -> dict[str, Any]:
         """Run an operator command against this stack's database, as an operator would."""
         result = subprocess.run(
             [sys.executable, "-m", "extproc.cli", *args],
-            env={**os.environ, "LLM_GATEWAY_DATA_DIR": str(self.data_dir), "DATABASE_URL": self.database_url},
+            env={
+                **os.environ,
+                **self.env,
+                "LLM_GATEWAY_DATA_DIR": str(self.data_dir),
+                "DATABASE_URL": self.database_url,
+            },
             capture_output=True,
             text=True,
             timeout=60,
@@ -126,6 +132,7 @@ def start_stack(data_dir: Path, **extra: str) -> Gateway:
         ports=ports,
         children=state["children"],
         data_dir=data_dir,
+        env=extra,
     )
 
 

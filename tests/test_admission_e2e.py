@@ -346,3 +346,53 @@ def test_a_client_cannot_spoof_its_address_beyond_the_trusted_hop(upstream: Gate
         assert chat(upstream, KILO_FREE, ip=f"10.0.0.{n}, {trusted}").status_code == 200
     upstream.clear_upstream_requests()
     refused(upstream, chat(upstream, KILO_FREE, ip=f"10.9.9.9, {trusted}"), 401, PROMOTION_LIMIT)
+
+
+# --- Cost of admission: round trips for a cached, signed-in user ---------------------------
+
+
+class RedisCommands:
+    """Commands Redis processed, read over one connection (each reading adds its own INFO)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(gateway.redis_url)
+        self.client.ping()
+
+    def __call__(self) -> int:
+        return int(self.client.info("stats")["total_commands_processed"])
+
+    def scripts(self) -> int:
+        """Script runs: one round trip each, whatever the script does inside."""
+        stats = self.client.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("eval", "evalsha"))
+
+
+def _postgres_user_lookups(gateway: Gateway) -> float:
+    for line in gateway.metrics().splitlines():
+        if line.startswith('llm_gateway_directory_lookups_total{kind="user",source="postgres"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_cached_signed_in_user_costs_no_postgres_and_no_redis_round_trip(gateway: Gateway) -> None:
+    user = gateway.new_user()
+    assert chat(gateway, PAID, token=user["token"]).status_code == 200  # fills the cache
+    redis_commands = RedisCommands(gateway)
+    lookups, commands = _postgres_user_lookups(gateway), redis_commands()
+    for _ in range(10):
+        assert chat(gateway, PAID, token=user["token"]).status_code == 200
+    assert _postgres_user_lookups(gateway) == lookups
+    # The only command Redis saw is the INFO of the first reading.
+    assert redis_commands() - commands == 1
+
+
+def test_a_kilo_free_model_request_costs_one_redis_round_trip(gateway: Gateway) -> None:
+    user = gateway.new_user()
+    assert chat(gateway, KILO_FREE, token=user["token"]).status_code == 200
+    redis_commands = RedisCommands(gateway)
+    scripts = redis_commands.scripts()
+    for _ in range(10):
+        assert chat(gateway, KILO_FREE, token=user["token"]).status_code == 200
+    assert redis_commands.scripts() - scripts == 10
