@@ -1,4 +1,4 @@
-"""Operator commands of `llm-gateway`: users, tokens, credits and organisations.
+"""Operator commands of `llm-gateway`: users, tokens, credits, organisations and BYOK keys.
 
 Every command prints one JSON object on stdout and exits 0, or prints ``{"error": ...}`` on
 stderr and exits 2 on bad input (1 when the database itself fails) without changing anything.
@@ -10,7 +10,8 @@ six decimals is an error, never a rounding.
 
 The database is ``DATABASE_URL`` if set, else the running local stack's
 ``<data_dir>/stack.json``; the signing secret for tokens is ``NEXTAUTH_SECRET`` if set, else
-the file ``<data_dir>/nextauth_secret`` that the local stack writes.
+the file ``<data_dir>/nextauth_secret`` that the local stack writes. BYOK keys are encrypted
+with ``BYOK_ENCRYPTION_KEY`` (base64 of 32 bytes), which the command never prints.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "create_user",
     "normalize_email",
     "open_database",
+    "parse_byok_provider",
     "parse_org_id",
     "parse_settings_json",
     "resolve_database_url",
@@ -63,7 +65,7 @@ EXIT_FAILURE = 1
 ROLES = ("owner", "member", "billing_manager")
 PLANS = ("teams", "enterprise")
 # The top-level words of the operator commands (cli.py makes their usage errors JSON too).
-COMMAND_GROUPS = ("user", "token", "credits", "org")
+COMMAND_GROUPS = ("user", "token", "credits", "org", "byok")
 
 NO_DATABASE = "no database: set DATABASE_URL or start the stack with `make run`"
 NO_SECRET = (
@@ -142,6 +144,13 @@ def parse_nonempty(text: str, what: str) -> str:
     if not value:
         raise AdminError(f"{what} must not be empty")
     return value
+
+
+def parse_byok_provider(text: str, known: tuple[str, ...]) -> str:
+    provider = text.strip().lower()
+    if provider not in known:
+        raise AdminError(f"unknown BYOK provider {text!r}: expected one of {', '.join(known)}")
+    return provider
 
 
 # ---------------------------------------------------------------------------------------
@@ -480,6 +489,39 @@ async def _org_daily_limit(args: argparse.Namespace, settings: Settings) -> dict
         return await set_daily_limit(conn, org_id, user_id, limit)
 
 
+async def _byok_add(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from extproc import byok  # cryptography: only this command pays for it
+
+    user_id = parse_user_id(args.user) if args.user is not None else None
+    org_id = parse_org_id(args.org) if args.org is not None else None
+    provider = parse_byok_provider(args.provider, byok.BYOK_PROVIDER_IDS)
+    key = parse_nonempty(sys.stdin.read() if args.key == "-" else args.key, "--key")
+    if provider == "bedrock":
+        try:
+            byok.parse_aws_credentials(key)
+        except byok.ByokDecryptionError:
+            raise AdminError(
+                "--key of a bedrock key must be the JSON object"
+                ' {"accessKeyId": ..., "secretAccessKey": ..., "region": ...} (strings)'
+            ) from None
+    try:
+        encryption_key = byok.encryption_key_from_env()
+    except ValueError as error:
+        raise AdminError(str(error)) from None
+    encrypted = byok.encrypt_api_key(key, encryption_key)
+    async with open_database(settings) as conn:
+        async with conn.transaction():
+            if user_id is not None:
+                await _require_user(conn, user_id)
+            else:
+                await _require_org(conn, org_id)
+            row_id = await byok.upsert_key(
+                conn, provider_id=provider, encrypted=encrypted, user_id=user_id, organization_id=org_id
+            )
+    owner = {"user": user_id} if user_id is not None else {"org": org_id}
+    return {"id": row_id, "provider": provider, "owner": owner}
+
+
 def _print_error(message: str) -> None:
     sys.stderr.buffer.write(orjson.dumps({"error": message}) + b"\n")
     sys.stderr.flush()
@@ -521,7 +563,7 @@ def _handler(command: Command) -> Callable[[argparse.Namespace], int]:
 
 
 def add_subcommands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register `user`, `token`, `credits` and `org` on the `llm-gateway` parser."""
+    """Register `user`, `token`, `credits`, `org` and `byok` on the `llm-gateway` parser."""
 
     def group(name: str, help_text: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
         parser = commands.add_parser(name, help=help_text)
@@ -578,3 +620,27 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:  # type: igno
     p.add_argument("--org", required=True, metavar="ID")
     p.add_argument("--user", required=True, metavar="ID")
     p.add_argument("--usd", required=True, metavar="USD")
+
+    byok_keys = group("byok", "customers' own provider keys (BYOK)")
+    p = action(
+        byok_keys,
+        "add",
+        "store (or replace and re-enable) a user's or an organisation's key for a provider,"
+        " encrypted with BYOK_ENCRYPTION_KEY",
+        _byok_add,
+    )
+    owner = p.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--user", metavar="ID")
+    owner.add_argument("--org", metavar="ID")
+    p.add_argument(
+        "--provider",
+        required=True,
+        metavar="ID",
+        help="anthropic, bedrock, google, openai, minimax, mistral, xai, zai or codestral",
+    )
+    p.add_argument(
+        "--key",
+        required=True,
+        metavar="KEY",
+        help='the API key ("-" reads it from stdin); for bedrock the JSON {accessKeyId, secretAccessKey, region}',
+    )

@@ -78,7 +78,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         mock_upstream.add_cli_arguments(mock)
     mock.set_defaults(handler=_mock_upstream)
-    # Operator commands: user, token, credits, org (extproc/admin.py).
+    # Operator commands: user, token, credits, org, byok (extproc/admin.py).
     admin.add_subcommands(commands)
     return parser
 

@@ -19,3 +19,31 @@ PHASE_SECONDS = Histogram(
     ["phase"],
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
 )
+
+# OpenTelemetry GenAI semantic conventions (gen_ai.* metrics), recorded when a request ends.
+# Labels: provider id and the upstream-reported model (bounded by the provider's catalogue).
+_GENAI = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_response_model"]
+TOKEN_USAGE = Histogram(
+    "gen_ai_client_token_usage",
+    "Tokens used per request, by token type (input, output, cached_input).",
+    [*_GENAI, "gen_ai_token_type"],
+    buckets=tuple(4**n for n in range(14)),
+)
+REQUEST_DURATION = Histogram(
+    "gen_ai_server_request_duration_seconds",
+    "From the request reaching the ext_proc to the end of the response.",
+    _GENAI,
+    buckets=(0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92, 300),
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "gen_ai_server_time_to_first_token_seconds",
+    "From the request reaching the ext_proc to the first response chunk (streams).",
+    _GENAI,
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0),
+)
+TIME_PER_OUTPUT_TOKEN = Histogram(
+    "gen_ai_server_time_per_output_token_seconds",
+    "(duration - time to first token) / (output tokens - 1), for streams.",
+    _GENAI,
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5),
+)

@@ -22,7 +22,7 @@ def parse_usd(value: object) -> Decimal | None:
         return None
     if isinstance(value, float):
         value = repr(value)
-    elif not isinstance(value, (int, str)):
+    elif not isinstance(value, (int, str, Decimal)):
         return None
     try:
         amount = Decimal(value)

@@ -67,7 +67,7 @@ class Processor(ExternalProcessorServicer):
         finally:
             # Reached on completion, and also when Envoy resets the stream because the client
             # went away: the request is summarised either way, marked aborted in the latter.
-            finish_request(state, aborted=not finished)
+            finish_request(self.services.settings, self.services.accounting, state, aborted=not finished)
 
     async def _decide(self, state: RequestState, request: ProcessingRequest, phase: str | None) -> ProcessingResponse:
         try:

@@ -38,8 +38,9 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
 
 async def serve(settings: Settings) -> None:
     resources = await Resources.open(settings)
+    services = Services.build(settings, resources)
     server = grpc.aio.server(options=grpc_options(settings))
-    add_ExternalProcessorServicer_to_server(Processor(Services.build(settings, resources)), server)
+    add_ExternalProcessorServicer_to_server(Processor(services), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     address = f"{settings.extproc_host}:{settings.extproc_port}"
@@ -56,12 +57,18 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    writer_stop = asyncio.Event()
+    writer = asyncio.create_task(services.accounting.run(writer_stop))
     await stop.wait()
 
-    # Drain: report NOT_SERVING, refuse new streams, let open generations finish.
+    # Drain: report NOT_SERVING, refuse new streams, let open generations finish, then write
+    # what they left in the outbox.
     logger.info("ext_proc draining", extra={"grace_seconds": settings.extproc_drain_seconds})
     await health.enter_graceful_shutdown()
     await server.stop(grace=settings.extproc_drain_seconds)
+    writer_stop.set()
+    await writer
+    await services.accounting.drain(timeout=settings.accounting_drain_seconds)
     await resources.close()
     metrics_server.shutdown()
     metrics_thread.join(timeout=5)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import socket
+
+from extproc.accounting.outbox import Outbox
+from extproc.accounting.writer import Accounting
 from extproc.directory import Directory
 from extproc.limits import FreeModelLimiter
 from extproc.resources import Resources
@@ -16,6 +20,7 @@ class Services:
     resources: Resources
     directory: Directory
     limiter: FreeModelLimiter
+    accounting: Accounting
 
     @classmethod
     def build(cls, settings: Settings, resources: Resources) -> Services:
@@ -29,5 +34,10 @@ class Services:
                 free_window_seconds=settings.free_model_window_seconds,
                 promotion_limit=settings.promotion_limit,
                 promotion_window_seconds=settings.promotion_window_seconds,
+            ),
+            # A consumer name that survives restarts, so a restarted replica takes back what
+            # it had read but not written.
+            accounting=Accounting(
+                settings, resources.db, Outbox(resources.redis, f"{socket.gethostname()}:{settings.extproc_port}")
             ),
         )

@@ -162,6 +162,9 @@ class Settings(BaseSettings):
     extproc_message_timeout_ms: int = Field(default=5000, gt=0)
     extproc_max_message_bytes: int = Field(default=64 * MIB, gt=0)
     extproc_drain_seconds: float = Field(default=30.0, ge=0)
+    # On shutdown, time given to write what is waiting in the accounting outbox (the rest is
+    # written by the next start or another replica).
+    accounting_drain_seconds: float = Field(default=25.0, ge=0)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
 

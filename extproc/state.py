@@ -10,6 +10,7 @@ from extproc.settings import Provider
 from extproc.usage import ResponseSummary, StreamTap
 
 if TYPE_CHECKING:  # the pipeline's types refer back to ChatRequest
+    from extproc.accounting.record import PromptInfo
     from extproc.pipeline.client_headers import ClientInfo
     from extproc.pipeline.identity import Identity
 
@@ -39,8 +40,15 @@ class RequestState:
     identity: Identity | None = None
     provider: Provider | None = None
 
+    prompt: PromptInfo | None = None  # contract 7.6, taken before shaping
+    promotion: bool = False
+    user_byok: bool = False
+    log_request: bool = False  # employees' requests are logged with their response (8.2)
+    response_copy: bytearray | None = None
+
     status: int | None = None  # upstream (or immediate) response status
     first_byte_at: float | None = None
+    first_chunk_at: float | None = None
     stream_tap: StreamTap | None = None
     json_body: bytearray | None = None
     summary: ResponseSummary | None = None

@@ -1,14 +1,19 @@
-"""End of the request (completed, refused or cut): summarise the response off the hot path.
+"""End of the request (completed, refused or cut): summarise it and hand it to accounting.
 
-Runs after the last reply went to Envoy, so nothing here delays the client. The usage record
-built from the original upstream bytes is where accounting (ledger hand-off) attaches.
+Runs after the last reply went to Envoy, so nothing here delays the client: the usage record
+is built from the state in memory and submitted to the outbox by a task of its own.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 
 from extproc import metrics
+from extproc.accounting.record import UsageRecord, response_fields
+from extproc.accounting.writer import Accounting
+from extproc.settings import Settings
 from extproc.state import RequestState
 from extproc.usage import ResponseSummary, summarize_json_body, suspicious_no_usage, usage_from_summary
 
@@ -25,29 +30,81 @@ def summarize(state: RequestState, aborted: bool) -> ResponseSummary | None:
     return None
 
 
-def finish_request(state: RequestState, aborted: bool) -> None:
+def finish_request(settings: Settings, accounting: Accounting, state: RequestState, aborted: bool) -> None:
     state.summary = summary = summarize(state, aborted)
-    status = str(state.status or 0) if not aborted else "aborted"
     provider = state.provider.id if state.provider is not None else "none"
     model = (summary.model if summary is not None else None) or "none"
-    metrics.REQUESTS.labels(status=status, provider=provider, model=model).inc()
+    metrics.REQUESTS.labels(status="aborted" if aborted else str(state.status or 0), provider=provider, model=model).inc()
     if summary is None:
         return
     if suspicious_no_usage(summary):
         logger.warning("SUSPICIOUS: No usage chunk in stream", extra={"request_id": state.request_id})
-    usage = usage_from_summary(summary)
-    logger.info(
-        "request finished",
-        extra={
-            "request_id": state.request_id,
-            "provider": provider,
-            "model": summary.model,
-            "status": state.status,
-            "aborted": aborted,
-            "message_id": summary.message_id,
-            "finish_reason": summary.finish_reason,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "cost_microdollars": usage.cost_microdollars,
-        },
+    _record_genai_metrics(state, summary, provider, model)
+    # Contract 6.2: a provider's 402 on Kilo's own key is answered 503 and not accounted.
+    if state.status == 402 and not state.user_byok:
+        return
+    record = build_record(settings, state, summary, aborted)
+    if record is not None:
+        accounting.submit(record)
+
+
+def build_record(settings: Settings, state: RequestState, summary: ResponseSummary, aborted: bool) -> UsageRecord | None:
+    chat, identity, provider, client = state.chat, state.identity, state.provider, state.client
+    if chat is None or identity is None or provider is None or client is None:
+        return None
+    catalogue = settings.catalogue
+    body = chat.body
+    transforms = body.get("transforms")
+    tools = body.get("tools")
+    max_tokens = body.get("max_tokens")
+    request_log = None
+    if state.response_copy is not None:
+        request_log = {"request": body, "response": bytes(state.response_copy).decode("utf-8", "replace")}
+    return UsageRecord(
+        usage_id=str(uuid.uuid4()),
+        created_at=time.time(),
+        kilo_user_id=identity.user_id,
+        organization_id=identity.organization_id,
+        provider=provider.id,
+        requested_model=chat.model_lower,
+        auto_model=state.auto_model,
+        status_code=state.status or 0,
+        streamed=chat.stream,
+        aborted=aborted,
+        free_model=catalogue.is_free_model(chat.model_lower),
+        stealth_model=catalogue.is_kilo_stealth_model(chat.model_lower),
+        user_byok=state.user_byok,
+        promotion=state.promotion,
+        **response_fields(summary),
+        project_id=client.project_id,
+        prompt=state.prompt,
+        max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
+        has_middle_out_transform=isinstance(transforms, list) and "middle-out" in transforms,
+        has_tools=isinstance(tools, list) and len(tools) > 0,
+        editor_name=client.editor_name,
+        machine_id=client.machine_id,
+        session_id=client.task_id,
+        mode=client.mode,
+        feature=client.feature,
+        user_agent=client.user_agent,
+        forwarded_for=client.forwarded_for,
+        request_log=request_log,
     )
+
+
+def _record_genai_metrics(state: RequestState, summary: ResponseSummary, provider: str, model: str) -> None:
+    labels = ("chat", provider, model)
+    usage = usage_from_summary(summary)
+    for token_type, count in (
+        ("input", usage.input_tokens),
+        ("output", usage.output_tokens),
+        ("cached_input", usage.cache_hit_tokens),
+    ):
+        metrics.TOKEN_USAGE.labels(*labels, token_type).observe(count)
+    duration = time.monotonic() - state.started
+    metrics.REQUEST_DURATION.labels(*labels).observe(duration)
+    if summary.streamed and state.first_chunk_at is not None:
+        ttft = state.first_chunk_at - state.started
+        metrics.TIME_TO_FIRST_TOKEN.labels(*labels).observe(ttft)
+        if usage.output_tokens > 1:
+            metrics.TIME_PER_OUTPUT_TOKEN.labels(*labels).observe((duration - ttft) / (usage.output_tokens - 1))

@@ -10,7 +10,9 @@ from extproc import errors, protocol
 from extproc.directory import DirectoryUnavailable
 from extproc.limits import Admission
 from extproc.pipeline.auto_model import apply_auto_model, resolve_auto_model
-from extproc.pipeline.balance import organization_balance, require_balance
+from extproc.accounting.record import prompt_info
+from extproc.auth.rules import is_employee
+from extproc.pipeline.balance import organization_balance, promotion_active, require_balance
 from extproc.pipeline.client_headers import extract_client_info
 from extproc.pipeline.free_usage import log_free_model_usage
 from extproc.pipeline.identity import Identity, admit_anonymous, authenticate
@@ -59,6 +61,9 @@ async def _admit(services: Services, state: RequestState, raw: bytes) -> Process
     identity = await authenticate(state.headers, settings, services.directory)
     identity = identity or admit_anonymous(model, ip, catalogue)
     state.identity = identity
+    state.log_request = identity.user is not None and is_employee(
+        identity.user.email, identity.organization_id, settings.employee_organization_id
+    )
 
     # 2.4 and 2.7 in one atomic Redis script; 2.8 logs what it admitted.
     kilo_free = catalogue.is_kilo_free_model(model)
@@ -81,6 +86,8 @@ async def _admit(services: Services, state: RequestState, raw: bytes) -> Process
 
     state.provider = provider = select_provider(settings, chat)  # 3.2
     validate_request(chat, catalogue)  # 2.11
+    state.prompt = prompt_info(chat.body)  # 7.6: the usage context, before shaping
+    state.promotion = promotion_active(settings, model, identity)
     if not identity.anonymous:  # 2.12
         await _check_balance_and_organization(services, identity, chat.body, model)
     data_collection_gate(chat.body, model, catalogue)  # 2.13

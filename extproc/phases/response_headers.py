@@ -19,6 +19,8 @@ def on_response_headers(state: RequestState, message: HttpHeaders) -> Processing
     headers = protocol.read_headers(message)
     state.status = int(headers.get(":status", "0") or 0)
     state.first_byte_at = time.monotonic()
+    if state.log_request:
+        state.response_copy = bytearray()
     if state.chat is not None:
         if state.chat.stream:
             state.stream_tap = StreamTap(state.status)

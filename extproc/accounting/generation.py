@@ -1,0 +1,86 @@
+"""Contract 7.3 with decision 10: ask the provider's generation endpoint what it billed.
+
+OpenRouter answers 404 while the generation is not recorded yet, so the fetch waits 200 ms,
+then retries 404, 429 and 5xx with exponential backoff (200 ms x 1.5^n, +-2.5 % jitter) until
+the next wait would pass 20 s in total. Any other answer, or giving up, keeps the stream's own
+numbers. Used for every response with a message id from a provider with the endpoint: error
+responses and streams the client cut included, so they are charged what the upstream billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from prometheus_client import Counter
+
+logger = logging.getLogger(__name__)
+
+REFETCHES = Counter(
+    "llm_gateway_generation_refetches",
+    "Generation endpoint lookups, by outcome (found, not_found, failed).",
+    ["outcome"],
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    first_wait: float = 0.2
+    first_delay: float = 0.2
+    factor: float = 1.5
+    jitter: float = 0.025
+    budget: float = 20.0
+
+    def delays(self) -> list[float]:
+        delays, total, delay = [], 0.0, self.first_delay
+        while total + delay <= self.budget:
+            delays.append(delay)
+            total += delay
+            delay *= self.factor
+        return delays
+
+
+def _retryable(status: int) -> bool:
+    return status in (404, 429) or status >= 500
+
+
+async def fetch_generation(
+    session: aiohttp.ClientSession,
+    api_url: str,
+    api_key: str | None,
+    message_id: str,
+    headers: dict[str, str],
+    backoff: Backoff = Backoff(),
+) -> dict[str, Any] | None:
+    request_headers = dict(headers)
+    if api_key:
+        request_headers["Authorization"] = f"Bearer {api_key}"
+    url = f"{api_url}/generation"
+    await asyncio.sleep(backoff.first_wait)
+    delays = backoff.delays()
+    for attempt in range(len(delays) + 1):
+        try:
+            async with session.get(url, params={"id": message_id}, headers=request_headers) as response:
+                if response.status == 200:
+                    payload = await response.json(content_type=None)
+                    data = payload.get("data") if isinstance(payload, dict) else None
+                    if isinstance(data, dict):
+                        REFETCHES.labels("found").inc()
+                        return data
+                    break
+                if not _retryable(response.status):
+                    break
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            logger.warning("generation lookup failed", extra={"message_id": message_id, "error": repr(exc)})
+        if attempt < len(delays):
+            delay = delays[attempt]
+            await asyncio.sleep(delay * random.uniform(1 - backoff.jitter, 1 + backoff.jitter))
+    else:
+        REFETCHES.labels("not_found").inc()
+        return None
+    REFETCHES.labels("failed").inc()
+    return None

@@ -1,0 +1,187 @@
+"""Contract 7.5 and 8.2: the ledger write for one usage record, in ONE transaction.
+
+The usage row, its metadata row and lookup ids, the user's `microdollars_used`, the
+organisation's usage and the member's daily usage, and the employee request log commit
+together or not at all. The usage id is the idempotency key: a record written twice (a retry
+after a lost acknowledgement, a replayed outbox entry) inserts nothing the second time and
+charges nobody again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from extproc.accounting.cost import Charge
+from extproc.accounting.record import UsageRecord
+
+LOOKUPS = (
+    "http_user_agent",
+    "http_ip",
+    "vercel_ip_country",
+    "vercel_ip_city",
+    "ja4_digest",
+    "system_prompt_prefix",
+    "finish_reason",
+    "editor_name",
+    "feature",
+    "mode",
+    "auto_model",
+)
+
+# One statement: lookup upserts (only for non-null values), the usage row, then its metadata
+# row, which is inserted only when the usage row was (a duplicate returns no row).
+_LOOKUP_CTES = ",\n".join(
+    f"""l_{name} AS (
+  INSERT INTO {name} ({name}) SELECT $1::jsonb->>'{name}' WHERE $1::jsonb->>'{name}' IS NOT NULL
+  ON CONFLICT ({name}) DO UPDATE SET {name} = EXCLUDED.{name} RETURNING {name}_id
+)"""
+    for name in LOOKUPS
+)
+_WRITE_USAGE = f"""
+WITH {_LOOKUP_CTES},
+usage AS (
+  INSERT INTO microdollar_usage (
+    id, kilo_user_id, organization_id, provider, cost, input_tokens, output_tokens,
+    cache_write_tokens, cache_hit_tokens, created_at, model, requested_model, cache_discount,
+    has_error, abuse_classification, inference_provider, project_id)
+  VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, $16, $17)
+  ON CONFLICT (id) DO NOTHING
+  RETURNING id
+)
+INSERT INTO microdollar_usage_metadata (
+  id, created_at, message_id, user_prompt_prefix, vercel_ip_latitude, vercel_ip_longitude,
+  system_prompt_length, max_tokens, has_middle_out_transform, status_code, upstream_id, latency,
+  moderation_latency, generation_time, is_byok, is_user_byok, streamed, cancelled, has_tools,
+  machine_id, session_id, market_cost,
+  http_user_agent_id, http_ip_id, vercel_ip_country_id, vercel_ip_city_id, ja4_digest_id,
+  system_prompt_prefix_id, finish_reason_id, editor_name_id, feature_id, mode_id, auto_model_id)
+SELECT usage.id, $11, $18, $19, NULL, NULL, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30,
+  $31, $32, $33, $34, $35,
+  {", ".join(f"(SELECT {name}_id FROM l_{name})" for name in LOOKUPS)}
+FROM usage
+RETURNING id
+"""
+_CHARGE_USER = """
+UPDATE kilocode_users SET microdollars_used = microdollars_used + $2, updated_at = now()
+WHERE id = $1 RETURNING microdollars_used
+"""
+_CHARGE_ORGANIZATION = """
+UPDATE organizations
+SET microdollars_used = microdollars_used + $2, microdollars_balance = microdollars_balance - $2,
+    updated_at = now()
+WHERE id = $1
+"""
+_CHARGE_MEMBER_DAY = """
+INSERT INTO organization_user_usage (organization_id, kilo_user_id, usage_date, limit_type, microdollar_usage)
+VALUES ($1, $2, CURRENT_DATE, 'daily', $3)
+ON CONFLICT (organization_id, kilo_user_id, limit_type, usage_date)
+DO UPDATE SET microdollar_usage = organization_user_usage.microdollar_usage + EXCLUDED.microdollar_usage,
+              updated_at = now()
+"""
+_LOG_REQUEST = """
+INSERT INTO api_request_log (kilo_user_id, organization_id, provider, model, status_code, request, response)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    inserted: bool  # False: this usage id was already in the ledger; nothing was charged
+    cost_microdollars: int
+
+
+def stored_model(record: UsageRecord) -> str:
+    """Contract 7.4 and decision 11: stealth models are stored under their public id."""
+    if record.stealth_model:
+        return record.requested_model
+    return record.model or record.requested_model
+
+
+async def write(
+    connection: asyncpg.Connection, record: UsageRecord, charge: Charge, cost: int, cache_discount: int | None
+) -> Written:
+    prompt = record.prompt
+    org = record.organization_id
+    # Contract 7.4: organisation requests never store prompt text.
+    user_prefix = None if org or prompt is None else prompt.user_prompt_prefix
+    system_prefix = None if org or prompt is None else (prompt.system_prompt_prefix or None)
+    lookups: dict[str, Any] = {
+        "http_user_agent": record.user_agent,
+        "http_ip": record.forwarded_for,
+        "vercel_ip_country": None,
+        "vercel_ip_city": None,
+        "ja4_digest": None,
+        "system_prompt_prefix": system_prefix,
+        "finish_reason": charge.finish_reason,
+        "editor_name": record.editor_name,
+        "feature": record.feature,
+        "mode": record.mode,
+        "auto_model": record.auto_model,
+    }
+    created_at = datetime.fromtimestamp(record.created_at, UTC)
+    usage = charge.usage
+    async with connection.transaction():
+        row = await connection.fetchrow(
+            _WRITE_USAGE,
+            orjson.dumps(lookups).decode(),
+            record.usage_id,
+            record.kilo_user_id,
+            org,
+            record.provider,
+            cost,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_write_tokens,
+            usage.cache_hit_tokens,
+            created_at,
+            stored_model(record),
+            record.requested_model,
+            cache_discount,
+            record.has_error,
+            charge.inference_provider,
+            record.project_id,
+            record.message_id or "<missing>",
+            user_prefix,
+            prompt.system_prompt_length if prompt else None,
+            record.max_tokens,
+            record.has_middle_out_transform,
+            record.status_code,
+            charge.upstream_id,
+            charge.latency,
+            charge.moderation_latency,
+            charge.generation_time,
+            usage.is_byok,
+            record.user_byok,
+            charge.streamed if charge.streamed is not None else record.streamed,
+            charge.cancelled if charge.cancelled is not None else record.aborted,
+            record.has_tools,
+            record.machine_id,
+            record.session_id,
+            usage.cost_microdollars,  # market cost: before zeroing (contract 7.4)
+        )
+        if row is None:
+            return Written(inserted=False, cost_microdollars=0)
+        if org is None and cost > 0:
+            await connection.fetchval(_CHARGE_USER, record.kilo_user_id, cost)
+        if org is not None:
+            # Contract 7.5: organisation usage even at cost 0.
+            await connection.execute(_CHARGE_ORGANIZATION, org, cost)
+            await connection.execute(_CHARGE_MEMBER_DAY, org, record.kilo_user_id, cost)
+        if record.request_log is not None:
+            log = record.request_log
+            await connection.execute(
+                _LOG_REQUEST,
+                record.kilo_user_id,
+                org,
+                record.provider,
+                record.requested_model,
+                record.status_code,
+                orjson.dumps(log.get("request")).decode(),
+                log.get("response"),
+            )
+    return Written(inserted=True, cost_microdollars=cost)

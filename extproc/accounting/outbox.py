@@ -1,0 +1,79 @@
+"""The accounting outbox: a Redis stream with one consumer group shared by all replicas.
+
+`add` is one XADD after the response has ended: the record is durable (Redis' append-only
+file) before the request's state is dropped. Each replica reads with a stable consumer name,
+so after a crash and restart it first takes back what it had read but not acknowledged;
+entries of a replica that never came back are claimed by the others after `claim_idle_ms`.
+An entry is acknowledged and deleted only after its ledger transaction committed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from extproc.accounting.record import UsageRecord
+
+STREAM = "gw:usage"
+GROUP = "ledger"
+_FIELD = b"record"
+
+
+class Outbox:
+    def __init__(self, redis: aioredis.Redis, consumer: str, claim_idle_ms: int = 60_000) -> None:
+        self.redis = redis
+        self.consumer = consumer
+        self.claim_idle_ms = claim_idle_ms
+        self._group_ready = False
+
+    async def add(self, record: UsageRecord) -> None:
+        await self.redis.xadd(STREAM, {_FIELD: record.to_json()})
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            # From the start of the stream: entries added before any writer existed count too.
+            await self.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def read(self, count: int, block_ms: int, *, pending: bool) -> list[tuple[bytes, UsageRecord]]:
+        """`pending`: this consumer's delivered-but-unacknowledged entries (after a restart or a
+        failed write), then entries idle too long at other consumers; else new entries."""
+        await self._ensure_group()
+        if pending:
+            replies = await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: "0"}, count=count)
+            entries = replies[0][1] if replies else []
+            if not entries:
+                # Redis 6.2 answers [cursor, entries], 7+ adds the deleted ids.
+                claimed = await self.redis.xautoclaim(
+                    STREAM, GROUP, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0", count=count
+                )
+                entries = claimed[1]
+        else:
+            replies = await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=count, block=block_ms)
+            entries = replies[0][1] if replies else []
+        # An entry deleted while pending has no fields left: nothing to write, just release it.
+        await self.acknowledge([entry_id for entry_id, fields in entries if not fields])
+        return [(entry_id, UsageRecord.from_json(fields[_FIELD])) for entry_id, fields in entries if fields]
+
+    async def acknowledge(self, entry_ids: list[bytes]) -> None:
+        if entry_ids:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(STREAM, GROUP, *entry_ids)
+                pipe.xdel(STREAM, *entry_ids)
+                await pipe.execute()
+
+    async def depth_and_age(self) -> tuple[int, float]:
+        """Entries not yet written to the ledger, and the age in seconds of the oldest."""
+        depth = await self.redis.xlen(STREAM)
+        oldest = await self.redis.xrange(STREAM, count=1)
+        if not oldest:
+            return depth, 0.0
+        millis = int(oldest[0][0].split(b"-")[0])
+        return depth, max(0.0, time.time() - millis / 1000)

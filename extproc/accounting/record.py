@@ -1,0 +1,122 @@
+"""The usage record: everything the ledger needs about one request, as plain JSON-able data.
+
+Built when the request ends, from the request state and the response summary (the original
+upstream bytes, never the rewritten ones). It carries no secret: the writer looks provider
+keys up in its own settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from extproc.usage import ResponseSummary, usage_from_summary
+
+# Contract 7.6: the prompt prefixes kept with each row.
+_PREFIX_CHARS = 100
+# Employee request logging (8.2) keeps a bounded copy of the response.
+MAX_LOGGED_RESPONSE_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PromptInfo:
+    system_prompt_prefix: str
+    system_prompt_length: int
+    user_prompt_prefix: str
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def prompt_info(body: dict[str, Any]) -> PromptInfo:
+    """Contract 7.6, from the request as the client sent it (before shaping)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return PromptInfo("", -1, "")
+    system = "\n".join(
+        _text(m.get("content"))
+        for m in messages
+        if isinstance(m, dict) and m.get("role") in ("system", "developer")
+    )
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    last_user = _text(users[-1].get("content")) if users else ""
+    return PromptInfo(system[:_PREFIX_CHARS], len(system), last_user[:_PREFIX_CHARS])
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    usage_id: str  # the microdollar_usage id: the idempotency key of every write
+    created_at: float
+    kilo_user_id: str
+    organization_id: str | None
+    provider: str
+    requested_model: str  # resolved, lowercased
+    auto_model: str | None
+    status_code: int
+    streamed: bool
+    aborted: bool
+    # Classification decided at request time.
+    free_model: bool
+    stealth_model: bool
+    user_byok: bool
+    promotion: bool
+    # From the upstream response (contract 7.2).
+    message_id: str | None
+    model: str | None
+    inference_provider: str | None
+    finish_reason: str | None
+    has_error: bool
+    input_tokens: int
+    output_tokens: int
+    cache_hit_tokens: int
+    cost_microdollars: int
+    is_byok: bool | None
+    # Request facts for the metadata row (contract 7.5, 7.6).
+    project_id: str | None = None
+    prompt: PromptInfo | None = None
+    max_tokens: int | None = None
+    has_middle_out_transform: bool = False
+    has_tools: bool = False
+    editor_name: str | None = None
+    machine_id: str | None = None
+    session_id: str | None = None
+    mode: str | None = None
+    feature: str | None = None
+    user_agent: str | None = None
+    forwarded_for: str | None = None
+    # Employees only (8.2): the final request and a bounded copy of the response.
+    request_log: dict[str, Any] | None = field(default=None)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> UsageRecord:
+        fields = orjson.loads(data)
+        prompt = fields.pop("prompt", None)
+        return cls(**fields, prompt=PromptInfo(**prompt) if prompt else None)
+
+
+def response_fields(summary: ResponseSummary) -> dict[str, Any]:
+    usage = usage_from_summary(summary)
+    return {
+        "message_id": summary.message_id,
+        "model": summary.model,
+        "inference_provider": summary.inference_provider,
+        "finish_reason": summary.finish_reason,
+        "has_error": summary.has_error,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_hit_tokens": usage.cache_hit_tokens,
+        "cost_microdollars": usage.cost_microdollars,
+        "is_byok": usage.is_byok,
+    }

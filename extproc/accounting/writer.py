@@ -1,0 +1,213 @@
+"""Drains the outbox into the ledger, off the request path.
+
+Per record: refetch the generation when the provider has the endpoint (contract 7.3), price it
+(7.4), write it in one idempotent transaction (7.5), then acknowledge the outbox entry. A
+Postgres failure leaves the entry pending; it is retried with backoff until it commits, so an
+outage delays rows and never drops them. If Redis refuses a record at submit time, the record
+is kept in memory and retried (and written straight to the ledger on shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+
+import aiohttp
+import asyncpg
+from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError
+
+from extproc.accounting import cost, ledger
+from extproc.accounting.generation import fetch_generation
+from extproc.accounting.outbox import Outbox
+from extproc.accounting.record import UsageRecord
+from extproc.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CHARGED = Counter(
+    "llm_gateway_charged_microdollars", "Microdollars charged to users and organisations.", ["provider"]
+)
+LEDGER_ROWS = Counter("llm_gateway_ledger_rows", "Usage rows written (duplicates skipped).", ["result"])
+LEDGER_FAILURES = Counter("llm_gateway_ledger_write_failures", "Ledger transactions that failed (retried).")
+OUTBOX_FAILURES = Counter("llm_gateway_outbox_failures", "Usage records Redis refused at submit (kept in memory).")
+OUTBOX_DEPTH = Gauge("llm_gateway_outbox_depth", "Usage records waiting for the ledger.")
+OUTBOX_AGE = Gauge("llm_gateway_outbox_oldest_seconds", "Age of the oldest record waiting for the ledger.")
+
+_DB_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_BATCH = 100
+_RESCAN_SECONDS = 30.0
+
+
+class Accounting:
+    def __init__(self, settings: Settings, db: asyncpg.Pool, outbox: Outbox) -> None:
+        self.settings = settings
+        self.db = db
+        self.outbox = outbox
+        self.unsent: collections.deque[UsageRecord] = collections.deque()
+        self.session: aiohttp.ClientSession | None = None
+        # Records in flight at once; most of them are just waiting on a generation lookup.
+        self._slots = asyncio.Semaphore(1024)
+        self._inflight: set[bytes] = set()
+        self._failures = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- the request side ------------------------------------------------------------------
+
+    def submit(self, record: UsageRecord) -> None:
+        """Called when a request ends; never awaited by the stream."""
+        task = asyncio.get_running_loop().create_task(self._submit(record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _submit(self, record: UsageRecord) -> None:
+        try:
+            async with asyncio.timeout(2):
+                await self.outbox.add(record)
+        except (RedisError, OSError, TimeoutError) as exc:
+            OUTBOX_FAILURES.inc()
+            logger.error("outbox unavailable; keeping the usage record in memory", extra={"error": repr(exc)})
+            self.unsent.append(record)
+
+    # --- the writer side -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Read new entries continuously and write each as soon as it is priced; a slow
+        generation lookup holds up only its own record. Our pending entries (left by a crash or
+        a failed write) are read again at start, after failures, and every `_RESCAN_SECONDS`
+        (which also claims entries of replicas that went away)."""
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        rescan_at = 0.0
+        while not stop.is_set():
+            try:
+                await self._resend_unsent()
+                rescan = time.monotonic() >= rescan_at
+                entries = await self.outbox.read(_BATCH, 1000, pending=rescan)
+                if rescan:
+                    rescan_at = time.monotonic() + (self._retry_delay() if self._failures else _RESCAN_SECONDS)
+                for entry_id, record in entries:
+                    if entry_id in self._inflight:
+                        continue
+                    await self._slots.acquire()
+                    self._inflight.add(entry_id)
+                    task = asyncio.get_running_loop().create_task(self._write_and_acknowledge(entry_id, record))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                if self._failures:
+                    rescan_at = min(rescan_at, time.monotonic() + self._retry_delay())
+                await self._update_gauges()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._failures += 1
+                logger.error("outbox read failed", extra={"error": repr(exc)})
+                await _sleep_or_stop(stop, self._retry_delay())
+
+    def _retry_delay(self) -> float:
+        return min(30.0, 0.5 * 2 ** min(self._failures, 6))
+
+    async def _write_and_acknowledge(self, entry_id: bytes, record: UsageRecord) -> None:
+        try:
+            if await self._write(record):
+                self._failures = 0
+                await self.outbox.acknowledge([entry_id])
+            else:
+                self._failures += 1
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Written but not acknowledged: the entry comes back and is skipped as a duplicate.
+            logger.error("outbox acknowledge failed", extra={"error": repr(exc)})
+        finally:
+            self._inflight.discard(entry_id)
+            self._slots.release()
+
+    async def drain(self, timeout: float) -> None:
+        """On shutdown: finish what is in flight and write what is waiting, within `timeout`.
+        What is left stays in the outbox for the next start."""
+        deadline = time.monotonic() + timeout
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=max(0.0, deadline - time.monotonic()))
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        try:
+            await self._resend_unsent()
+            for pending in (True, False):
+                while time.monotonic() < deadline:
+                    entries = [e for e in await self.outbox.read(_BATCH, 1, pending=pending) if e[0] not in self._inflight]
+                    if not entries:
+                        break
+                    results = await asyncio.gather(*(self._write(record) for _, record in entries))
+                    await self.outbox.acknowledge([e for (e, _), ok in zip(entries, results, strict=True) if ok])
+                    if not all(results):
+                        break
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.error("outbox unavailable during drain", extra={"error": repr(exc)})
+        while self.unsent and time.monotonic() < deadline:
+            if not await self._write(self.unsent[0]):
+                break
+            self.unsent.popleft()
+        if self.unsent:
+            logger.error("usage records could not be saved before exit", extra={"count": len(self.unsent)})
+        await self.session.close()
+
+    async def _resend_unsent(self) -> None:
+        while self.unsent:
+            await self.outbox.add(self.unsent[0])
+            self.unsent.popleft()
+
+    async def _write(self, record: UsageRecord) -> bool:
+        charge = await self._charge(record)
+        charged, discount = cost.billable(
+            charge, free_model=record.free_model, user_byok=record.user_byok, promotion=record.promotion
+        )
+        try:
+            async with self.db.acquire(timeout=10) as connection:
+                written = await ledger.write(connection, record, charge, charged, discount)
+        except _DB_ERRORS as exc:
+            LEDGER_FAILURES.inc()
+            logger.error("ledger write failed; will retry", extra={"usage_id": record.usage_id, "error": repr(exc)})
+            return False
+        LEDGER_ROWS.labels("inserted" if written.inserted else "duplicate").inc()
+        if written.inserted and charged:
+            CHARGED.labels(record.provider).inc(charged)
+        return True
+
+    async def _charge(self, record: UsageRecord) -> cost.Charge:
+        from extproc.usage import Usage
+
+        charge = cost.Charge(
+            usage=Usage(
+                input_tokens=record.input_tokens,
+                output_tokens=record.output_tokens,
+                cache_hit_tokens=record.cache_hit_tokens,
+                cache_write_tokens=0,
+                cost_microdollars=record.cost_microdollars,
+                is_byok=record.is_byok,
+            ),
+            cache_discount_microdollars=None,
+            inference_provider=record.inference_provider,
+            finish_reason=record.finish_reason,
+        )
+        provider = self.settings.providers.get(record.provider)
+        if provider is None or not provider.has_generation_endpoint or not record.message_id or not provider.api_url:
+            return charge
+        assert self.session is not None
+        data = await fetch_generation(
+            self.session,
+            provider.api_url,
+            provider.api_key.get_secret_value() if provider.api_key else None,
+            record.message_id,
+            {"HTTP-Referer": self.settings.http_referer, "X-Title": self.settings.x_title},
+        )
+        return cost.from_generation(charge, data, record.streamed) if data is not None else charge
+
+    async def _update_gauges(self) -> None:
+        depth, age = await self.outbox.depth_and_age()
+        OUTBOX_DEPTH.set(depth + len(self.unsent))
+        OUTBOX_AGE.set(age)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
