@@ -129,3 +129,39 @@ def payment_required(*, returning: bool, balance_microdollars: int, buy_credits_
 def usd_number(microdollars: int) -> int | float:
     """USD as the reference's JSON shows it: a whole amount has no fraction (`0`, not `0.0`)."""
     return microdollars // 1_000_000 if microdollars % 1_000_000 == 0 else microdollars / 1_000_000
+
+
+def readable(status: int, message: str) -> GatewayError:
+    """The `{"error": m, "message": m}` shape of makeErrorReadable (contract 6.3)."""
+    return GatewayError(status, {"error": message, "message": message})
+
+
+BYOK_MESSAGES: dict[int, str] = {
+    401: "[BYOK] Your API key is invalid or has been revoked. Please check your API key configuration.",
+    402: "[BYOK] Your API account has insufficient funds. Please check your billing details with your API provider.",
+    403: "[BYOK] Your API key does not have permission to access this resource. Please check your API key permissions.",
+    429: "[BYOK] Your API key has hit its rate limit. Please try again later or check your rate limit settings with your API provider.",
+}
+STEALTH_MODEL_ERROR = "Stealth model unable to process request"
+
+
+def context_length_exceeded(status: int, context_length: int, estimate: int) -> GatewayError:
+    return readable(
+        status,
+        f"The maximum context length is {context_length} tokens. However, about {estimate} tokens were requested.",
+    )
+
+
+# Not in the contract: the event that ends a free-model stream whose upstream sent something
+# that cannot be rewritten (the reference cut the connection instead). The 502 is only the
+# `code` inside the event; the HTTP status was sent long before.
+INVALID_UPSTREAM_STREAM = GatewayError(
+    502,
+    {
+        "error": {
+            "code": 502,
+            "message": "The upstream provider returned an invalid response.",
+            "type": "invalid_response",
+        }
+    },
+)

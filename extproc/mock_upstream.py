@@ -32,6 +32,7 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 MAX_RECORDED_REQUESTS = 200
+MAX_RECORDED_RESPONSE_CHARS = 1024 * 1024
 MAX_GENERATIONS = 10_000
 # Real providers take prompts of many MiB; aiohttp's default limit is 1 MiB.
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -262,16 +263,19 @@ class _State:
     # dicts keep insertion order, so the first key is the oldest generation.
     generations: dict[str, _Generation] = field(default_factory=dict)
 
-    def record_request(self, request: web.Request, body: Any) -> None:
-        self.requests.append(
-            {
-                "method": request.method,
-                "path": request.path,
-                "query": dict(request.query),
-                "headers": {name.lower(): value for name, value in request.headers.items()},
-                "body": body,
-            }
-        )
+    def record_request(self, request: web.Request, body: Any) -> dict[str, Any]:
+        """Record a chat request; its "response" (the exact text sent back, up to
+        MAX_RECORDED_RESPONSE_CHARS) is filled in as it is written."""
+        entry = {
+            "method": request.method,
+            "path": request.path,
+            "query": dict(request.query),
+            "headers": {name.lower(): value for name, value in request.headers.items()},
+            "body": body,
+            "response": "",
+        }
+        self.requests.append(entry)
+        return entry
 
     def finish(self, run: _Run, finish_reason: str | None, cancelled: bool) -> dict[str, Any]:
         """Record the generation and return its usage."""
@@ -344,6 +348,7 @@ _ERROR_TAIL = (
 class _EventWriter:
     response: web.StreamResponse
     delay_s: float
+    record: dict[str, Any]
     started: bool = False
 
     async def send(self, event: bytes) -> None:
@@ -353,9 +358,11 @@ class _EventWriter:
             await asyncio.sleep(self.delay_s)
         self.started = True
         await self.response.write(event)
+        if len(self.record["response"]) < MAX_RECORDED_RESPONSE_CHARS:
+            self.record["response"] += event.decode()
 
 
-async def _stream(request: web.Request, state: _State, run: _Run) -> web.StreamResponse:
+async def _stream(request: web.Request, state: _State, run: _Run, record: dict[str, Any]) -> web.StreamResponse:
     plan = run.plan
     options = plan.options
     # No content-length, so aiohttp uses chunked encoding on HTTP/1.1 (and
@@ -372,7 +379,7 @@ async def _stream(request: web.Request, state: _State, run: _Run) -> web.StreamR
             "created": int(run.created),
         }
     )[:-1]
-    out = _EventWriter(response, options.chunk_delay_ms / 1000)
+    out = _EventWriter(response, options.chunk_delay_ms / 1000, record)
     try:
         await response.prepare(request)
         for _ in range(options.keepalives):
@@ -417,7 +424,16 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     except orjson.JSONDecodeError as exc:
         state.record_request(request, None)
         return _error(400, f"invalid JSON body: {exc}")
-    state.record_request(request, body)
+    record = state.record_request(request, body)
+    response = await _respond(request, state, body, started, record)
+    if isinstance(response, web.Response) and response.body is not None:
+        record["response"] = bytes(response.body).decode()[:MAX_RECORDED_RESPONSE_CHARS]
+    return response
+
+
+async def _respond(
+    request: web.Request, state: _State, body: Any, started: float, record: dict[str, Any]
+) -> web.StreamResponse:
     try:
         plan = _plan(body, state.defaults)
     except MockRequestError as exc:
@@ -437,7 +453,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         started=started,
     )
     if run.streamed:
-        return await _stream(request, state, run)
+        return await _stream(request, state, run, record)
     run.content_sent = len(plan.tokens)
     run.reasoning_sent = len(plan.reasoning_tokens)
     usage = state.finish(run, "stop", cancelled=False)

@@ -19,7 +19,7 @@ from extproc import errors, metrics, protocol
 from extproc.phases.finish import finish_request
 from extproc.phases.request_body import on_request_body
 from extproc.phases.request_headers import on_request_headers
-from extproc.phases.response_body import on_response_body
+from extproc.phases.response_body import on_response_body, reply_to_chunk
 from extproc.phases.response_headers import on_response_headers
 from extproc.services import Services
 from extproc.state import RequestState
@@ -49,7 +49,7 @@ class Processor(ExternalProcessorServicer):
                 started = time.perf_counter()
                 if phase == "response_body":
                     # Answer first: the chunk goes on to the client while we parse it.
-                    yield protocol.RESPONSE_BODY_CONTINUE
+                    yield self._reply_to_chunk(state, request)
                     started = time.perf_counter()
                     self._tap(state, request)
                     finished = request.response_body.end_of_stream
@@ -76,7 +76,7 @@ class Processor(ExternalProcessorServicer):
             if phase == "request_body":
                 return await on_request_body(self.services, state, request.request_body)
             if phase == "response_headers":
-                return on_response_headers(state, request.response_headers)
+                return on_response_headers(self.services.settings, state, request.response_headers)
         except Exception:
             logger.exception("ext_proc phase failed", extra={"phase": phase, "request_id": state.request_id})
             if phase != "response_headers":
@@ -85,6 +85,14 @@ class Processor(ExternalProcessorServicer):
             # The upstream answered; never cut an admitted response over our own bug.
             return protocol.response_headers_reply(protocol.header_mutation(), protocol.STREAMED)
         raise RuntimeError(f"unexpected ext_proc message: {phase}")
+
+    def _reply_to_chunk(self, state: RequestState, request: ProcessingRequest) -> ProcessingResponse:
+        try:
+            return reply_to_chunk(self.services.settings, state, request.response_body)
+        except Exception:
+            # Never cut an admitted response over our own bug: pass the chunk through.
+            logger.exception("response rewrite failed", extra={"request_id": state.request_id})
+            return protocol.RESPONSE_BODY_CONTINUE
 
     @staticmethod
     def _tap(state: RequestState, request: ProcessingRequest) -> None:

@@ -94,3 +94,13 @@ def response_headers_reply(
 
 # Answering a body chunk unchanged is the same message every time: build it once.
 RESPONSE_BODY_CONTINUE = ProcessingResponse(response_body=BodyResponse())
+
+
+def response_body_replace(body: bytes, mutation: HeaderMutation | None = None) -> ProcessingResponse:
+    """Replace this response chunk (STREAMED) or the whole body (BUFFERED, where headers are
+    still held and may be mutated too)."""
+    return ProcessingResponse(
+        response_body=BodyResponse(
+            response=CommonResponse(header_mutation=mutation, body_mutation=BodyMutation(body=body))
+        )
+    )

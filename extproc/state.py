@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the pipeline's types refer back to ChatRequest
     from extproc.accounting.record import PromptInfo
     from extproc.pipeline.client_headers import ClientInfo
     from extproc.pipeline.identity import Identity
+    from extproc.response.rewrite import SseRewriter
 
 
 @dataclass(slots=True)
@@ -46,7 +47,12 @@ class RequestState:
     log_request: bool = False  # employees' requests are logged with their response (8.2)
     response_copy: bytearray | None = None
 
+    upstream_body: bytes | None = None  # the request body as sent upstream
+
     status: int | None = None  # upstream (or immediate) response status
+    response_content_type: str | None = None
+    buffered: bool = False  # the response body arrives whole (not SSE, or an error)
+    rewriter: SseRewriter | None = None  # free-model streams (contract 6.4)
     first_byte_at: float | None = None
     first_chunk_at: float | None = None
     stream_tap: StreamTap | None = None

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extproc.errors import INVALID_UPSTREAM_STREAM
 from extproc.response.rewrite import (
     DONE,
-    INVALID_UPSTREAM_STREAM,
     SseRewriter,
     is_json_content_type,
     rewrite_body,

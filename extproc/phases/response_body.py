@@ -1,19 +1,103 @@
-"""Phase 4: tap the response body for accounting. Chunks are answered before this runs."""
+"""Phase 4: answer each body chunk (unchanged, rewritten, or replaced) and tap the original.
+
+The reply is computed from the chunk alone and sent before the tap parses it for accounting.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingResponse
 
+from extproc import protocol
 from extproc.accounting.record import MAX_LOGGED_RESPONSE_BYTES
+from extproc.errors import GatewayError
+from extproc.phases.response_headers import rewrites_free_model
+from extproc.response.readable_errors import (
+    js_string_length,
+    make_error_readable,
+    requested_max_tokens,
+    upstream_402_replacement,
+)
+from extproc.response.rewrite import rewrite_body
+from extproc.settings import Settings
 from extproc.state import RequestState
+
+logger = logging.getLogger(__name__)
 
 # A non-streamed completion is one JSON document; beyond this it is not a chat response.
 MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
+_LOGGED_ERROR_CHARS = 4096
+
+
+def reply_to_chunk(settings: Settings, state: RequestState, message: HttpBody) -> ProcessingResponse:
+    if state.rewriter is not None:
+        out = state.rewriter.feed(message.body)
+        if message.end_of_stream:
+            out += state.rewriter.finish()
+        return protocol.response_body_replace(out)
+    if state.buffered and message.end_of_stream:
+        return _replace_buffered(settings, state, message.body)
+    return protocol.RESPONSE_BODY_CONTINUE
+
+
+def _replace_buffered(settings: Settings, state: RequestState, body: bytes) -> ProcessingResponse:
+    status = state.status or 0
+    if status >= 400:
+        _log_upstream_error(state, body)
+        replacement = _error_replacement(settings, state, status)
+        if replacement is not None:
+            mutation = protocol.header_mutation(
+                {":status": str(replacement.status), "content-type": "application/json"}
+            )
+            return protocol.response_body_replace(replacement.json(), mutation)
+    if rewrites_free_model(settings, state):
+        assert state.chat is not None
+        # Decision 16: free-model error bodies go through the rewriter too.
+        return protocol.response_body_replace(rewrite_body(body, state.response_content_type, state.chat.model_lower))
+    return protocol.RESPONSE_BODY_CONTINUE
+
+
+def _error_replacement(settings: Settings, state: RequestState, status: int) -> GatewayError | None:
+    byok = state.user_byok
+    replacement = upstream_402_replacement(status, byok)
+    if replacement is not None:
+        logger.error(
+            f"{state.provider.id if state.provider else 'upstream'} returned 402 Payment Required",
+            extra={"request_id": state.request_id},
+        )
+        return replacement
+    if state.chat is None:
+        return None
+    return make_error_readable(
+        status,
+        is_byok=byok,
+        model_lower=state.chat.model_lower,
+        catalogue=settings.catalogue,
+        request_body_json_length=js_string_length(state.upstream_body or b""),
+        max_tokens=requested_max_tokens(state.chat.body),
+    )
+
+
+def _log_upstream_error(state: RequestState, body: bytes) -> None:
+    identity = state.identity
+    logger.warning(
+        f"{state.provider.id if state.provider else 'upstream'} returned error {state.status}",
+        extra={
+            "request_id": state.request_id,
+            "user_id": identity.user_id if identity else None,
+            "organization_id": identity.organization_id if identity else None,
+            "model": state.chat.model_lower if state.chat else None,
+            "status": state.status,
+            "content_type": state.response_content_type,
+            "body": body[:_LOGGED_ERROR_CHARS].decode("utf-8", "replace"),
+        },
+    )
 
 
 def on_response_body(state: RequestState, message: HttpBody) -> None:
+    """The accounting tap, on the original upstream bytes."""
     if state.first_chunk_at is None:
         state.first_chunk_at = time.monotonic()
     if state.response_copy is not None and len(state.response_copy) < MAX_LOGGED_RESPONSE_BYTES:
@@ -22,3 +106,5 @@ def on_response_body(state: RequestState, message: HttpBody) -> None:
         state.stream_tap.feed(message.body)
     elif state.json_body is not None and len(state.json_body) + len(message.body) <= MAX_JSON_BODY_BYTES:
         state.json_body += message.body
+
+

@@ -40,7 +40,7 @@ def upstream_headers(settings: Settings, provider: Provider, query: str, body_le
 
 
 def forward(settings: Settings, state: RequestState, chat: ChatRequest, provider: Provider) -> ProcessingResponse:
-    body = orjson.dumps(chat.body)
+    state.upstream_body = body = orjson.dumps(chat.body)
     headers = upstream_headers(settings, provider, state.query, len(body))
     remove = [
         name

@@ -17,28 +17,12 @@ from extproc.catalogue import Catalogue
 from extproc.errors import GatewayError
 
 __all__ = [
-    "BYOK_MESSAGES",
-    "STEALTH_MODEL_ERROR",
     "estimate_token_count",
     "js_string_length",
     "make_error_readable",
     "requested_max_tokens",
     "upstream_402_replacement",
 ]
-
-# TODO(errors.py): these bodies belong in the error catalogue; built here until they are added.
-BYOK_MESSAGES: dict[int, str] = {
-    401: "[BYOK] Your API key is invalid or has been revoked. Please check your API key configuration.",
-    402: "[BYOK] Your API account has insufficient funds. Please check your billing details with your API provider.",
-    403: "[BYOK] Your API key does not have permission to access this resource. Please check your API key permissions.",
-    429: "[BYOK] Your API key has hit its rate limit. Please try again later or check your rate limit settings with your API provider.",
-}
-STEALTH_MODEL_ERROR = "Stealth model unable to process request"
-
-
-def _readable(status: int, message: str) -> GatewayError:
-    return GatewayError(status, {"error": message, "message": message})
-
 
 def upstream_402_replacement(status: int, is_byok: bool) -> GatewayError | None:
     """Contract 6.2: an upstream 402 on the gateway's own key becomes the 503 body."""
@@ -67,9 +51,9 @@ def make_error_readable(
         return None
 
     if is_byok:
-        message = BYOK_MESSAGES.get(status)
+        message = errors.BYOK_MESSAGES.get(status)
         if message is not None:
-            return _readable(status, message)
+            return errors.readable(status, message)
 
     # Context overflows often come back as a generic or nonsensical upstream error. The
     # reference looks the model up in the whole list, disabled entries included.
@@ -77,14 +61,10 @@ def make_error_readable(
     if entry is not None:
         estimate = estimate_token_count(request_body_json_length, max_tokens)
         if estimate >= entry.context_length:
-            return _readable(
-                status,
-                f"The maximum context length is {entry.context_length} tokens. "
-                f"However, about {estimate} tokens were requested.",
-            )
+            return errors.context_length_exceeded(status, entry.context_length, estimate)
 
     if catalogue.is_kilo_stealth_model(model_lower):
-        return _readable(status, STEALTH_MODEL_ERROR)
+        return errors.readable(status, errors.STEALTH_MODEL_ERROR)
 
     return None
 

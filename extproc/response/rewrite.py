@@ -19,12 +19,11 @@ from typing import Any
 
 import orjson
 
-from extproc.errors import GatewayError
+from extproc import errors
 from extproc.sse import DEFAULT_MAX_EVENT_BYTES, SseComment, SseItem, SseParser
 
 __all__ = [
     "DONE",
-    "INVALID_UPSTREAM_STREAM",
     "KILO_PROCESSING",
     "SseRewriter",
     "is_json_content_type",
@@ -34,25 +33,6 @@ __all__ = [
 
 KILO_PROCESSING = b": KILO PROCESSING\n\n"
 DONE = b"data: [DONE]\n\n"
-
-# The stream-error event sent when the upstream stream cannot be rewritten (see
-# `SseRewriter`). Shape and text follow the reference's later stream-error event
-# (`{"error":{"code":502,"message":...,"type":"invalid_response"}}`): the OpenAI SDK throws
-# an APIError for any chunk with an `error` object, and with no `choices` the AI SDK's
-# chunk schema fails over to its error schema, so both client families surface it.
-# The 502 is only the `code` inside the event; the HTTP status was sent long before.
-# TODO(errors.py): belongs in the error catalogue; built here until it is added there.
-INVALID_UPSTREAM_STREAM = GatewayError(
-    502,
-    {
-        "error": {
-            "code": 502,
-            "message": "The upstream provider returned an invalid response.",
-            "type": "invalid_response",
-        }
-    },
-)
-
 
 def is_json_content_type(content_type: str | None) -> bool:
     """The reference's test for the JSON rewrite: `content-type` includes `application/json`
@@ -135,7 +115,7 @@ class SseRewriter:
     def _fail(self) -> bytes:
         self.failed = True
         self._closed = True
-        body = INVALID_UPSTREAM_STREAM.body
+        body = errors.INVALID_UPSTREAM_STREAM.body
         if self._generation_id:
             body = {"id": self._generation_id, **body}
         return b"data: " + orjson.dumps(body) + b"\n\n" + DONE
