@@ -21,10 +21,16 @@ from extproc.errors import GatewayError
 from extproc.settings import Provider, Settings
 
 UPSTREAM_HEADER = "x-gateway-upstream"
+# The authority of a custom LLM, for Envoy's dynamic forward proxy (set by the ext_proc only).
+CUSTOM_HOST_HEADER = "x-gateway-custom-host"
 CHAT_PATHS = ("/api/gateway/chat/completions", "/api/openrouter/chat/completions")
 GATEWAY_PREFIXES = ("/api/gateway/", "/api/openrouter/")
 EXTPROC_CLUSTER = "extproc"
 EXTPROC_FILTER = "envoy.filters.http.ext_proc"
+DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
+CUSTOM_HTTPS_CLUSTER = "custom_https"
+CUSTOM_HTTP_CLUSTER = "custom_http"
+_DNS_CACHE = {"name": "custom_llm", "dns_lookup_family": "V4_PREFERRED", "max_hosts": 1024}
 # Headers the HCM adds or keeps for itself; they stay during routing (Envoy's route lookup
 # needs x-forwarded-proto) and are removed on the way to a provider, which sees none of them.
 ENVOY_REQUEST_HEADERS = (
@@ -105,6 +111,30 @@ def _provider_route(settings: Settings, provider: Provider) -> dict[str, Any]:
     }
 
 
+def _custom_llm_routes(settings: Settings) -> list[dict[str, Any]]:
+    """Custom LLMs live at any host: the dynamic forward proxy resolves the authority the
+    ext_proc put in CUSTOM_HOST_HEADER (after its address checks) and connects there."""
+    return [
+        {
+            "name": f"upstream_{cluster}",
+            "match": {"prefix": "/", "headers": [{"name": UPSTREAM_HEADER, "string_match": {"exact": cluster}}]},
+            "route": {
+                "cluster": cluster,
+                "timeout": _seconds(settings.upstream_timeout_seconds),
+                "idle_timeout": _seconds(settings.stream_idle_timeout_seconds),
+            },
+            "request_headers_to_remove": [UPSTREAM_HEADER, CUSTOM_HOST_HEADER, *ENVOY_REQUEST_HEADERS],
+            "typed_per_filter_config": {
+                DFP_FILTER: _typed(
+                    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig",
+                    host_rewrite_header=CUSTOM_HOST_HEADER,
+                )
+            },
+        }
+        for cluster in (CUSTOM_HTTPS_CLUSTER, CUSTOM_HTTP_CLUSTER)
+    ]
+
+
 def _chat_route(settings: Settings, path: str) -> dict[str, Any]:
     # Only reached before the ext_proc has chosen an upstream. The ext_proc always either
     # answers or re-routes; if it somehow did neither, the client gets the catalogue's 500.
@@ -119,6 +149,7 @@ def _chat_route(settings: Settings, path: str) -> dict[str, Any]:
 
 def _routes(settings: Settings) -> list[dict[str, Any]]:
     routes = [_provider_route(settings, p) for p in settings.routable_providers.values()]
+    routes += _custom_llm_routes(settings)
     routes += [_chat_route(settings, path) for path in CHAT_PATHS]
     routes += [
         _direct_route(f"invalid_path{i}", {"prefix": prefix}, errors.INVALID_PATH)
@@ -218,7 +249,7 @@ def _http_connection_manager(settings: Settings) -> dict[str, Any]:
                 "name": "strip_routing_header",
                 "typed_config": _typed(
                     "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    mutations=[{"remove": UPSTREAM_HEADER}],
+                    mutations=[{"remove": UPSTREAM_HEADER}, {"remove": CUSTOM_HOST_HEADER}],
                 ),
             }
         ],
@@ -251,6 +282,13 @@ def _http_connection_manager(settings: Settings) -> dict[str, Any]:
                 ),
             },
             _extproc_filter(settings),
+            {
+                "name": DFP_FILTER,
+                "typed_config": _typed(
+                    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
+                    dns_cache_config=_DNS_CACHE,
+                ),
+            },
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": _typed(
@@ -309,6 +347,42 @@ def _provider_cluster(settings: Settings, provider: Provider) -> dict[str, Any]:
     return cluster
 
 
+def _custom_llm_clusters(settings: Settings) -> list[dict[str, Any]]:
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    clusters = []
+    for name, tls in ((CUSTOM_HTTPS_CLUSTER, True), (CUSTOM_HTTP_CLUSTER, False)):
+        cluster: dict[str, Any] = {
+            "name": name,
+            "connect_timeout": "5s",
+            "lb_policy": "CLUSTER_PROVIDED",
+            "circuit_breakers": _HIGH_LIMITS,
+            "cluster_type": {
+                "name": "envoy.clusters.dynamic_forward_proxy",
+                "typed_config": _typed(
+                    "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig", dns_cache_config=_DNS_CACHE
+                ),
+            },
+            "typed_extension_protocol_options": {
+                options: _typed(
+                    options,
+                    explicit_http_config={"http_protocol_options": {}},
+                    # SNI and certificate name both come from the host being connected to.
+                    upstream_http_protocol_options={"auto_sni": True, "auto_san_validation": True},
+                )
+            },
+        }
+        if tls:
+            cluster["transport_socket"] = {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": _typed(
+                    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    common_tls_context={"validation_context": {"trusted_ca": {"filename": settings.ca_bundle}}},
+                ),
+            }
+        clusters.append(cluster)
+    return clusters
+
+
 def _extproc_cluster(settings: Settings) -> dict[str, Any]:
     options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     host = settings.extproc_connect_host or settings.extproc_host
@@ -364,7 +438,8 @@ def render_bootstrap(settings: Settings) -> dict[str, Any]:
                 }
             ],
             "clusters": [_extproc_cluster(settings)]
-            + [_provider_cluster(settings, p) for p in settings.routable_providers.values()],
+            + [_provider_cluster(settings, p) for p in settings.routable_providers.values()]
+            + _custom_llm_clusters(settings),
         },
     }
 

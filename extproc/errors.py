@@ -165,3 +165,16 @@ INVALID_UPSTREAM_STREAM = GatewayError(
         }
     },
 )
+
+# Not in the contract: refusals of the routing step that the reference answered with a 500.
+BYOK_KEY_UNREADABLE = readable(
+    500,
+    "[BYOK] Your stored API key could not be decrypted. Please enter it again in your BYOK settings.",
+)
+CUSTOM_LLM_URL_REFUSED = readable(
+    502, "The custom model's endpoint is not reachable from this gateway (its address is not allowed)."
+)
+
+
+def custom_llm_unsupported(kind: str) -> GatewayError:
+    return readable(501, f"Custom models of type '{kind}' are not supported by this gateway yet.")

@@ -8,7 +8,10 @@ import socket
 
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.writer import Accounting
+from extproc.byok import ByokDirectory, parse_encryption_key
+from extproc.custom_llm import CustomLlms
 from extproc.directory import Directory
+from extproc.error_rates import ErrorRates
 from extproc.limits import FreeModelLimiter
 from extproc.resources import Resources
 from extproc.settings import Settings
@@ -21,6 +24,10 @@ class Services:
     directory: Directory
     limiter: FreeModelLimiter
     accounting: Accounting
+    byok: ByokDirectory
+    byok_key: bytes | None
+    custom_llms: CustomLlms
+    error_rates: ErrorRates
 
     @classmethod
     def build(cls, settings: Settings, resources: Resources) -> Services:
@@ -40,4 +47,12 @@ class Services:
             accounting=Accounting(
                 settings, resources.db, Outbox(resources.redis, f"{socket.gethostname()}:{settings.extproc_port}")
             ),
+            byok=ByokDirectory(resources.db, settings),
+            byok_key=(
+                parse_encryption_key(settings.byok_encryption_key.get_secret_value())
+                if settings.byok_encryption_key is not None
+                else None
+            ),
+            custom_llms=CustomLlms(resources.db, settings),
+            error_rates=ErrorRates(resources.db),
         )

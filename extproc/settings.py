@@ -198,6 +198,15 @@ class Settings(BaseSettings):
     # Postgres queries on the request path give up after this; the request gets a 503.
     directory_query_timeout_seconds: float = Field(default=2.0, gt=0)
 
+    # Routing (contract 3). BYOK keys are stored AES-256-GCM encrypted with this key (base64
+    # of 32 bytes); unset, BYOK routing is off.
+    byok_encryption_key: SecretStr | None = Field(default=None, validation_alias="BYOK_ENCRYPTION_KEY")
+    # Emergency switch of the Vercel A/B (contract 3.5): route every eligible model past the
+    # first two exclusions.
+    universal_vercel_routing: bool = Field(default=False, validation_alias="ENABLE_UNIVERSAL_VERCEL_ROUTING")
+    # Networks a custom LLM may live in although they are not public (e.g. "10.0.0.0/8").
+    custom_llm_allowed_networks: tuple[str, ...] = ()
+
     # Upstream identification headers (contract 2.15).
     http_referer: str = "https://kilocode.ai"
     x_title: str = "Kilo Code"

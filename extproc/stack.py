@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from urllib.parse import urlsplit
 from pathlib import Path
 
 from extproc.embedded import start_postgres, start_redis
@@ -26,7 +27,10 @@ from extproc.settings import DEFAULT_PROVIDERS, Settings, load_settings, provide
 
 logger = logging.getLogger(__name__)
 
-MOCK_API_KEY = "mock-upstream-key"
+
+
+def mock_api_key(provider_id: str) -> str:
+    return f"mock-{provider_id}-key"
 
 
 def _envoy_binary() -> str:
@@ -111,13 +115,20 @@ class Stack:
         )
         self.children.append(child)
         wait_until("mock upstream", lambda: port_open("127.0.0.1", port), child)
-        base = f"http://127.0.0.1:{port}/api/v1"
-        for provider_id in DEFAULT_PROVIDERS:
+        # Each provider under its own path on the mock (its id, then its real base path), so
+        # what each one received can be told apart.
+        for provider_id, spec in DEFAULT_PROVIDERS.items():
+            path = urlsplit(spec["api_url"] or "http://host/v1").path
             prefix = provider_env_prefix(provider_id)
-            self._export(**{f"{prefix}_API_URL": base, f"{prefix}_API_KEY": MOCK_API_KEY})
+            self._export(
+                **{
+                    f"{prefix}_API_URL": f"http://127.0.0.1:{port}/{provider_id}{path}",
+                    f"{prefix}_API_KEY": mock_api_key(provider_id),
+                }
+            )
         logger.warning(
             "OPENROUTER_API_KEY is not set: every provider points at the mock upstream",
-            extra={"mock_upstream": base},
+            extra={"mock_upstream": f"http://127.0.0.1:{port}"},
         )
 
     def _start_extproc(self, settings: Settings) -> None:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # the pipeline's types refer back to ChatRequest
     from extproc.pipeline.client_headers import ClientInfo
     from extproc.pipeline.identity import Identity
     from extproc.response.rewrite import SseRewriter
+    from extproc.shaping.transform import TransformResult
 
 
 @dataclass(slots=True)
@@ -44,6 +45,7 @@ class RequestState:
     prompt: PromptInfo | None = None  # contract 7.6, taken before shaping
     promotion: bool = False
     user_byok: bool = False
+    tools: TransformResult | None = None  # tools offered and used, for the API metrics (8.1)
     log_request: bool = False  # employees' requests are logged with their response (8.2)
     response_copy: bytearray | None = None
 

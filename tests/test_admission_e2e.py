@@ -222,7 +222,12 @@ def test_row13_enterprise_provider_allow_list_shapes_the_provider(upstream: Gate
     response = chat(upstream, PAID, token=user["token"], headers={"x-kilocode-organizationid": org}, provider={"sort": "price"})
     assert response.status_code == 200
     [received] = upstream.upstream_requests()
-    assert received["body"]["provider"] == {"only": ["anthropic", "amazon-bedrock"], "data_collection": "allow"}
+    # The organisation's config replaced the client's; the preferred order is added (5.2 rule 4).
+    assert received["body"]["provider"] == {
+        "only": ["anthropic", "amazon-bedrock"],
+        "data_collection": "allow",
+        "order": ["amazon-bedrock", "anthropic"],
+    }
 
 
 def test_row14_data_collection_gate_applies_to_anonymous_callers_too(upstream: Gateway, account: dict) -> None:

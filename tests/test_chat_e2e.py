@@ -93,13 +93,13 @@ def test_upstream_gets_the_provider_key_and_none_of_the_client_headers(
 
     [received] = upstream.upstream_requests()
     headers = received["headers"]
-    assert headers["authorization"] == "Bearer mock-upstream-key"
+    assert headers["authorization"] == "Bearer mock-openrouter-key"
     assert headers["http-referer"] == "https://kilocode.ai"
     assert headers["x-title"] == "Kilo Code"
     assert headers["content-type"] == "application/json"
     assert set(headers) == {"host", "authorization", "http-referer", "x-title", "content-type", "content-length"}
     assert account["token"] not in orjson.dumps(received).decode()
-    assert received["path"] == "/api/v1/chat/completions"
+    assert received["path"] == "/openrouter/api/v1/chat/completions"
     assert received["query"] == {"trace": "1", "x": "y"}
     body = received["body"]
     assert body["stream_options"] == {"foo": 1, "include_usage": True}

@@ -9,6 +9,7 @@ from extproc import errors
 from extproc.phases.request_headers import client_ip
 from extproc.pipeline.parse import parse_chat_request
 from extproc.pipeline.rejection import Rejection
+from extproc.pipeline.routing import Route
 from extproc.pipeline.upstream import upstream_headers
 from extproc.settings import load_settings
 
@@ -55,7 +56,9 @@ def test_non_object_stream_options_are_replaced() -> None:
 
 def test_upstream_headers_carry_the_provider_key_path_and_query() -> None:
     settings = load_settings(providers={"openrouter": {"api_url": "https://openrouter.ai/api/v1", "api_key": "sk-or-1"}})
-    headers = upstream_headers(settings, settings.providers["openrouter"], "?a=1&b=%20", 42)
+    provider = settings.providers["openrouter"]
+    route = Route(provider=provider, cluster=provider.cluster)
+    headers = upstream_headers(settings, route, "?a=1&b=%20", 42, {"anthropic-beta": "x"})
     assert headers == {
         "x-gateway-upstream": "provider_openrouter",
         ":path": "/api/v1/chat/completions?a=1&b=%20",
@@ -64,6 +67,7 @@ def test_upstream_headers_carry_the_provider_key_path_and_query() -> None:
         "content-type": "application/json",
         "content-length": "42",
         "authorization": "Bearer sk-or-1",
+        "anthropic-beta": "x",
     }
 
 

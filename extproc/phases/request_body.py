@@ -19,10 +19,13 @@ from extproc.pipeline.identity import Identity, admit_anonymous, authenticate
 from extproc.pipeline.organization import apply_organization_rules, data_collection_gate
 from extproc.pipeline.parse import parse_chat_request
 from extproc.pipeline.rejection import Rejection
-from extproc.pipeline.upstream import forward, select_provider
+from extproc.pipeline.routing import Route, select_route
+from extproc.pipeline.upstream import forward
+from extproc.shaping.provider_rules import apply_provider_specific_logic
+from extproc.shaping.transform import transform_request
 from extproc.pipeline.validation import validate_request
 from extproc.services import Services
-from extproc.state import RequestState
+from extproc.state import ChatRequest, RequestState
 
 _LIMIT_REFUSALS = {
     Admission.FREE_MODEL_LIMIT: errors.FREE_MODEL_RATE_LIMITED,
@@ -84,24 +87,53 @@ async def _admit(services: Services, state: RequestState, raw: bytes) -> Process
             settings.directory_query_timeout_seconds,
         )
 
-    state.provider = provider = select_provider(settings, chat)  # 3.2
+    route = await select_route(services, chat, identity, client.task_id)  # 3.2
+    state.provider, state.user_byok = route.provider, bool(route.user_byok)
     validate_request(chat, catalogue)  # 2.11
     state.prompt = prompt_info(chat.body)  # 7.6: the usage context, before shaping
     state.promotion = promotion_active(settings, model, identity)
-    if not identity.anonymous:  # 2.12
-        await _check_balance_and_organization(services, identity, chat.body, model)
+    # 2.12 for signed-in callers, except on their organisation's own custom LLM.
+    if not identity.anonymous and route.custom_llm is None:
+        await _check_balance_and_organization(services, identity, chat.body, model, byok=state.user_byok)
     data_collection_gate(chat.body, model, catalogue)  # 2.13
-    # Request shaping (2.14, 5) comes here.
-    return forward(settings, state, chat, provider)  # 2.15
+    return forward(settings, state, chat, route, _shape(services, state, chat, route))  # 2.15
 
 
-async def _check_balance_and_organization(services: Services, identity: Identity, body: dict, model: str) -> None:
+def _shape(services: Services, state: RequestState, chat: ChatRequest, route: Route) -> dict[str, str]:
+    """2.14 and 5.2: the body the provider handles best; returns the extra upstream headers."""
+    assert state.identity is not None and state.client is not None
+    provider = route.provider
+    state.tools = transform_request(
+        chat.body,
+        user_id=state.identity.user_id,
+        task_id=state.client.task_id,
+        provider_id=provider.id,
+        provider_base_url=provider.api_url or "",
+        model_lower=chat.model_lower,
+        is_opencode=state.client.is_opencode,
+    )
+    extra_headers: dict[str, str] = {}
+    apply_provider_specific_logic(
+        provider.id, chat.model_lower, chat.body, extra_headers, services.settings.catalogue, list(route.user_byok) or None
+    )
+    if route.custom_llm is not None:
+        # An openai-compatible custom LLM gets its own model id and extra body fields.
+        chat.body["model"] = route.custom_llm.internal_id
+        chat.body.update(route.custom_llm.extra_body or {})
+    return extra_headers
+
+
+async def _check_balance_and_organization(
+    services: Services, identity: Identity, body: dict, model: str, *, byok: bool
+) -> None:
     settings, directory = services.settings, services.directory
     assert identity.user is not None
     if identity.organization_id is None:
-        await require_balance(settings, directory, identity, model, identity.user.balance_microdollars)
+        if not byok:
+            await require_balance(settings, directory, identity, model, identity.user.balance_microdollars)
         return
     account = await directory.organization_account(identity.organization_id, identity.user_id)
-    await require_balance(settings, directory, identity, model, organization_balance(account))
+    if not byok:
+        await require_balance(settings, directory, identity, model, organization_balance(account))
     if account is not None:
         apply_organization_rules(body, model, account.plan, account.settings, settings.catalogue)

@@ -1,4 +1,4 @@
-"""Steps 3.2 and 2.15: pick the provider and build the request Envoy sends upstream.
+"""Step 2.15: the request Envoy sends upstream.
 
 Only the gateway's own headers go upstream (contract 2.15 and 10): the client's credentials,
 cookies and every other client header are removed here.
@@ -10,8 +10,9 @@ import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
 from extproc import protocol
-from extproc.envoy_config import ENVOY_REQUEST_HEADERS, UPSTREAM_HEADER
-from extproc.settings import Provider, Settings
+from extproc.envoy_config import CUSTOM_HOST_HEADER, ENVOY_REQUEST_HEADERS, UPSTREAM_HEADER
+from extproc.pipeline.routing import Route
+from extproc.settings import Settings
 from extproc.state import ChatRequest, RequestState
 
 # Envoy owns these: host is rewritten per route, the others are dropped by the provider
@@ -19,29 +20,32 @@ from extproc.state import ChatRequest, RequestState
 _KEPT = frozenset({"host", *ENVOY_REQUEST_HEADERS})
 
 
-def select_provider(settings: Settings, chat: ChatRequest) -> Provider:
-    """Contract 3.2. Until BYOK, custom LLMs, the Vercel split and free-model gateways exist,
-    every request takes the decision's last branch: OpenRouter."""
-    return settings.providers["openrouter"]
-
-
-def upstream_headers(settings: Settings, provider: Provider, query: str, body_length: int) -> dict[str, str]:
+def upstream_headers(
+    settings: Settings, route: Route, query: str, body_length: int, extra: dict[str, str]
+) -> dict[str, str]:
+    provider = route.provider
     headers = {
-        UPSTREAM_HEADER: provider.cluster,
+        UPSTREAM_HEADER: route.cluster,
         ":path": f"{provider.base_path}/chat/completions{query}",
         "http-referer": settings.http_referer,
         "x-title": settings.x_title,
         "content-type": "application/json",
         "content-length": str(body_length),
     }
+    if route.custom_host is not None:
+        headers[CUSTOM_HOST_HEADER] = route.custom_host
     if provider.api_key is not None:
         headers["authorization"] = f"Bearer {provider.api_key.get_secret_value()}"
+    # Provider extra headers go on top (contract 2.15).
+    headers.update(extra)
     return headers
 
 
-def forward(settings: Settings, state: RequestState, chat: ChatRequest, provider: Provider) -> ProcessingResponse:
+def forward(
+    settings: Settings, state: RequestState, chat: ChatRequest, route: Route, extra_headers: dict[str, str]
+) -> ProcessingResponse:
     state.upstream_body = body = orjson.dumps(chat.body)
-    headers = upstream_headers(settings, provider, state.query, len(body))
+    headers = upstream_headers(settings, route, state.query, len(body), extra_headers)
     remove = [
         name
         for name in state.headers

@@ -1,0 +1,114 @@
+"""Custom LLMs (contract 3.4): an organisation's own endpoint, looked up in `custom_llm`.
+
+Their `base_url` is any host, so Envoy reaches them through its dynamic forward proxy. Before a
+request goes there, every address the host resolves to must be public: loopback, private,
+link-local (cloud metadata), multicast and reserved addresses are refused unless an operator
+listed the network in `custom_llm_allowed_networks` (server-side request forgery). The check
+cannot see a DNS answer that changes between our lookup and Envoy's (rebinding); deployments
+that need that closed should also restrict egress at the network level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import orjson
+
+from extproc.directory import TtlCache
+from extproc.envoy_config import CUSTOM_HTTP_CLUSTER, CUSTOM_HTTPS_CLUSTER
+from extproc.settings import Provider, Settings
+
+if TYPE_CHECKING:
+    from extproc.pipeline.routing import Route
+
+# Only this kind is forwarded as-is; `anthropic` and `openai` (Responses) need translation.
+FORWARDABLE_KIND = "openai-compatible"
+
+_SQL = """
+SELECT public_id, internal_id, provider, base_url, api_key, organization_ids, extra_body
+FROM custom_llm WHERE public_id = $1
+"""
+
+
+class UnsafeCustomLlmUrl(Exception):
+    """The custom LLM's URL is malformed or points at a network the gateway must not reach."""
+
+
+@dataclass(frozen=True, slots=True)
+class CustomLlm:
+    public_id: str
+    internal_id: str
+    kind: str  # the row's `provider`: anthropic, openai, openai-compatible
+    base_url: str
+    api_key: str
+    organization_ids: tuple[str, ...]
+    extra_body: dict[str, Any] | None
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str) else value
+
+
+def address_allowed(address: str, allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    ip = ipaddress.ip_address(address)
+    if any(ip in network for network in allowed):
+        return True
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved)
+
+
+class CustomLlms:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.timeout = settings.directory_query_timeout_seconds
+        self.allowed = tuple(ipaddress.ip_network(n, strict=False) for n in settings.custom_llm_allowed_networks)
+        self._rows: TtlCache[str, CustomLlm | None] = TtlCache(
+            "custom_llm", settings.directory_cache_seconds, settings.directory_stale_seconds
+        )
+        self._hosts: TtlCache[str, bool] = TtlCache("custom_llm_dns", 60.0, 0.0)
+
+    async def get(self, public_id: str) -> CustomLlm | None:
+        async def load() -> CustomLlm | None:
+            async def query() -> asyncpg.Record | None:
+                async with self.pool.acquire() as connection:
+                    return await connection.fetchrow(_SQL, public_id)
+
+            row = await asyncio.wait_for(query(), self.timeout)
+            if row is None:
+                return None
+            extra = _json(row["extra_body"])
+            return CustomLlm(
+                public_id=row["public_id"],
+                internal_id=row["internal_id"],
+                kind=row["provider"],
+                base_url=row["base_url"],
+                api_key=row["api_key"],
+                organization_ids=tuple(str(o) for o in (_json(row["organization_ids"]) or ())),
+                extra_body=extra if isinstance(extra, dict) else None,
+            )
+
+        return await self._rows.get(public_id, load)
+
+    async def route(self, llm: CustomLlm) -> Route:
+        from extproc.pipeline.routing import Route
+
+        try:
+            provider = Provider(id="custom", api_url=llm.base_url, api_key=llm.api_key)
+        except ValueError as exc:
+            raise UnsafeCustomLlmUrl(f"invalid base URL: {exc}") from None
+        if not await self._hosts.get(provider.host, lambda: self._host_is_safe(provider.host)):
+            raise UnsafeCustomLlmUrl(f"{provider.host} resolves to an address that is not allowed")
+        cluster = CUSTOM_HTTPS_CLUSTER if provider.tls else CUSTOM_HTTP_CLUSTER
+        return Route(provider=provider, cluster=cluster, custom_host=f"{provider.host}:{provider.port}", custom_llm=llm)
+
+    async def _host_is_safe(self, host: str) -> bool:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            return False
+        return bool(infos) and all(address_allowed(str(info[4][0]), self.allowed) for info in infos)
+

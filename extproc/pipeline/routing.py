@@ -1,0 +1,111 @@
+"""Step 3.2: which upstream serves the request, in the contract's order: BYOK, custom LLM,
+Vercel A/B, free-model gateway, OpenRouter."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter
+
+from extproc import errors
+from extproc.byok import ByokDecryptionError
+from extproc.custom_llm import FORWARDABLE_KIND, CustomLlm, UnsafeCustomLlmUrl
+from extproc.pipeline.identity import Identity
+from extproc.pipeline.rejection import Rejection
+from extproc.settings import Provider
+from extproc.shaping.provider_rules import ByokKey
+from extproc.shaping.vercel import map_model_id_to_vercel, route_to_vercel, vercel_eligible, vercel_percentage
+from extproc.state import ChatRequest
+
+if TYPE_CHECKING:
+    from extproc.services import Services
+
+logger = logging.getLogger(__name__)
+
+ROUTED = Counter("llm_gateway_routed_requests", "Requests sent upstream, by provider.", ["provider"])
+VERCEL_AB = Counter(
+    "llm_gateway_vercel_ab_decisions",
+    "Vercel A/B routing decisions for eligible requests, by side and percentage in force.",
+    ["routed_to", "percentage"],
+)
+
+CUSTOM_LLM_PREFIX = "kilo-internal/"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: Provider  # for `custom`, built from the custom_llm row
+    cluster: str  # the value of the routing header Envoy matches
+    custom_host: str | None = None  # authority the dynamic forward proxy connects to
+    user_byok: tuple[ByokKey, ...] = ()
+    custom_llm: CustomLlm | None = None
+
+
+def _table_route(provider: Provider) -> Route:
+    if not provider.configured:
+        # A free-model gateway without a URL in this deployment (GIGAPOTATO_API_URL unset).
+        logger.error("provider has no URL configured", extra={"provider": provider.id})
+        raise Rejection(errors.SERVICE_UNAVAILABLE)
+    return Route(provider=provider, cluster=provider.cluster)
+
+
+async def select_route(services: Services, chat: ChatRequest, identity: Identity, task_id: str | None) -> Route:
+    settings, catalogue = services.settings, services.settings.catalogue
+    model = chat.model_lower
+    providers = settings.providers
+
+    # 1. BYOK: the caller's own keys for a provider that serves this model, through Vercel.
+    if not identity.anonymous and services.byok_key is not None:
+        byok_providers = await services.byok.providers_for_model(model, map_model_id_to_vercel(model, catalogue))
+        if byok_providers:
+            try:
+                keys = await services.byok.keys(
+                    byok_providers,
+                    user_id=identity.user_id,
+                    organization_id=identity.organization_id,
+                    encryption_key=services.byok_key,
+                )
+            except ByokDecryptionError:
+                logger.error("a stored BYOK key cannot be decrypted", extra={"user_id": identity.user_id})
+                raise Rejection(errors.BYOK_KEY_UNREADABLE) from None
+            if keys:
+                return _route(replace(_table_route(providers["vercel"]), user_byok=tuple(keys)))
+
+    # 2. Custom LLM of the caller's organisation.
+    if model.startswith(CUSTOM_LLM_PREFIX) and identity.organization_id is not None:
+        llm = await services.custom_llms.get(chat.model)
+        if llm is not None and identity.organization_id in llm.organization_ids:
+            if llm.kind != FORWARDABLE_KIND:
+                raise Rejection(errors.custom_llm_unsupported(llm.kind))
+            try:
+                return _route(await services.custom_llms.route(llm))
+            except UnsafeCustomLlmUrl as exc:
+                logger.error("custom LLM URL refused", extra={"model": model, "reason": str(exc)})
+                raise Rejection(errors.CUSTOM_LLM_URL_REFUSED) from None
+
+    # 3. Vercel A/B.
+    if vercel_eligible(model, chat.body, catalogue, universal_routing=settings.universal_vercel_routing):
+        openrouter_rate, vercel_rate = await services.error_rates.get()
+        percentage = vercel_percentage(openrouter_rate, vercel_rate)
+        to_vercel = route_to_vercel(task_id or identity.user_id, percentage)
+        VERCEL_AB.labels("vercel" if to_vercel else "openrouter", str(percentage)).inc()
+        if to_vercel:
+            return _route(_table_route(providers["vercel"]))
+
+    # 4. The free model's own gateway.
+    entry = catalogue.kilo_free_model(model)
+    if entry is not None and entry.gateway != "openrouter":
+        if entry.gateway == "martian":
+            # A synthetic custom LLM of kind `openai` (Responses API): not translated yet.
+            raise Rejection(errors.custom_llm_unsupported("openai"))
+        return _route(_table_route(providers[entry.gateway]))
+
+    # 5. OpenRouter.
+    return _route(_table_route(providers["openrouter"]))
+
+
+def _route(route: Route) -> Route:
+    ROUTED.labels(route.provider.id).inc()
+    return route
