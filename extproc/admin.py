@@ -65,7 +65,7 @@ EXIT_FAILURE = 1
 ROLES = ("owner", "member", "billing_manager")
 PLANS = ("teams", "enterprise")
 # The top-level words of the operator commands (cli.py makes their usage errors JSON too).
-COMMAND_GROUPS = ("user", "token", "credits", "org", "byok")
+COMMAND_GROUPS = ("user", "token", "credits", "org", "byok", "usage")
 
 NO_DATABASE = "no database: set DATABASE_URL or start the stack with `make run`"
 NO_SECRET = (
@@ -522,6 +522,48 @@ async def _byok_add(args: argparse.Namespace, settings: Settings) -> dict[str, A
     return {"id": row_id, "provider": provider, "owner": owner}
 
 
+_USAGE_ROWS = """
+SELECT u.id, u.created_at, u.provider, u.model, u.requested_model, u.inference_provider, u.cost,
+       u.input_tokens, u.output_tokens, u.cache_hit_tokens, u.cache_write_tokens, u.has_error,
+       u.organization_id, m.message_id, m.streamed, m.cancelled, m.status_code, m.market_cost
+FROM microdollar_usage u LEFT JOIN microdollar_usage_metadata m ON m.id = u.id
+WHERE u.kilo_user_id = $1 ORDER BY u.created_at DESC LIMIT $2
+"""
+_USAGE_TOTALS = """
+SELECT count(*) AS requests, COALESCE(sum(cost), 0) AS cost_microdollars,
+       COALESCE(sum(input_tokens), 0) AS input_tokens, COALESCE(sum(output_tokens), 0) AS output_tokens,
+       COALESCE(sum(cache_hit_tokens), 0) AS cache_hit_tokens
+FROM microdollar_usage WHERE kilo_user_id = $1
+"""
+
+
+async def usage_report(conn: asyncpg.Connection, user_id: str, limit: int) -> dict[str, Any]:
+    """The ledger as a user's bill shows it: totals over every row, and the newest rows."""
+    user = await _require_user(conn, user_id)
+    totals = dict(await conn.fetchrow(_USAGE_TOTALS, user_id))
+    rows = [
+        {key: (str(value) if key in ("id", "organization_id") and value is not None else value) for key, value in row.items()}
+        for row in await conn.fetch(_USAGE_ROWS, user_id, limit)
+    ]
+    for row in rows:
+        row["created_at"] = row["created_at"].isoformat()
+    return {
+        "user_id": user_id,
+        "microdollars_used": user["microdollars_used"],
+        "balance_microdollars": user["total_microdollars_acquired"] - user["microdollars_used"],
+        "totals": {key: int(value) for key, value in totals.items()},
+        "rows": rows,
+    }
+
+
+async def _usage(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    user_id = parse_user_id(args.user)
+    if args.limit < 1:
+        raise AdminError("--limit must be at least 1")
+    async with open_database(settings) as conn:
+        return await usage_report(conn, user_id, args.limit)
+
+
 def _print_error(message: str) -> None:
     sys.stderr.buffer.write(orjson.dumps({"error": message}) + b"\n")
     sys.stderr.flush()
@@ -620,6 +662,12 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:  # type: igno
     p.add_argument("--org", required=True, metavar="ID")
     p.add_argument("--user", required=True, metavar="ID")
     p.add_argument("--usd", required=True, metavar="USD")
+
+    p = commands.add_parser("usage", help="a user's ledger rows (newest first) and totals")
+    p.json_errors = True  # type: ignore[attr-defined]
+    p.set_defaults(handler=_handler(_usage))
+    p.add_argument("--user", required=True, metavar="ID")
+    p.add_argument("--limit", type=int, default=100, help="rows to show (default 100); totals cover all")
 
     byok_keys = group("byok", "customers' own provider keys (BYOK)")
     p = action(

@@ -43,16 +43,21 @@ class Processor(ExternalProcessorServicer):
     ) -> AsyncIterator[ProcessingResponse]:
         state = RequestState()
         finished = False
+        untapped: ProcessingRequest | None = None
         try:
             async for request in request_iterator:
                 phase = request.WhichOneof("request")
                 started = time.perf_counter()
                 if phase == "response_body":
-                    # Answer first: the chunk goes on to the client while we parse it.
+                    finished = request.response_body.end_of_stream
+                    # Answer first: the chunk goes on to the client while we parse it. Envoy
+                    # may close the stream as soon as it has the last answer, ending this
+                    # coroutine at the yield; the chunk is then tapped in `finally`.
+                    untapped = request
                     yield self._reply_to_chunk(state, request)
                     started = time.perf_counter()
+                    untapped = None
                     self._tap(state, request)
-                    finished = request.response_body.end_of_stream
                 else:
                     reply = await self._decide(state, request, phase)
                     finished = reply.HasField("immediate_response") or (
@@ -65,6 +70,8 @@ class Processor(ExternalProcessorServicer):
                 if finished:
                     break
         finally:
+            if untapped is not None:
+                self._tap(state, untapped)
             # Reached on completion, and also when Envoy resets the stream because the client
             # went away: the request is summarised either way, marked aborted in the latter.
             finish_request(self.services.settings, self.services.accounting, state, aborted=not finished)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Callable
 from urllib.parse import urlsplit
 from pathlib import Path
 
@@ -47,7 +48,10 @@ def _envoy_ready(admin_port: int) -> bool:
 class Stack:
     def __init__(self) -> None:
         self.demo: dict[str, str] | None = None
+        # Children that are started again when they crash (the ext_proc workers).
+        self.restart: dict[str, Callable[[], Child]] = {}
         self.state_file: Path | None = None
+        self.state: dict[str, object] = {}
         self.children: list[Child] = []
         self.stopping = threading.Event()
 
@@ -88,25 +92,26 @@ class Stack:
         self._start_envoy(settings, data_dir)
         # A ready-to-use account, only in the stack's own database (never in one it was given).
         self.demo = _demo_account(data_dir / "demo.json") if embedded_database else None
-        self.state_file.write_text(
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "children": {child.name: child.process.pid for child in self.children},
-                    "gateway_url": f"http://{settings.listen_host}:{settings.listen_port}",
-                    "database_url": os.environ["DATABASE_URL"],
-                    "redis_url": os.environ["REDIS_URL"],
-                    "mock_upstream_url": (
-                        f"http://127.0.0.1:{settings.mock_upstream_port}" if openrouter_key is None else None
-                    ),
-                    "metrics_url": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
-                    "envoy_admin_url": f"http://127.0.0.1:{settings.envoy_admin_port}",
-                    "demo_user": self.demo,
-                },
-                indent=2,
-            )
-        )
+        self.state = {
+            "pid": os.getpid(),
+            "children": {},
+            "gateway_url": f"http://{settings.listen_host}:{settings.listen_port}",
+            "database_url": os.environ["DATABASE_URL"],
+            "redis_url": os.environ["REDIS_URL"],
+            "mock_upstream_url": (
+                f"http://127.0.0.1:{settings.mock_upstream_port}" if openrouter_key is None else None
+            ),
+            "metrics_url": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+            "envoy_admin_url": f"http://127.0.0.1:{settings.envoy_admin_port}",
+            "demo_user": self.demo,
+        }
+        self._write_state()
         return settings
+
+    def _write_state(self) -> None:
+        assert self.state_file is not None
+        self.state["children"] = {child.name: child.process.pid for child in self.children}
+        self.state_file.write_text(json.dumps(self.state, indent=2))
 
     def _start_mock(self, port: int) -> None:
         child = Child.start(
@@ -133,20 +138,24 @@ class Stack:
 
     def _start_extproc(self, settings: Settings) -> None:
         for worker in range(settings.extproc_workers):
-            port, metrics_port = settings.extproc_port + worker, settings.metrics_port + worker
-            child = Child.start(
-                f"ext_proc-{worker}" if worker else "ext_proc",
-                [sys.executable, "-m", "extproc.cli", "serve"],
-                env={
-                    **os.environ,
-                    "LLM_GATEWAY_EXTPROC_PORT": str(port),
-                    "LLM_GATEWAY_METRICS_PORT": str(metrics_port),
-                },
-                stop_timeout=settings.extproc_drain_seconds + 10,
-            )
-            self.children.append(child)
-            wait_until("ext_proc", lambda: port_open(settings.extproc_host, port), child)
-            wait_until("ext_proc metrics", lambda: port_open(settings.metrics_host, metrics_port), child)
+            self.children.append(self._extproc_worker(settings, worker))
+
+    def _extproc_worker(self, settings: Settings, worker: int) -> Child:
+        port, metrics_port = settings.extproc_port + worker, settings.metrics_port + worker
+        child = Child.start(
+            f"ext_proc-{worker}" if worker else "ext_proc",
+            [sys.executable, "-m", "extproc.cli", "serve"],
+            env={
+                **os.environ,
+                "LLM_GATEWAY_EXTPROC_PORT": str(port),
+                "LLM_GATEWAY_METRICS_PORT": str(metrics_port),
+            },
+            stop_timeout=settings.extproc_drain_seconds + 10,
+        )
+        wait_until("ext_proc", lambda: port_open(settings.extproc_host, port), child)
+        wait_until("ext_proc metrics", lambda: port_open(settings.metrics_host, metrics_port), child)
+        self.restart[child.name] = lambda: self._extproc_worker(settings, worker)
+        return child
 
     def _start_envoy(self, settings: Settings, data_dir: Path) -> None:
         config = data_dir / "envoy.yaml"
@@ -173,14 +182,26 @@ class Stack:
         self.children.clear()
 
     def wait(self) -> int:
-        """Block until a stop signal (exit 0) or until a child dies on its own (exit 1)."""
+        """Block until a stop signal (exit 0) or until a child stops on its own (exit 1). An
+        ext_proc worker that crashes (killed, or a non-zero exit) is started again: its
+        replacement resumes the accounting it had in flight."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stopping.set())
         while not self.stopping.wait(0.2):
-            dead = [child for child in self.children if not child.alive]
-            if dead:
-                for child in dead:
-                    logger.error(f"{child.name} exited unexpectedly", extra={"returncode": child.process.returncode})
+            for index, child in enumerate(self.children):
+                if child.alive:
+                    continue
+                code = child.process.returncode
+                if code != 0 and child.name in self.restart:
+                    logger.error(f"{child.name} crashed; starting it again", extra={"returncode": code})
+                    try:
+                        self.children[index] = self.restart[child.name]()
+                    except (RuntimeError, TimeoutError) as exc:
+                        logger.error(f"{child.name} could not be restarted", extra={"error": str(exc)})
+                        return 1
+                    self._write_state()
+                    continue
+                logger.error(f"{child.name} exited", extra={"returncode": code})
                 return 1
         return 0
 

@@ -148,6 +148,10 @@ SESSION_STACK = {
     "LLM_GATEWAY_TRUSTED_PROXY_HOPS": "1",
     "LLM_GATEWAY_PROMOTION_LIMIT": "5",
     "BLACKLIST_DOMAINS": "blocked.example|banned.test",
+    # Base64 of 32 bytes, for BYOK keys stored by the tests.
+    "BYOK_ENCRYPTION_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    # The mock upstream is on loopback: custom LLMs pointing at it must be reachable.
+    "LLM_GATEWAY_CUSTOM_LLM_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
 }
 
 

@@ -5,12 +5,17 @@ keeps cached users working and answers the rest with the contract's 503 in bound
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import statistics
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
+import orjson
 import pytest
 
 from extproc.embedded import start_postgres, start_redis
@@ -172,3 +177,131 @@ def test_postgres_down_keeps_cached_users_and_refuses_unknown_ones_in_time(
     finally:
         services.start_postgres()
     assert paid(unknown["token"]).status_code == 200
+
+
+# --- Accounting under failure -----------------------------------------------------------------
+
+
+def _stream_gaps(gateway: Gateway, token: str, streams: int = 8) -> tuple[list[float], list[str]]:
+    """Run `streams` concurrent streams of 10 chunks 100 ms apart; return the gaps between
+    content chunks as the client saw them, and the message ids."""
+    body = {"model": PAID, "stream": True, "messages": [{"role": "user", "content": "tick"}],
+            "mock": {"chunks": 10, "chunk_delay_ms": 100}}
+
+    async def one(client: httpx.AsyncClient) -> tuple[list[float], str]:
+        arrivals, message_id = [], ""
+        headers = {"authorization": f"Bearer {token}", "x-forwarded-for": fresh_ip()}
+        async with client.stream("POST", gateway.chat_url, json=body, headers=headers) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    message_id = message_id or orjson.loads(line[6:])["id"]
+                    if '"content":"w' in line:
+                        arrivals.append(time.monotonic())
+        assert len(arrivals) == 10
+        return [b - a for a, b in zip(arrivals, arrivals[1:])], message_id
+
+    async def burst() -> list[tuple[list[float], str]]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(one(client) for _ in range(streams)))
+
+    results = asyncio.run(burst())
+    return [gap for gaps, _ in results for gap in gaps], [message_id for _, message_id in results]
+
+
+def _rows_by_message(services: Services, message_ids: list[str], timeout: float = 120) -> Counter[str]:
+    async def count() -> Counter[str]:
+        connection = await asyncpg.connect(services.database_url)
+        try:
+            rows = await connection.fetch(
+                "SELECT message_id FROM microdollar_usage_metadata WHERE message_id = ANY($1::text[])", message_ids
+            )
+        finally:
+            await connection.close()
+        return Counter(row["message_id"] for row in rows)
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = asyncio.run(count())
+        except (OSError, asyncpg.PostgresError):
+            found = Counter()
+        if len(found) >= len(message_ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def test_postgres_outage_delays_rows_but_not_chunks_and_loses_none(replicas: Gateway, services: Services) -> None:
+    user = replicas.new_user(credits_usd="10")
+    baseline_gaps, baseline_ids = _stream_gaps(replicas, user["token"])  # also warms both caches
+
+    assert services.postgres is not None
+    services.postgres.stop()
+    outage_started = time.monotonic()
+    try:
+        outage_gaps, outage_ids = _stream_gaps(replicas, user["token"])
+        # Chunk timing during the outage is the chunk timing without it.
+        assert abs(_median(outage_gaps) - _median(baseline_gaps)) < 0.03
+        assert max(outage_gaps) < 0.5
+        time.sleep(max(0.0, 10 - (time.monotonic() - outage_started)))
+    finally:
+        services.start_postgres()
+
+    found = _rows_by_message(services, baseline_ids + outage_ids)
+    assert set(found) == set(baseline_ids + outage_ids)
+    assert set(found.values()) == {1}  # no duplicates
+
+
+def test_a_slow_ledger_does_not_delay_any_chunk(replicas: Gateway, services: Services) -> None:
+    user = replicas.new_user(credits_usd="10")
+    baseline_gaps, _ = _stream_gaps(replicas, user["token"])
+
+    async def ddl(sql: str) -> None:
+        connection = await asyncpg.connect(services.database_url)
+        await connection.execute(sql)
+        await connection.close()
+
+    # Every ledger insert now takes 2 s.
+    asyncio.run(ddl(
+        "CREATE OR REPLACE FUNCTION slow_ledger() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$"
+        " LANGUAGE plpgsql; CREATE TRIGGER slow_ledger BEFORE INSERT ON microdollar_usage"
+        " FOR EACH ROW EXECUTE FUNCTION slow_ledger()"
+    ))
+    try:
+        slow_gaps, slow_ids = _stream_gaps(replicas, user["token"])
+        slow_gaps += _stream_gaps(replicas, user["token"])[0]
+        assert abs(_median(slow_gaps) - _median(baseline_gaps)) < 0.03
+        assert max(slow_gaps) < 0.5
+    finally:
+        asyncio.run(ddl("DROP TRIGGER slow_ledger ON microdollar_usage"))
+    assert set(_rows_by_message(services, slow_ids).values()) == {1}
+
+
+def test_a_killed_extproc_resumes_its_pending_rows_without_duplicates(replicas: Gateway, services: Services) -> None:
+    user = replicas.new_user(credits_usd="10")
+    # The mock's generation endpoint answers 404 for 6 s: every record stays in flight that long.
+    body = {"model": PAID, "messages": [{"role": "user", "content": "pending"}], "mock": {"generation_delay_ms": 6000}}
+    headers = {"authorization": f"Bearer {user['token']}"}
+    message_ids = []
+    for _ in range(12):
+        response = httpx.post(replicas.chat_url, json=body, headers={**headers, "x-forwarded-for": fresh_ip()}, timeout=30)
+        assert response.status_code == 200
+        message_ids.append(response.json()["id"])
+    time.sleep(1.0)  # the records are in the outbox, read by the writers, not yet written
+    assert _rows_by_message(services, message_ids, timeout=0) == Counter()
+
+    state = orjson.loads((replicas.data_dir / "stack.json").read_bytes())
+    for name in ("ext_proc", "ext_proc-1"):
+        os.kill(state["children"][name], signal.SIGKILL)
+
+    found = _rows_by_message(services, message_ids, timeout=120)
+    assert set(found) == set(message_ids)
+    assert set(found.values()) == {1}
+    # The supervisor restarted both workers, and the gateway serves again.
+    restarted = orjson.loads((replicas.data_dir / "stack.json").read_bytes())["children"]
+    assert restarted["ext_proc"] != state["children"]["ext_proc"]
+    assert httpx.post(replicas.chat_url, json={**body, "mock": {}}, headers=headers, timeout=30).status_code == 200

@@ -46,6 +46,17 @@ class Outbox:
         """`pending`: this consumer's delivered-but-unacknowledged entries (after a restart or a
         failed write), then entries idle too long at other consumers; else new entries."""
         await self._ensure_group()
+        try:
+            return await self._read(count, block_ms, pending=pending)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost the stream (restarted without persistence): create it again.
+            self._group_ready = False
+            await self._ensure_group()
+            return await self._read(count, block_ms, pending=pending)
+
+    async def _read(self, count: int, block_ms: int, *, pending: bool) -> list[tuple[bytes, UsageRecord]]:
         if pending:
             replies = await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: "0"}, count=count)
             entries = replies[0][1] if replies else []

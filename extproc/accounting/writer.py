@@ -104,7 +104,7 @@ class Accounting:
                 await _sleep_or_stop(stop, self._retry_delay())
 
     def _retry_delay(self) -> float:
-        return min(30.0, 0.5 * 2 ** min(self._failures, 6))
+        return min(10.0, 0.5 * 2 ** min(self._failures, 5))
 
     async def _write_and_acknowledge(self, entry_id: bytes, record: UsageRecord) -> None:
         try:

@@ -1,0 +1,219 @@
+"""Usage accounting through real Envoy into the real ledger (behaviour.md section 7).
+
+Every request ends in exactly one `microdollar_usage` row whose tokens and cost are what the
+upstream reported, and balances move by exactly the sum, whatever the concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+import orjson
+
+from extproc.mock_upstream import MockOptions, expected_usage
+from extproc.money import usd_to_microdollars
+from tests.conftest import Gateway, fresh_ip
+
+MODEL = "openai/gpt-4o-mini"  # OpenRouter, and no rule of 5.2 touches its messages
+T = TypeVar("T")
+
+
+def db(gateway: Gateway, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def run() -> T:
+        connection = await asyncpg.connect(gateway.database_url)
+        try:
+            return await query(connection)
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
+def wait_for_rows(gateway: Gateway, message_ids: list[str], timeout: float = 90) -> list[asyncpg.Record]:
+    sql = """
+    SELECT u.*, m.message_id, m.streamed, m.cancelled, m.market_cost, m.status_code, m.session_id
+    FROM microdollar_usage u JOIN microdollar_usage_metadata m ON m.id = u.id
+    WHERE m.message_id = ANY($1::text[])
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = db(gateway, lambda c: c.fetch(sql, message_ids))
+        if len(rows) >= len(message_ids) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.25)
+
+
+def _message_id(response: httpx.Response, stream: bool) -> str:
+    if not stream:
+        return response.json()["id"]
+    for line in response.text.splitlines():
+        if line.startswith("data: {"):
+            return orjson.loads(line[6:])["id"]
+    raise AssertionError("no data event")
+
+
+def _cost(body: dict[str, Any]) -> int:
+    return usd_to_microdollars(expected_usage(body, MockOptions())["cost"])
+
+
+def test_concurrent_streamed_and_plain_requests_are_each_charged_exactly_once(gateway: Gateway) -> None:
+    users = [gateway.new_user(credits_usd="100") for _ in range(4)]
+    member = gateway.new_user(credits_usd="0")
+    org = gateway.cli("org", "create", "--name", f"acct-{uuid.uuid4().hex[:6]}", "--credits-usd", "100")["id"]
+    gateway.cli("org", "add-member", "--org", org, "--user", member["id"])
+    callers = [(u, None) for u in users] + [(member, org)]
+    requests = []
+    for n in range(200):
+        user, organization = callers[n % len(callers)]
+        body = {
+            "model": MODEL,
+            "stream": n % 2 == 0,
+            "messages": [{"role": "user", "content": f"request {n} " + "x" * (n * 7)}],
+        }
+        requests.append((user, organization, body))
+
+    used_before = db(gateway, lambda c: c.fetch("SELECT id, microdollars_used FROM kilocode_users WHERE id = ANY($1::text[])", [u["id"] for u, _ in callers]))
+    assert all(row["microdollars_used"] == 0 for row in used_before)
+
+    async def send_all() -> list[httpx.Response]:
+        limit = asyncio.Semaphore(32)
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            async def send(user: dict, organization: str | None, body: dict) -> httpx.Response:
+                headers = {"authorization": f"Bearer {user['token']}", "x-forwarded-for": fresh_ip()}
+                if organization:
+                    headers["x-kilocode-organizationid"] = organization
+                async with limit:
+                    return await client.post(gateway.chat_url, json=body, headers=headers)
+
+            return await asyncio.gather(*(send(*r) for r in requests))
+
+    responses = asyncio.run(send_all())
+    assert [r.status_code for r in responses] == [200] * 200
+    message_ids = [_message_id(r, body["stream"]) for r, (_, _, body) in zip(responses, requests, strict=True)]
+    rows = wait_for_rows(gateway, message_ids)
+
+    by_message = {row["message_id"]: row for row in rows}
+    assert len(rows) == 200 and len(by_message) == 200  # exactly one row per request
+    expected_by_user: dict[str, int] = {}
+    for message_id, (user, organization, body) in zip(message_ids, requests, strict=True):
+        row = by_message[message_id]
+        usage = expected_usage(body, MockOptions())
+        assert row["kilo_user_id"] == user["id"]
+        assert (row["input_tokens"], row["output_tokens"], row["cache_hit_tokens"]) == (
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+            usage["prompt_tokens_details"]["cached_tokens"],
+        )
+        assert row["cost"] == row["market_cost"] == _cost(body)
+        assert row["streamed"] is body["stream"]
+        assert row["provider"] == "openrouter" and row["model"] == MODEL and not row["has_error"]
+        assert (str(row["organization_id"]) if row["organization_id"] else None) == organization
+        expected_by_user[user["id"]] = expected_by_user.get(user["id"], 0) + row["cost"]
+
+    used = dict(db(gateway, lambda c: c.fetch("SELECT id, microdollars_used FROM kilocode_users WHERE id = ANY($1::text[])", list(expected_by_user))))
+    for user in users:
+        assert used[user["id"]] == expected_by_user[user["id"]] > 0
+    # The organisation pays for its member, not the member's own balance.
+    assert used[member["id"]] == 0
+    org_used = db(gateway, lambda c: c.fetchval("SELECT microdollars_used FROM organizations WHERE id = $1", uuid.UUID(org)))
+    day_used = db(
+        gateway,
+        lambda c: c.fetchval(
+            "SELECT microdollar_usage FROM organization_user_usage WHERE organization_id = $1 AND kilo_user_id = $2",
+            uuid.UUID(org),
+            member["id"],
+        ),
+    )
+    assert org_used == day_used == expected_by_user[member["id"]] > 0
+
+
+def test_a_stream_the_client_cuts_is_charged_what_the_upstream_billed(gateway: Gateway) -> None:
+    user = gateway.new_user(credits_usd="10")
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "long one"}],
+            "mock": {"chunks": 30, "chunk_delay_ms": 150}}
+    message_id = None
+    content_chunks = 0
+    with httpx.stream(
+        "POST", gateway.chat_url, json=body, headers={"authorization": f"Bearer {user['token']}"}, timeout=30
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                event = orjson.loads(line[6:])
+                message_id = event["id"]
+                if event["choices"] and event["choices"][0]["delta"].get("content"):
+                    content_chunks += 1
+                    if content_chunks == 3:
+                        break  # the client goes away
+    assert message_id is not None
+    [row] = wait_for_rows(gateway, [message_id])
+    generation = httpx.get(f"{gateway.mock_url}/openrouter/api/v1/generation", params={"id": message_id}).json()["data"]
+    assert generation["cancelled"] is True
+    assert row["cancelled"] is True
+    assert row["cost"] == usd_to_microdollars(generation["total_cost"]) > 0
+    assert row["output_tokens"] == generation["native_tokens_completion"]
+    assert 3 <= row["output_tokens"] < 30
+    used = db(gateway, lambda c: c.fetchval("SELECT microdollars_used FROM kilocode_users WHERE id = $1", user["id"]))
+    assert used == row["cost"]
+
+
+def test_free_model_and_anonymous_rows_cost_nothing_but_keep_the_market_cost(gateway: Gateway) -> None:
+    ip = fresh_ip()
+    response = httpx.post(
+        gateway.chat_url,
+        json={"model": "minimax/minimax-m2.5:free", "messages": [{"role": "user", "content": "free please"}]},
+        headers={"x-forwarded-for": ip},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    [row] = wait_for_rows(gateway, [response.json()["id"]])
+    assert row["kilo_user_id"] == f"anon:{ip}"
+    assert row["cost"] == 0 and row["market_cost"] > 0
+    assert row["requested_model"] == "minimax/minimax-m2.5:free"
+
+
+def test_an_upstream_402_on_the_gateways_key_is_not_charged(gateway: Gateway) -> None:
+    user = gateway.new_user(credits_usd="10")
+    session = f"task-{uuid.uuid4().hex}"
+    response = httpx.post(
+        gateway.chat_url,
+        json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "mock": {"status": 402}},
+        headers={"authorization": f"Bearer {user['token']}", "x-kilocode-taskid": session},
+        timeout=30,
+    )
+    assert response.status_code == 503
+    # An error that is accounted, as a marker that the writer got past this request.
+    marker = httpx.post(
+        gateway.chat_url,
+        json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+        headers={"authorization": f"Bearer {user['token']}"},
+        timeout=30,
+    )
+    wait_for_rows(gateway, [marker.json()["id"]])
+    rows = db(gateway, lambda c: c.fetch("SELECT * FROM microdollar_usage WHERE kilo_user_id = $1", user["id"]))
+    assert len(rows) == 1
+
+
+def test_usage_command_shows_rows_and_totals(gateway: Gateway) -> None:
+    user = gateway.new_user(credits_usd="10")
+    ids = []
+    for n in range(3):
+        response = httpx.post(
+            gateway.chat_url,
+            json={"model": MODEL, "messages": [{"role": "user", "content": f"bill me {n}"}]},
+            headers={"authorization": f"Bearer {user['token']}"},
+            timeout=30,
+        )
+        ids.append(response.json()["id"])
+    rows = wait_for_rows(gateway, ids)
+    report = gateway.cli("usage", "--user", user["id"])
+    assert report["totals"]["requests"] == 3
+    assert report["totals"]["cost_microdollars"] == sum(r["cost"] for r in rows) == report["microdollars_used"]
+    assert report["balance_microdollars"] == 10_000_000 - report["microdollars_used"]
+    assert sorted(r["message_id"] for r in report["rows"]) == sorted(ids)
