@@ -29,7 +29,7 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from extproc.directory import TtlCache
+from extproc.directory import TtlCache, fetch
 from extproc.settings import Settings
 from extproc.shaping.provider_rules import ByokKey
 
@@ -270,11 +270,7 @@ class ByokDirectory:
         )
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        async def query() -> list[asyncpg.Record]:
-            async with self.pool.acquire() as connection:
-                return await connection.fetch(sql, *args)
-
-        return await asyncio.wait_for(query(), self.timeout)
+        return await fetch(self.pool, self.timeout, sql, *args)
 
     async def providers_for_model(self, model_lower: str, vercel_model_id: str) -> list[str]:
         """Contract 3.3: the BYOK provider ids that can serve the model, in the map's order.

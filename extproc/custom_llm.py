@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import orjson
 
-from extproc.directory import TtlCache
+from extproc.directory import TtlCache, fetch
 from extproc.envoy_config import CUSTOM_HTTP_CLUSTER, CUSTOM_HTTPS_CLUSTER
 from extproc.settings import Provider, Settings
 
@@ -73,13 +73,10 @@ class CustomLlms:
 
     async def get(self, public_id: str) -> CustomLlm | None:
         async def load() -> CustomLlm | None:
-            async def query() -> asyncpg.Record | None:
-                async with self.pool.acquire() as connection:
-                    return await connection.fetchrow(_SQL, public_id)
-
-            row = await asyncio.wait_for(query(), self.timeout)
-            if row is None:
+            rows = await fetch(self.pool, self.timeout, _SQL, public_id)
+            if not rows:
                 return None
+            row = rows[0]
             extra = _json(row["extra_body"])
             return CustomLlm(
                 public_id=row["public_id"],

@@ -146,6 +146,17 @@ SELECT EXISTS (
 """
 
 
+async def fetch(pool: asyncpg.Pool, timeout: float, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """One query on the request path, given up after `timeout` (the caller's failure policy
+    then decides: a stale cache entry, or DirectoryUnavailable)."""
+
+    async def query() -> list[asyncpg.Record]:
+        async with pool.acquire() as connection:
+            return await connection.fetch(sql, *args)
+
+    return await asyncio.wait_for(query(), timeout)
+
+
 class Directory:
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self.pool = pool
@@ -156,11 +167,8 @@ class Directory:
         self._accounts: TtlCache[tuple[str, str], OrganizationAccount | None] = TtlCache("org_account", ttl, stale)
 
     async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
-        return await asyncio.wait_for(self._query(sql, *args), self.timeout)
-
-    async def _query(self, sql: str, *args: Any) -> asyncpg.Record | None:
-        async with self.pool.acquire() as connection:
-            return await connection.fetchrow(sql, *args)
+        rows = await fetch(self.pool, self.timeout, sql, *args)
+        return rows[0] if rows else None
 
     async def user(self, user_id: str) -> User | None:
         async def load() -> User | None:

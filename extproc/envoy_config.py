@@ -27,6 +27,8 @@ CHAT_PATHS = ("/api/gateway/chat/completions", "/api/openrouter/chat/completions
 GATEWAY_PREFIXES = ("/api/gateway/", "/api/openrouter/")
 EXTPROC_CLUSTER = "extproc"
 EXTPROC_FILTER = "envoy.filters.http.ext_proc"
+# The `details` of every ext_proc immediate response (see protocol.immediate).
+IMMEDIATE_DETAILS = "gateway_"
 DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
 CUSTOM_HTTPS_CLUSTER = "custom_https"
 CUSTOM_HTTP_CLUSTER = "custom_http"
@@ -213,13 +215,34 @@ def _access_log() -> list[dict[str, Any]]:
 
 
 def _local_reply_mapper(error: GatewayError) -> dict[str, Any]:
+    """Envoy's own local reply with this status gets the catalogue's body. The ext_proc's
+    immediate responses are local replies too; their details start with IMMEDIATE_DETAILS
+    and their bodies are already the contract's, so they are left alone."""
     return {
         "filter": {
-            "status_code_filter": {
-                "comparison": {
-                    "op": "EQ",
-                    "value": {"default_value": error.status, "runtime_key": f"gateway.local_reply_{error.status}"},
-                }
+            "and_filter": {
+                "filters": [
+                    {
+                        "status_code_filter": {
+                            "comparison": {
+                                "op": "EQ",
+                                "value": {
+                                    "default_value": error.status,
+                                    "runtime_key": f"gateway.local_reply_{error.status}",
+                                },
+                            }
+                        }
+                    },
+                    {
+                        "extension_filter": {
+                            "name": "envoy.access_loggers.extension_filters.cel",
+                            "typed_config": _typed(
+                                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                                expression=f"!response.code_details.startsWith('{IMMEDIATE_DETAILS}')",
+                            ),
+                        }
+                    },
+                ]
             }
         },
         "body": {"inline_string": error.json().decode()},

@@ -22,6 +22,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 from envoy.type.v3.http_status_pb2 import HttpStatus
 
+from extproc.envoy_config import IMMEDIATE_DETAILS
 from extproc.errors import GatewayError
 
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
@@ -60,7 +61,7 @@ def immediate(error: GatewayError) -> ProcessingResponse:
             status=HttpStatus(code=error.status),
             headers=header_mutation({"content-type": "application/json"}),
             body=error.json(),
-            details=f"gateway_{error.status}",
+            details=f"{IMMEDIATE_DETAILS}{error.status}",
         )
     )
 

@@ -15,6 +15,7 @@ from extproc.error_rates import ErrorRates
 from extproc.limits import FreeModelLimiter
 from extproc.resources import Resources
 from extproc.settings import Settings
+from extproc.side import SideServices
 
 
 @dataclass(slots=True)
@@ -28,9 +29,11 @@ class Services:
     byok_key: bytes | None
     custom_llms: CustomLlms
     error_rates: ErrorRates
+    side: SideServices  # abuse service, API metrics, analytics: optional and fail-open
 
     @classmethod
     def build(cls, settings: Settings, resources: Resources) -> Services:
+        side = SideServices.build(settings)
         return cls(
             settings=settings,
             resources=resources,
@@ -45,7 +48,10 @@ class Services:
             # A consumer name that survives restarts, so a restarted replica takes back what
             # it had read but not written.
             accounting=Accounting(
-                settings, resources.db, Outbox(resources.redis, f"{socket.gethostname()}:{settings.extproc_port}")
+                settings,
+                resources.db,
+                Outbox(resources.redis, f"{socket.gethostname()}:{settings.extproc_port}"),
+                side,
             ),
             byok=ByokDirectory(resources.db, settings),
             byok_key=(
@@ -55,4 +61,5 @@ class Services:
             ),
             custom_llms=CustomLlms(resources.db, settings),
             error_rates=ErrorRates(resources.db),
+            side=side,
         )

@@ -213,6 +213,24 @@ class Settings(BaseSettings):
 
     providers: dict[str, Provider] = Field(default_factory=dict)
 
+    # Side services (behaviour.md 8.1, 8.3, 7.5; extproc/side/). Each is off while its URL or
+    # key is unset, and fail-open: an outage is logged and counted, never seen by a client.
+    abuse_service_url: str | None = Field(default=None, validation_alias="ABUSE_SERVICE_URL")
+    abuse_cf_access_client_id: SecretStr | None = Field(default=None, validation_alias="ABUSE_CF_ACCESS_CLIENT_ID")
+    abuse_cf_access_client_secret: SecretStr | None = Field(
+        default=None, validation_alias="ABUSE_CF_ACCESS_CLIENT_SECRET"
+    )
+    # Contract 8.3: the classification is awaited at most this long after the upstream responded.
+    abuse_classify_budget_seconds: float = Field(default=2.0, ge=0)
+    o11y_service_url: str | None = Field(default=None, validation_alias="O11Y_SERVICE_URL")
+    o11y_kilo_gateway_client_secret: SecretStr | None = Field(
+        default=None, validation_alias="O11Y_KILO_GATEWAY_CLIENT_SECRET"
+    )
+    posthog_api_key: SecretStr | None = Field(default=None, validation_alias="POSTHOG_API_KEY")
+    posthog_url: str = "https://us.i.posthog.com"
+    # Each side-service call gives up after this (connection, request and answer together).
+    side_service_timeout_seconds: float = Field(default=10.0, gt=0)
+
     # Local stack (`llm-gateway run`): where embedded services keep their data, and the mock.
     data_dir: Path = Path(".data")
     mock_upstream_port: int = 8090
@@ -225,6 +243,19 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return {key: {**(spec or {}), "id": key} for key, spec in value.items()}
         return value
+
+    @field_validator("abuse_service_url", "o11y_service_url", mode="before")
+    @classmethod
+    def _service_url(cls, value: Any) -> Any:
+        """A blank URL leaves the service off; a trailing slash is dropped (paths are appended)."""
+        if isinstance(value, str):
+            return value.strip().rstrip("/") or None
+        return value
+
+    @field_validator("posthog_url")
+    @classmethod
+    def _posthog_url(cls, value: str) -> str:
+        return value.strip().rstrip("/")
 
     @cached_property
     def catalogue(self) -> Catalogue:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # the pipeline's types refer back to ChatRequest
     from extproc.pipeline.identity import Identity
     from extproc.response.rewrite import SseRewriter
     from extproc.shaping.transform import TransformResult
+    from extproc.side.abuse import Classification
 
 
 @dataclass(slots=True)
@@ -43,6 +44,7 @@ class RequestState:
     provider: Provider | None = None
 
     prompt: PromptInfo | None = None  # contract 7.6, taken before shaping
+    abuse: Classification | None = None  # contract 8.3: running since provider selection
     promotion: bool = False
     user_byok: bool = False
     tools: TransformResult | None = None  # tools offered and used, for the API metrics (8.1)

@@ -7,7 +7,7 @@ keys up in its own settings.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -27,7 +27,8 @@ class PromptInfo:
     user_prompt_prefix: str
 
 
-def _text(content: Any) -> str:
+def message_text(content: Any) -> str:
+    """A message's text: the string, or the text parts of an array joined by newlines."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -43,12 +44,12 @@ def prompt_info(body: dict[str, Any]) -> PromptInfo:
     if not isinstance(messages, list):
         return PromptInfo("", -1, "")
     system = "\n".join(
-        _text(m.get("content"))
+        message_text(m.get("content"))
         for m in messages
         if isinstance(m, dict) and m.get("role") in ("system", "developer")
     )
     users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    last_user = _text(users[-1].get("content")) if users else ""
+    last_user = message_text(users[-1].get("content")) if users else ""
     return PromptInfo(system[:_PREFIX_CHARS], len(system), last_user[:_PREFIX_CHARS])
 
 
@@ -95,15 +96,25 @@ class UsageRecord:
     forwarded_for: str | None = None
     # Employees only (8.2): the final request and a bounded copy of the response.
     request_log: dict[str, Any] | None = field(default=None)
+    # Side services (extproc/side): the abuse service's id for this request (0: none, 8.3),
+    # and for the analytics events (7.5) the user's e-mail and usage before this request.
+    abuse_request_id: int = 0
+    posthog_distinct_id: str | None = None
+    prior_microdollar_usage: int | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, data: bytes | str) -> UsageRecord:
-        fields = orjson.loads(data)
-        prompt = fields.pop("prompt", None)
-        return cls(**fields, prompt=PromptInfo(**prompt) if prompt else None)
+        values = orjson.loads(data)
+        prompt = values.pop("prompt", None)
+        # Fields this version does not know (written by a newer replica) are ignored.
+        known = {key: value for key, value in values.items() if key in _RECORD_FIELDS}
+        return cls(**known, prompt=PromptInfo(**prompt) if prompt else None)
+
+
+_RECORD_FIELDS = frozenset(f.name for f in fields(UsageRecord)) - {"prompt"}
 
 
 def response_fields(summary: ResponseSummary) -> dict[str, Any]:

@@ -13,6 +13,8 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 import aiohttp
 import asyncpg
@@ -24,6 +26,10 @@ from extproc.accounting.generation import fetch_generation
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.record import UsageRecord
 from extproc.settings import Settings
+from extproc.side import analytics
+
+if TYPE_CHECKING:
+    from extproc.side import SideServices
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +48,13 @@ _RESCAN_SECONDS = 30.0
 
 
 class Accounting:
-    def __init__(self, settings: Settings, db: asyncpg.Pool, outbox: Outbox) -> None:
+    def __init__(self, settings: Settings, db: asyncpg.Pool, outbox: Outbox, side: SideServices | None = None) -> None:
         self.settings = settings
         self.db = db
         self.outbox = outbox
+        # The optional side services (extproc/side): the abuse cost report and the analytics
+        # events follow a written row; the request's end reaches the others through here too.
+        self.side = side
         self.unsent: collections.deque[UsageRecord] = collections.deque()
         self.session: aiohttp.ClientSession | None = None
         # Records in flight at once; most of them are just waiting on a generation lookup.
@@ -56,13 +65,19 @@ class Accounting:
 
     # --- the request side ------------------------------------------------------------------
 
-    def submit(self, record: UsageRecord) -> None:
-        """Called when a request ends; never awaited by the stream."""
-        task = asyncio.get_running_loop().create_task(self._submit(record))
+    def submit(self, record: UsageRecord, abuse_request_id: Awaitable[int] | None = None) -> None:
+        """Called when a request ends; never awaited by the stream. `abuse_request_id`: the
+        abuse classification's id, awaited first (bounded by its own budget, never raising)."""
+        task = asyncio.get_running_loop().create_task(self._submit(record, abuse_request_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _submit(self, record: UsageRecord) -> None:
+    async def _submit(self, record: UsageRecord, abuse_request_id: Awaitable[int] | None = None) -> None:
+        if abuse_request_id is not None:
+            try:
+                record.abuse_request_id = await abuse_request_id
+            except Exception:  # a side service never costs a usage record
+                logger.exception("abuse request id unavailable", extra={"usage_id": record.usage_id})
         try:
             async with asyncio.timeout(2):
                 await self.outbox.add(record)
@@ -148,6 +163,9 @@ class Accounting:
         if self.unsent:
             logger.error("usage records could not be saved before exit", extra={"count": len(self.unsent)})
         await self.session.close()
+        if self.side is not None:
+            # Cost reports and analytics events of the rows just written get a moment to leave.
+            await self.side.close(timeout=max(1.0, deadline - time.monotonic()))
 
     async def _resend_unsent(self) -> None:
         while self.unsent:
@@ -159,9 +177,17 @@ class Accounting:
         charged, discount = cost.billable(
             charge, free_model=record.free_model, user_byok=record.user_byok, promotion=record.promotion
         )
+        side = self.side
+        first_usage_check = side is not None and side.analytics.check_first_usage(record)
+        first_usage, used_after = False, None
         try:
             async with self.db.acquire(timeout=10) as connection:
-                written = await ledger.write(connection, record, charge, charged, discount)
+                if first_usage_check:
+                    written, first_usage, used_after = await _write_checking_first_usage(
+                        connection, record, charge, charged, discount
+                    )
+                else:
+                    written = await ledger.write(connection, record, charge, charged, discount)
         except _DB_ERRORS as exc:
             LEDGER_FAILURES.inc()
             logger.error("ledger write failed; will retry", extra={"usage_id": record.usage_id, "error": repr(exc)})
@@ -169,6 +195,18 @@ class Accounting:
         LEDGER_ROWS.labels("inserted" if written.inserted else "duplicate").inc()
         if written.inserted and charged:
             CHARGED.labels(record.provider).inc(charged)
+        if written.inserted and side is not None:
+            # After the commit, fire-and-forget (extproc/side): 8.3's cost report with the
+            # market cost, and 7.5's first-usage events.
+            side.abuse.report_cost(record, charge.usage)
+            side.analytics.usage_written(
+                self.db,
+                record,
+                model=ledger.stored_model(record),
+                cost=charged,
+                first_usage=first_usage,
+                microdollars_used=used_after,
+            )
         return True
 
     async def _charge(self, record: UsageRecord) -> cost.Charge:
@@ -204,6 +242,23 @@ class Accounting:
         depth, age = await self.outbox.depth_and_age()
         OUTBOX_DEPTH.set(depth + len(self.unsent))
         OUTBOX_AGE.set(age)
+
+
+async def _write_checking_first_usage(
+    connection: asyncpg.Connection, record: UsageRecord, charge: cost.Charge, charged: int, discount: int | None
+) -> tuple[ledger.Written, bool, int | None]:
+    """Decision 22: `ledger.write` inside a transaction that first looks for an earlier usage
+    row of the user (before the insert, as the reference does) and afterwards reads the usage
+    the charge left (still under the UPDATE's row lock). Used only for users whose usage was 0
+    when the request came in, without an organisation, when analytics is on; everyone else
+    gets the ledger transaction alone."""
+    async with connection.transaction():  # ledger.write's own transaction becomes a savepoint
+        earlier = await analytics.has_earlier_usage(connection, record.kilo_user_id)
+        written = await ledger.write(connection, record, charge, charged, discount)
+        used_after = None
+        if written.inserted and charged > 0:
+            used_after = await analytics.microdollars_used(connection, record.kilo_user_id)
+    return written, written.inserted and not earlier, used_after
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -1,7 +1,9 @@
 """End of the request (completed, refused or cut): summarise it and hand it to accounting.
 
 Runs after the last reply went to Envoy, so nothing here delays the client: the usage record
-is built from the state in memory and submitted to the outbox by a task of its own.
+is built from the state in memory and submitted to the outbox by a task of its own (which first
+waits, within its budget, for the abuse classification's request id), and the API metrics of
+the upstream response leave by another task (extproc/side).
 """
 
 from __future__ import annotations
@@ -40,12 +42,19 @@ def finish_request(settings: Settings, accounting: Accounting, state: RequestSta
     if suspicious_no_usage(summary):
         logger.warning("SUSPICIOUS: No usage chunk in stream", extra={"request_id": state.request_id})
     _record_genai_metrics(state, summary, provider, model)
+    side = accounting.side
+    if side is not None:
+        side.api_metrics.report(state, summary)  # 8.1: every upstream response, the 402 too
     # Contract 6.2: a provider's 402 on Kilo's own key is answered 503 and not accounted.
     if state.status == 402 and not state.user_byok:
         return
     record = build_record(settings, state, summary, aborted)
     if record is not None:
-        accounting.submit(record)
+        # 8.3: the abuse request id only serves the cost report, which needs a message id.
+        abuse = None
+        if state.abuse is not None and record.message_id:
+            abuse = state.abuse.request_id(state.first_byte_at)
+        accounting.submit(record, abuse)
 
 
 def build_record(settings: Settings, state: RequestState, summary: ResponseSummary, aborted: bool) -> UsageRecord | None:
@@ -53,6 +62,7 @@ def build_record(settings: Settings, state: RequestState, summary: ResponseSumma
     if chat is None or identity is None or provider is None or client is None:
         return None
     catalogue = settings.catalogue
+    user = identity.user
     body = chat.body
     transforms = body.get("transforms")
     tools = body.get("tools")
@@ -89,6 +99,9 @@ def build_record(settings: Settings, state: RequestState, summary: ResponseSumma
         user_agent=client.user_agent,
         forwarded_for=client.forwarded_for,
         request_log=request_log,
+        # 7.5: the analytics events' inputs, carried only when analytics is on.
+        posthog_distinct_id=user.email if user is not None and settings.posthog_api_key else None,
+        prior_microdollar_usage=user.microdollars_used if user is not None else None,
     )
 
 

@@ -89,6 +89,10 @@ async def _admit(services: Services, state: RequestState, raw: bytes) -> Process
 
     route = await select_route(services, chat, identity, client.task_id)  # 3.2
     state.provider, state.user_byok = route.provider, bool(route.user_byok)
+    # 2.10 and decision 4: from the body as sent, in the background; never awaited here.
+    state.abuse = services.side.abuse.classify(
+        chat, identity, client, route.provider.id, state.user_byok, request_id=state.request_id
+    )
     validate_request(chat, catalogue)  # 2.11
     state.prompt = prompt_info(chat.body)  # 7.6: the usage context, before shaping
     state.promotion = promotion_active(settings, model, identity)
@@ -96,7 +100,9 @@ async def _admit(services: Services, state: RequestState, raw: bytes) -> Process
     if not identity.anonymous and route.custom_llm is None:
         await _check_balance_and_organization(services, identity, chat.body, model, byok=state.user_byok)
     data_collection_gate(chat.body, model, catalogue)  # 2.13
-    return forward(settings, state, chat, route, _shape(services, state, chat, route))  # 2.15
+    extra_headers = _shape(services, state, chat, route)
+    route.count()
+    return forward(settings, state, chat, route, extra_headers)  # 2.15
 
 
 def _shape(services: Services, state: RequestState, chat: ChatRequest, route: Route) -> dict[str, str]:

@@ -41,6 +41,14 @@ class Route:
     custom_host: str | None = None  # authority the dynamic forward proxy connects to
     user_byok: tuple[ByokKey, ...] = ()
     custom_llm: CustomLlm | None = None
+    # The Vercel A/B decision (side, percentage in force) when the request was eligible.
+    ab_decision: tuple[str, int] | None = None
+
+    def count(self) -> None:
+        """Metrics, once the request is on its way upstream (not when it is refused later)."""
+        ROUTED.labels(self.provider.id).inc()
+        if self.ab_decision is not None:
+            VERCEL_AB.labels(self.ab_decision[0], str(self.ab_decision[1])).inc()
 
 
 def _table_route(provider: Provider) -> Route:
@@ -71,7 +79,7 @@ async def select_route(services: Services, chat: ChatRequest, identity: Identity
                 logger.error("a stored BYOK key cannot be decrypted", extra={"user_id": identity.user_id})
                 raise Rejection(errors.BYOK_KEY_UNREADABLE) from None
             if keys:
-                return _route(replace(_table_route(providers["vercel"]), user_byok=tuple(keys)))
+                return replace(_table_route(providers["vercel"]), user_byok=tuple(keys))
 
     # 2. Custom LLM of the caller's organisation.
     if model.startswith(CUSTOM_LLM_PREFIX) and identity.organization_id is not None:
@@ -80,7 +88,7 @@ async def select_route(services: Services, chat: ChatRequest, identity: Identity
             if llm.kind != FORWARDABLE_KIND:
                 raise Rejection(errors.custom_llm_unsupported(llm.kind))
             try:
-                return _route(await services.custom_llms.route(llm))
+                return await services.custom_llms.route(llm)
             except UnsafeCustomLlmUrl as exc:
                 logger.error("custom LLM URL refused", extra={"model": model, "reason": str(exc)})
                 raise Rejection(errors.CUSTOM_LLM_URL_REFUSED) from None
@@ -90,9 +98,11 @@ async def select_route(services: Services, chat: ChatRequest, identity: Identity
         openrouter_rate, vercel_rate = await services.error_rates.get()
         percentage = vercel_percentage(openrouter_rate, vercel_rate)
         to_vercel = route_to_vercel(task_id or identity.user_id, percentage)
-        VERCEL_AB.labels("vercel" if to_vercel else "openrouter", str(percentage)).inc()
+        decision = ("vercel" if to_vercel else "openrouter", percentage)
         if to_vercel:
-            return _route(_table_route(providers["vercel"]))
+            return replace(_table_route(providers["vercel"]), ab_decision=decision)
+    else:
+        decision = None
 
     # 4. The free model's own gateway.
     entry = catalogue.kilo_free_model(model)
@@ -100,12 +110,7 @@ async def select_route(services: Services, chat: ChatRequest, identity: Identity
         if entry.gateway == "martian":
             # A synthetic custom LLM of kind `openai` (Responses API): not translated yet.
             raise Rejection(errors.custom_llm_unsupported("openai"))
-        return _route(_table_route(providers[entry.gateway]))
+        return _table_route(providers[entry.gateway])
 
     # 5. OpenRouter.
-    return _route(_table_route(providers["openrouter"]))
-
-
-def _route(route: Route) -> Route:
-    ROUTED.labels(route.provider.id).inc()
-    return route
+    return replace(_table_route(providers["openrouter"]), ab_decision=decision)
