@@ -6,13 +6,9 @@ JSON it prints and the rows it leaves in the database.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,69 +22,20 @@ from extproc import cli as cli_module
 from extproc.auth.tokens import pepper_matches, verify_token
 from extproc.embedded import start_postgres
 from extproc.processes import free_port
+from tests.cli_runner import Result, cli_environment, run_many
 
 SECRET = "test-secret"
 FIVE_YEARS = 5 * 365 * 24 * 3600
-ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self) -> dict[str, Any]:
-        assert self.returncode == 0, self.stderr
-        assert self.stdout.count("\n") == 1, self.stdout
-        assert SECRET not in self.stdout
-        return orjson.loads(self.stdout)
-
-    @property
-    def error(self) -> str:
-        assert self.returncode == 2, (self.returncode, self.stdout, self.stderr)
-        assert self.stdout == ""
-        body = orjson.loads(self.stderr)
-        assert list(body) == ["error"] and body["error"]
-        return body["error"]
-
-
-def base_environment(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("DATABASE_URL", "NEXTAUTH_SECRET") and not key.startswith("LLM_GATEWAY_")
-    }
-    env["LLM_GATEWAY_DATA_DIR"] = str(data_dir)
-    env.update(extra)
-    return env
-
-
-def run_many(env: dict[str, str], *commands: tuple[str, ...]) -> list[Result]:
-    """Run independent commands side by side (each one is a Python start-up)."""
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "extproc.cli", *args],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for args in commands
-    ]
-    results = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=60)
-        results.append(Result(process.returncode, stdout, stderr))
-    return results
+def run_all(env: dict[str, str], *commands: tuple[str, ...]) -> list[Result]:
+    return run_many(*((env, args, None) for args in commands))
 
 
 def run_cli(env: dict[str, str], *args: str) -> Result:
-    return run_many(env, args)[0]
+    return run_all(env, args)[0]
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +49,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def cli_env(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return base_environment(tmp_path_factory.mktemp("admin-data"), DATABASE_URL=database_url, NEXTAUTH_SECRET=SECRET)
+    return cli_environment(tmp_path_factory.mktemp("admin-data"), DATABASE_URL=database_url, NEXTAUTH_SECRET=SECRET)
 
 
 @pytest.fixture
@@ -115,7 +62,9 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 
 def cli(env: dict[str, str], *args: str) -> dict[str, Any]:
-    return run_cli(env, *args).json
+    result = run_cli(env, *args)
+    assert SECRET not in result.stdout
+    return result.json
 
 
 def new_email() -> str:
@@ -142,7 +91,7 @@ SEED: dict[str, tuple[str, ...]] = {
 def seed(cli_env: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The users and organisations the tests start from, created side by side (which also has
     several processes migrate the empty database at once)."""
-    results = run_many(cli_env, *SEED.values())
+    results = run_all(cli_env, *SEED.values())
     return {name: result.json for name, result in zip(SEED, results, strict=True)}
 
 
@@ -272,7 +221,7 @@ async def test_org_commands(cli_env: dict[str, str], seed: dict[str, Any], db: a
     settings = {"model_allow_list": ["anthropic/*", "openai/gpt-5"], "data_collection": "deny"}
     member, first_settings, first_limit = (
         result.json
-        for result in run_many(
+        for result in run_all(
             cli_env,
             ("org", "add-member", "--org", org["id"], "--user", user["id"]),
             ("org", "settings", "--org", org["id"], "--json", orjson.dumps(settings).decode()),
@@ -293,7 +242,7 @@ async def test_org_commands(cli_env: dict[str, str], seed: dict[str, Any], db: a
 
     owner, second_settings, second_limit = (
         result.json
-        for result in run_many(
+        for result in run_all(
             cli_env,
             ("org", "add-member", "--org", org["id"].upper(), "--user", user["id"], "--role", "owner"),
             ("org", "settings", "--org", org["id"], "--json", '{"provider_allow_list": ["mistral"]}'),
@@ -386,7 +335,7 @@ async def test_bad_input_changes_nothing(cli_env: dict[str, str], seed: dict[str
         (("org", "settings", "--org", org["id"], "--json", "{not json"), "JSON"),
         (("org", "daily-limit", "--org", org["id"], "--user", "no-such-user", "--usd", "1"), "unknown user"),
     ]
-    results = run_many(cli_env, *(args for args, _ in cases))
+    results = run_all(cli_env, *(args for args, _ in cases))
     for (args, expected), result in zip(cases, results, strict=True):
         assert expected.lower() in result.error.lower(), (args, result)
 
@@ -396,7 +345,7 @@ async def test_bad_input_changes_nothing(cli_env: dict[str, str], seed: dict[str
 async def test_database_from_stack_json_and_secret_from_file(
     database_url: str, tmp_path: Path, db: asyncpg.Connection
 ) -> None:
-    env = base_environment(tmp_path)
+    env = cli_environment(tmp_path)
     email = new_email()
 
     # Neither DATABASE_URL nor a running stack.

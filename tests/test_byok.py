@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,8 +30,8 @@ from extproc.embedded import start_postgres
 from extproc.processes import free_port
 from extproc.settings import load_settings
 from extproc.shaping.provider_rules import ByokKey
+from tests.cli_runner import Result, cli_environment, run_many
 
-ROOT = Path(__file__).resolve().parent.parent
 KEY = bytes(range(32))
 KEY_B64 = base64.b64encode(KEY).decode()
 AWS = {"accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "wJalrXUtnFEMI/K7MDENG", "region": "eu-west-1"}
@@ -308,64 +305,15 @@ async def test_keys_are_cached_for_the_directory_ttl(pool: asyncpg.Pool) -> None
 # `llm-gateway byok add`.
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self) -> dict[str, Any]:
-        assert self.returncode == 0, self.stderr
-        return orjson.loads(self.stdout)
-
-    @property
-    def error(self) -> str:
-        assert self.returncode == 2, (self.returncode, self.stdout, self.stderr)
-        assert self.stdout == ""
-        body = orjson.loads(self.stderr)
-        assert list(body) == ["error"] and body["error"]
-        return body["error"]
-
-
-def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("DATABASE_URL", "NEXTAUTH_SECRET", "BYOK_ENCRYPTION_KEY") and not key.startswith("LLM_GATEWAY_")
-    }
-    return {**env, "LLM_GATEWAY_DATA_DIR": str(data_dir), **extra}
-
-
-def run_many(*commands: tuple[dict[str, str], tuple[str, ...], str | None]) -> list[Result]:
-    """Independent commands side by side (each one is a Python start-up): (env, argv, stdin)."""
-    processes = [
-        (
-            subprocess.Popen(
-                [sys.executable, "-m", "extproc.cli", "byok", "add", *args],
-                env=env,
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            ),
-            stdin,
-        )
-        for env, args, stdin in commands
-    ]
-    results = []
-    for process, stdin in processes:
-        stdout, stderr = process.communicate(stdin or "", timeout=60)
-        results.append(Result(process.returncode, stdout, stderr))
-    return results
+def byok_add(*commands: tuple[dict[str, str], tuple[str, ...], str | None]) -> list[Result]:
+    return run_many(*((env, ("byok", "add", *args), stdin) for env, args, stdin in commands))
 
 
 async def test_cli_stores_keys_that_decrypt(pool: asyncpg.Pool, database_url: str, tmp_path: Path) -> None:
-    env = cli_env(tmp_path, DATABASE_URL=database_url, BYOK_ENCRYPTION_KEY=KEY_B64)
+    env = cli_environment(tmp_path, DATABASE_URL=database_url, BYOK_ENCRYPTION_KEY=KEY_B64)
     user, org = await new_user(pool), await new_org(pool)
     aws = orjson.dumps(AWS).decode()
-    user_key, org_key, bedrock = run_many(
+    user_key, org_key, bedrock = byok_add(
         (env, ("--user", user, "--provider", "anthropic", "--key", "sk-ant-first"), None),
         (env, ("--org", org.upper(), "--provider", " ZAI ", "--key", "zai-org-key"), None),
         (env, ("--user", user, "--provider", "bedrock", "--key", "-"), aws + "\n"),
@@ -390,7 +338,7 @@ async def test_cli_stores_keys_that_decrypt(pool: asyncpg.Pool, database_url: st
 
     # Adding again replaces the key in place and re-enables it.
     await pool.execute("UPDATE byok_api_keys SET is_enabled = false WHERE id = $1::uuid", user_key.json["id"])
-    (again,) = run_many((env, ("--user", user, "--provider", "anthropic", "--key", "sk-ant-second"), None))
+    (again,) = byok_add((env, ("--user", user, "--provider", "anthropic", "--key", "sk-ant-second"), None))
     assert again.json["id"] == user_key.json["id"]
     assert await byok.keys(["anthropic"], user_id=user, organization_id=None, encryption_key=KEY) == [
         ByokKey("anthropic", "sk-ant-second", None)
@@ -400,10 +348,10 @@ async def test_cli_stores_keys_that_decrypt(pool: asyncpg.Pool, database_url: st
 
 async def test_cli_bad_input_changes_nothing(pool: asyncpg.Pool, database_url: str, tmp_path: Path) -> None:
     user, org = await new_user(pool), await new_org(pool)
-    env = cli_env(tmp_path, DATABASE_URL=database_url, BYOK_ENCRYPTION_KEY=KEY_B64)
-    no_key = cli_env(tmp_path, DATABASE_URL=database_url)
-    short_key = cli_env(tmp_path, DATABASE_URL=database_url, BYOK_ENCRYPTION_KEY=b64(os.urandom(16)))
-    no_database = cli_env(tmp_path, BYOK_ENCRYPTION_KEY=KEY_B64)
+    env = cli_environment(tmp_path, DATABASE_URL=database_url, BYOK_ENCRYPTION_KEY=KEY_B64)
+    no_key = cli_environment(tmp_path, DATABASE_URL=database_url)
+    short_key = cli_environment(tmp_path, DATABASE_URL=database_url, BYOK_ENCRYPTION_KEY=b64(os.urandom(16)))
+    no_database = cli_environment(tmp_path, BYOK_ENCRYPTION_KEY=KEY_B64)
     ok = ("--provider", "openai", "--key", "sk-secret-openai")
     cases: dict[str, tuple[dict[str, str], tuple[str, ...], str | None, str]] = {
         "unknown provider": (env, ("--user", user, "--provider", "vertex", "--key", "sk-secret-openai"), None,
@@ -422,7 +370,7 @@ async def test_cli_bad_input_changes_nothing(pool: asyncpg.Pool, database_url: s
         "no database": (no_database, ("--user", user, *ok), None, "no database"),
     }
     before = await pool.fetch("SELECT * FROM byok_api_keys ORDER BY id")
-    results = run_many(*((env, args, stdin) for env, args, stdin, _ in cases.values()))
+    results = byok_add(*((env, args, stdin) for env, args, stdin, _ in cases.values()))
     for (name, (*_, expected)), result in zip(cases.items(), results, strict=True):
         assert expected in result.error, (name, result.error)
         assert "sk-secret-openai" not in result.stderr, name
