@@ -30,7 +30,7 @@ from extproc.pipeline.identity import Identity
 from extproc.processes import free_port
 from extproc.settings import Provider, Settings, load_settings
 from extproc.shaping.transform import TransformResult
-from extproc.side import SideClient, SideServices
+from extproc.side import SideServices
 from extproc.side.abuse import classification_payload
 from extproc.side.api_metrics import api_metrics_params
 from extproc.state import ChatRequest, RequestState
@@ -271,7 +271,8 @@ async def test_classification_posts_the_payload_with_cf_access_headers_and_yield
     assert sent["headers"]["Content-Type"] == "application/json"
     assert sent["json"]["user_prompt"] == "second\n" + "x" * 500 and sent["json"]["kilo_user_id"] == "user-1"
     [logged] = [r for r in caplog.records if r.getMessage() == "abuse classification"]
-    assert (logged.verdict, logged.risk_score, logged.abuse_request_id) == ("ALLOW", 0.12, 4242)  # type: ignore[attr-defined]
+    logged_verdict = (logged.verdict, logged.risk_score, logged.abuse_request_id)  # type: ignore[attr-defined]
+    assert logged_verdict == ("ALLOW", 0.12, 4242)
 
 
 async def test_cf_access_headers_only_when_both_are_configured(stand_in: StandIn) -> None:
@@ -401,7 +402,9 @@ async def test_cost_report_fails_open(stand_in: StandIn, answer: dict[str, Any])
 # --- API metrics -----------------------------------------------------------------------------
 
 
-def finished_state(*, status: int = 200, auto_model: str | None = None, organization_id: str | None = None) -> RequestState:
+def finished_state(
+    *, status: int = 200, auto_model: str | None = None, organization_id: str | None = None
+) -> RequestState:
     state = RequestState(request_id="req-1")
     state.started = 100.0
     state.first_byte_at = 100.25
@@ -410,7 +413,7 @@ def finished_state(*, status: int = 200, auto_model: str | None = None, organiza
     state.identity = user_identity(organization_id=organization_id)
     state.client = extract_client_info(HEADERS, "/api/gateway/chat/completions")
     state.provider = Provider(id="openrouter", api_url="https://openrouter.ai/api/v1")
-    state.tools = TransformResult(tools_available=["function:read_file"], tools_used=["function:read_file", "custom:unknown"])
+    state.tools = TransformResult(["function:read_file"], ["function:read_file", "custom:unknown"])
     state.status = status
     return state
 
@@ -490,7 +493,14 @@ async def test_nothing_is_sent_when_unconfigured(stand_in: StandIn, monkeypatch:
     assert _classify(side) is None
     side.api_metrics.report(finished_state(), summary())
     side.abuse.report_cost(record(), Usage(1, 1, 0, 0, 1, False))
-    side.analytics.usage_written(None, record(posthog_distinct_id="a@b.c"), model=MODEL, cost=1, first_usage=True, microdollars_used=1)  # type: ignore[arg-type]
+    side.analytics.usage_written(
+        None,  # type: ignore[arg-type]
+        record(posthog_distinct_id="a@b.c"),
+        model=MODEL,
+        cost=1,
+        first_usage=True,
+        microdollars_used=1,
+    )
     assert not side.analytics.check_first_usage(record(posthog_distinct_id="a@b.c", prior_microdollar_usage=0))
     await side.close(1)
     assert side.client._session is None  # never even created

@@ -67,6 +67,7 @@ class SideClient:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: _report_crash(service, done))
         return task
 
     async def post(self, service: str, url: str, payload: Any, headers: dict[str, str]) -> tuple[bool, Any]:
@@ -107,6 +108,13 @@ class SideClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _report_crash(service: str, task: asyncio.Task[Any]) -> None:
+    """A bug in a side-service task is logged and counted like any other failure."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        ERRORS.labels(service).inc()
+        logger.error(f"{service} task failed", exc_info=exc, extra={"service": service})
 
 
 def failed(service: str, error: str, **extra: Any) -> None:

@@ -88,9 +88,8 @@ class Analytics:
             events.append(FIRST_MICRODOLLAR_USAGE)
         if events:
             properties = {"model": model, "cost_mUsd": cost}
-            self.client.spawn(
-                "posthog", self._send(db, record.kilo_user_id, record.posthog_distinct_id, events, properties, first_usage)
-            )
+            send = self._send(db, record.kilo_user_id, record.posthog_distinct_id, events, properties, first_usage)
+            self.client.spawn("posthog", send)
 
     async def _send(
         self,

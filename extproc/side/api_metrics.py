@@ -76,7 +76,5 @@ class ApiMetrics:
         if params is None:
             return
         # As the reference does, the secret is also in the body.
-        self.client.spawn(
-            "api_metrics",
-            self.client.post("api_metrics", self.url, {**params, "clientSecret": self.secret}, {TOKEN_HEADER: self.secret}),
-        )
+        body = {**params, "clientSecret": self.secret}
+        self.client.spawn("api_metrics", self.client.post("api_metrics", self.url, body, {TOKEN_HEADER: self.secret}))
