@@ -17,6 +17,7 @@ run: $(STAMP)
 	$(BIN)/llm-gateway run
 
 test: $(STAMP)
+	$(BIN)/ruff check extproc tests bench
 	$(BIN)/python -m pytest
 
 envoy-config: $(STAMP)

@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 import asyncpg
 import orjson
 
+from extproc.db import POSTGRES_ERRORS
 from extproc.db.migrate import migrate
 from extproc.money import parse_usd
 from extproc.settings import Settings, load_settings
@@ -199,7 +200,7 @@ async def open_database(settings: Settings) -> AsyncIterator[asyncpg.Connection]
     url, source = resolve_database_url(settings)
     try:
         connection = await asyncpg.connect(url, timeout=10)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+    except POSTGRES_ERRORS as error:
         raise DatabaseUnavailable(
             f"cannot connect to the database (from {source}): {type(error).__name__}: {error}"
         ) from None
@@ -407,7 +408,9 @@ async def set_daily_limit(
 
 
 def _mint(user_id: str, secret: str, *, pepper: str | None) -> str:
-    from extproc.auth.tokens import mint_token as mint  # pyjwt: only the commands that mint pay for it
+    from extproc.auth.tokens import (
+        mint_token as mint,  # pyjwt: only the commands that mint pay for it
+    )
 
     return mint(user_id, secret, pepper=pepper)
 
@@ -592,7 +595,7 @@ def run(command: Command, args: argparse.Namespace) -> int:
     except DatabaseUnavailable as error:
         _print_error(str(error))
         return EXIT_FAILURE
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+    except POSTGRES_ERRORS as error:
         _print_error(f"database error: {type(error).__name__}: {error}")
         return EXIT_FAILURE
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")

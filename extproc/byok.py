@@ -14,7 +14,6 @@ encrypted, into an exception message.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -74,7 +73,6 @@ _KEY_BYTES = 32  # AES-256
 _IV_BYTES = 12
 _TAG_BYTES = 16
 _AWS_FIELDS = ("accessKeyId", "secretAccessKey", "region")
-_POSTGRES_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class ByokDecryptionError(Exception):

@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 from prometheus_client import Counter
 
+from extproc.db import POSTGRES_ERRORS
 from extproc.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class TtlCache(Generic[K, V]):
     async def _refresh(self, key: K, load: Callable[[], Awaitable[V]], entry: tuple[float, V] | None) -> V:
         try:
             value = await load()
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except POSTGRES_ERRORS as exc:
             if entry is not None and time.monotonic() - entry[0] < self.ttl + self.stale:
                 LOOKUPS.labels(self.kind, "stale").inc()
                 logger.warning("postgres unavailable; serving a cached entry", extra={"kind": self.kind, "error": repr(exc)})
@@ -214,6 +215,6 @@ class Directory:
         """Only asked when a 402 is about to be sent, so it is not cached."""
         try:
             row = await self._fetchrow(_RETURNING_SQL, user_id)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except POSTGRES_ERRORS as exc:
             raise DirectoryUnavailable("payments") from exc
         return bool(row is not None and row[0])

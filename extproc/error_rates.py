@@ -12,6 +12,8 @@ import time
 
 import asyncpg
 
+from extproc.db import POSTGRES_ERRORS
+
 logger = logging.getLogger(__name__)
 
 _SQL = """
@@ -47,7 +49,7 @@ class ErrorRates:
                     rows = await connection.fetch(_SQL)
             rates = {row["provider"]: row["errors"] / row["total"] for row in rows if row["total"]}
             self._value = (rates.get("openrouter", 0.0), rates.get("vercel", 0.0))
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except POSTGRES_ERRORS as exc:
             logger.warning("error-rate query failed; using 0", extra={"error": repr(exc)})
             self._value = (0.0, 0.0)
         self._at = time.monotonic()

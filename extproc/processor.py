@@ -12,8 +12,13 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
-from envoy.service.ext_proc.v3.external_processor_pb2_grpc import ExternalProcessorServicer
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    ProcessingRequest,
+    ProcessingResponse,
+)
+from envoy.service.ext_proc.v3.external_processor_pb2_grpc import (
+    ExternalProcessorServicer,
+)
 
 from extproc import errors, metrics, protocol
 from extproc.phases.finish import finish_request

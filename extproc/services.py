@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import socket
+from dataclasses import dataclass
 
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.writer import Accounting

@@ -16,6 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from extproc.catalogue import (
     DEFAULT_FREE_MODELS,
@@ -24,13 +31,6 @@ from extproc.catalogue import (
     Catalogue,
     FreeModel,
     Promotion,
-)
-from pydantic_settings import (
-    BaseSettings,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 MIB = 1024 * 1024

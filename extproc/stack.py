@@ -18,13 +18,18 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Callable
-from urllib.parse import urlsplit
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from extproc.embedded import start_postgres, start_redis
 from extproc.envoy_config import CHAT_PATHS, render_bootstrap_yaml
 from extproc.processes import Child, free_port, port_open, wait_until
-from extproc.settings import DEFAULT_PROVIDERS, Settings, load_settings, provider_env_prefix
+from extproc.settings import (
+    DEFAULT_PROVIDERS,
+    Settings,
+    load_settings,
+    provider_env_prefix,
+)
 
 logger = logging.getLogger(__name__)
 

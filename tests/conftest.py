@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,15 @@ def stop_stack(gateway: Gateway, timeout: float = 60) -> int:
     return gateway.process.wait(timeout)
 
 
+@contextmanager
+def running_stack(data_dir: Path, **extra: str) -> Iterator[Gateway]:
+    gateway = start_stack(data_dir, **extra)
+    try:
+        yield gateway
+    finally:
+        stop_stack(gateway)
+
+
 # The shared stack trusts one proxy hop, so each test can be its own client IP by sending
 # `x-forwarded-for` (as a load balancer in front of Envoy would), and has a small anonymous
 # promotion limit so that limit can be reached in a test.
@@ -157,12 +167,8 @@ SESSION_STACK = {
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    data_dir = tmp_path_factory.mktemp("stack")
-    gw = start_stack(data_dir, **SESSION_STACK)
-    try:
+    with running_stack(tmp_path_factory.mktemp("stack"), **SESSION_STACK) as gw:
         yield gw
-    finally:
-        stop_stack(gw)
 
 
 @pytest.fixture

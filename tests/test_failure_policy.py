@@ -20,7 +20,7 @@ import pytest
 
 from extproc.embedded import start_postgres, start_redis
 from extproc.processes import Child, free_port
-from tests.conftest import Gateway, fresh_ip, start_stack, stop_stack
+from tests.conftest import Gateway, fresh_ip, running_stack
 
 KILO_FREE = "minimax/minimax-m2.5:free"
 PAID = "anthropic/claude-sonnet-4.6"
@@ -67,7 +67,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 @pytest.fixture(scope="module")
 def replicas(services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gateway = start_stack(
+    with running_stack(
         tmp_path_factory.mktemp("replicas"),
         DATABASE_URL=services.database_url,
         REDIS_URL=services.redis_url,
@@ -75,11 +75,8 @@ def replicas(services: Services, tmp_path_factory: pytest.TempPathFactory) -> It
         LLM_GATEWAY_EXTPROC_WORKERS="2",
         LLM_GATEWAY_TRUSTED_PROXY_HOPS="1",
         LLM_GATEWAY_DIRECTORY_CACHE_SECONDS="1",
-    )
-    try:
+    ) as gateway:
         yield gateway
-    finally:
-        stop_stack(gateway)
 
 
 def _metric_total(text: str, name: str) -> float:

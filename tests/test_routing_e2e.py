@@ -35,7 +35,7 @@ from extproc.admin import create_user
 from extproc.auth.tokens import mint_token
 from extproc.shaping.hashing import provider_hash
 from extproc.shaping.vercel import vercel_bucket
-from tests.conftest import SESSION_STACK, Gateway, fresh_ip, start_stack, stop_stack
+from tests.conftest import SESSION_STACK, Gateway, fresh_ip, running_stack
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 SYSTEM_AND_USER = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hi"}]
@@ -837,13 +837,10 @@ BYOK_MODELS = {
 
 @pytest.fixture(scope="module")
 def byok_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    gw = start_stack(tmp_path_factory.mktemp("byok-stack"), **SESSION_STACK)
-    try:
+    with running_stack(tmp_path_factory.mktemp("byok-stack"), **SESSION_STACK) as gw:
         # Before any request: the map is cached for 300 s from the first authenticated request.
         _db(gw, "INSERT INTO models_by_provider (vercel) VALUES ($1::jsonb)", orjson.dumps(BYOK_MODELS).decode())
         yield gw
-    finally:
-        stop_stack(gw)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from extproc.accounting import cost, ledger
 from extproc.accounting.generation import fetch_generation
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.record import UsageRecord
+from extproc.db import POSTGRES_ERRORS
 from extproc.settings import Settings
 from extproc.side import analytics
 
@@ -42,7 +43,6 @@ OUTBOX_FAILURES = Counter("llm_gateway_outbox_failures", "Usage records Redis re
 OUTBOX_DEPTH = Gauge("llm_gateway_outbox_depth", "Usage records waiting for the ledger.")
 OUTBOX_AGE = Gauge("llm_gateway_outbox_oldest_seconds", "Age of the oldest record waiting for the ledger.")
 
-_DB_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _BATCH = 100
 _RESCAN_SECONDS = 30.0
 
@@ -188,7 +188,7 @@ class Accounting:
                     )
                 else:
                     written = await ledger.write(connection, record, charge, charged, discount)
-        except _DB_ERRORS as exc:
+        except POSTGRES_ERRORS as exc:
             LEDGER_FAILURES.inc()
             logger.error("ledger write failed; will retry", extra={"usage_id": record.usage_id, "error": repr(exc)})
             return False

@@ -17,7 +17,12 @@ from extproc.accounting.record import UsageRecord, response_fields
 from extproc.accounting.writer import Accounting
 from extproc.settings import Settings
 from extproc.state import RequestState
-from extproc.usage import ResponseSummary, summarize_json_body, suspicious_no_usage, usage_from_summary
+from extproc.usage import (
+    ResponseSummary,
+    summarize_json_body,
+    suspicious_no_usage,
+    usage_from_summary,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import uuid
 
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingResponse
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    ProcessingResponse,
+)
 
 from extproc import errors, protocol
+from extproc.accounting.record import prompt_info
+from extproc.auth.rules import is_employee
 from extproc.directory import DirectoryUnavailable
 from extproc.limits import Admission
 from extproc.pipeline.auto_model import apply_auto_model, resolve_auto_model
-from extproc.accounting.record import prompt_info
-from extproc.auth.rules import is_employee
-from extproc.pipeline.balance import organization_balance, promotion_active, require_balance
+from extproc.pipeline.balance import (
+    organization_balance,
+    promotion_active,
+    require_balance,
+)
 from extproc.pipeline.client_headers import extract_client_info
 from extproc.pipeline.free_usage import log_free_model_usage
 from extproc.pipeline.identity import Identity, admit_anonymous, authenticate
@@ -21,10 +28,10 @@ from extproc.pipeline.parse import parse_chat_request
 from extproc.pipeline.rejection import Rejection
 from extproc.pipeline.routing import Route, select_route
 from extproc.pipeline.upstream import forward
-from extproc.shaping.provider_rules import apply_provider_specific_logic
-from extproc.shaping.transform import transform_request
 from extproc.pipeline.validation import validate_request
 from extproc.services import Services
+from extproc.shaping.provider_rules import apply_provider_specific_logic
+from extproc.shaping.transform import transform_request
 from extproc.state import ChatRequest, RequestState
 
 _LIMIT_REFUSALS = {

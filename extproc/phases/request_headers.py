@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingResponse
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpHeaders,
+    ProcessingResponse,
+)
 from google.protobuf.struct_pb2 import Struct
 
 from extproc import errors, protocol

@@ -8,7 +8,10 @@ from __future__ import annotations
 import logging
 import time
 
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingResponse
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    ProcessingResponse,
+)
 
 from extproc import protocol
 from extproc.accounting.record import MAX_LOGGED_RESPONSE_BYTES

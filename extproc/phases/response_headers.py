@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
-from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingResponse
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpHeaders,
+    ProcessingResponse,
+)
 
 from extproc import protocol
 from extproc.response.rewrite import SseRewriter

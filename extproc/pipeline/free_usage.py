@@ -9,6 +9,8 @@ import logging
 
 import asyncpg
 
+from extproc.db import POSTGRES_ERRORS
+
 logger = logging.getLogger(__name__)
 
 _INSERT = "INSERT INTO free_model_usage (ip_address, model, kilo_user_id) VALUES ($1, $2, $3)"
@@ -19,5 +21,5 @@ async def log_free_model_usage(pool: asyncpg.Pool, ip: str, model_lower: str, us
         async with asyncio.timeout(timeout):
             async with pool.acquire() as connection:
                 await connection.execute(_INSERT, ip, model_lower, user_id)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except POSTGRES_ERRORS as exc:
         logger.error("free_model_usage insert failed", extra={"model": model_lower, "error": repr(exc)})

@@ -16,7 +16,12 @@ from extproc.pipeline.identity import Identity
 from extproc.pipeline.rejection import Rejection
 from extproc.settings import Provider
 from extproc.shaping.provider_rules import ByokKey
-from extproc.shaping.vercel import map_model_id_to_vercel, route_to_vercel, vercel_eligible, vercel_percentage
+from extproc.shaping.vercel import (
+    map_model_id_to_vercel,
+    route_to_vercel,
+    vercel_eligible,
+    vercel_percentage,
+)
 from extproc.state import ChatRequest
 
 if TYPE_CHECKING:

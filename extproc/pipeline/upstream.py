@@ -10,7 +10,11 @@ import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
 from extproc import protocol
-from extproc.envoy_config import CUSTOM_HOST_HEADER, ENVOY_REQUEST_HEADERS, UPSTREAM_HEADER
+from extproc.envoy_config import (
+    CUSTOM_HOST_HEADER,
+    ENVOY_REQUEST_HEADERS,
+    UPSTREAM_HEADER,
+)
 from extproc.pipeline.routing import Route
 from extproc.settings import Settings
 from extproc.state import ChatRequest, RequestState

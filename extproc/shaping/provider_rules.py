@@ -13,8 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc.catalogue import Catalogue
-from extproc.shaping.tools import drop_tool_strict_properties, has_attempt_completion_tool, normalize_tool_call_ids
-from extproc.shaping.vercel import is_openai_model, map_model_id_to_vercel, map_provider_id_to_vercel
+from extproc.shaping.tools import (
+    drop_tool_strict_properties,
+    has_attempt_completion_tool,
+    normalize_tool_call_ids,
+)
+from extproc.shaping.vercel import (
+    is_openai_model,
+    map_model_id_to_vercel,
+    map_provider_id_to_vercel,
+)
 
 _AWS_CREDENTIAL_FIELDS = ("accessKeyId", "secretAccessKey", "region")
 AWS_CREDENTIALS_ERROR = "Failed to parse AWS credentials"
