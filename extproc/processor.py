@@ -59,19 +59,24 @@ class Processor(ExternalProcessorServicer):
                     # may close the stream as soon as it has the last answer, ending this
                     # coroutine at the yield; the chunk is then tapped in `finally`.
                     untapped = request
-                    yield self._reply_to_chunk(state, request)
+                    reply = self._reply_to_chunk(state, request)
+                    elapsed = time.perf_counter() - started
+                    yield reply
                     started = time.perf_counter()
                     untapped = None
                     self._tap(state, request)
+                    elapsed += time.perf_counter() - started
                 else:
                     reply = await self._decide(state, request, phase)
                     finished = reply.HasField("immediate_response") or (
                         phase == "response_headers" and request.response_headers.end_of_stream
                     )
+                    elapsed = time.perf_counter() - started
                     yield reply
+                # Our own time on this message, not the wait for gRPC to send the answer.
                 timer = _PHASE_TIMERS.get(phase)
                 if timer is not None:
-                    timer.observe(time.perf_counter() - started)
+                    timer.observe(elapsed)
                 if finished:
                     break
         finally:

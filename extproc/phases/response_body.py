@@ -47,6 +47,9 @@ def reply_to_chunk(settings: Settings, state: RequestState, message: HttpBody) -
 
 def _replace_buffered(settings: Settings, state: RequestState, body: bytes) -> ProcessingResponse:
     status = state.status or 0
+    if state.chat is None:
+        # Envoy's own reply (e.g. its 413) to a request the pipeline never admitted.
+        return protocol.RESPONSE_BODY_CONTINUE
     if status >= 400:
         _log_upstream_error(state, body)
         replacement = _error_replacement(settings, state, status)
