@@ -217,3 +217,47 @@ def test_usage_command_shows_rows_and_totals(gateway: Gateway) -> None:
     assert report["totals"]["cost_microdollars"] == sum(r["cost"] for r in rows) == report["microdollars_used"]
     assert report["balance_microdollars"] == 10_000_000 - report["microdollars_used"]
     assert sorted(r["message_id"] for r in report["rows"]) == sorted(ids)
+
+
+def _logged(gateway: Gateway, event: str, **fields: object) -> bool:
+    for line in (gateway.data_dir / "stack.log").read_text().splitlines():
+        if f'"message":"{event}"' in line:
+            entry = orjson.loads(line)
+            if all(entry.get(key) == value for key, value in fields.items()):
+                return True
+    return False
+
+
+def test_crossing_the_organisations_minimum_balance_emits_an_event(gateway: Gateway) -> None:
+    member = gateway.new_user(credits_usd="0")
+    org = gateway.cli("org", "create", "--name", f"low-{uuid.uuid4().hex[:6]}", "--credits-usd", "1.000005")["id"]
+    gateway.cli("org", "add-member", "--org", org, "--user", member["id"])
+    gateway.cli("org", "settings", "--org", org, "--json", '{"minimum_balance": 1}')
+    response = httpx.post(
+        gateway.chat_url,
+        json={"model": MODEL, "messages": [{"role": "user", "content": "spend a little"}]},
+        headers={"authorization": f"Bearer {member['token']}", "x-kilocode-organizationid": org},
+        timeout=30,
+    )
+    [row] = wait_for_rows(gateway, [response.json()["id"]])
+    assert row["cost"] > 5  # 1.000005 USD - cost < 1 USD: the balance crossed the minimum
+    deadline = time.monotonic() + 10
+    while not _logged(gateway, "organization_balance_below_minimum", organization_id=org):
+        assert time.monotonic() < deadline, "no low-balance event"
+        time.sleep(0.2)
+
+
+def test_reaching_the_kilo_pass_threshold_emits_an_event(gateway: Gateway) -> None:
+    user = gateway.new_user(credits_usd="10")
+    db(gateway, lambda c: c.execute("UPDATE kilocode_users SET kilo_pass_threshold = 1000000 WHERE id = $1", user["id"]))
+    response = httpx.post(
+        gateway.chat_url,
+        json={"model": MODEL, "messages": [{"role": "user", "content": "any spend"}]},
+        headers={"authorization": f"Bearer {user['token']}"},
+        timeout=30,
+    )
+    wait_for_rows(gateway, [response.json()["id"]])
+    deadline = time.monotonic() + 10
+    while not _logged(gateway, "kilo_pass_threshold_reached", user_id=user["id"]):
+        assert time.monotonic() < deadline, "no KiloPass event"
+        time.sleep(0.2)

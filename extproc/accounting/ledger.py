@@ -9,6 +9,7 @@ charges nobody again.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,9 @@ import orjson
 
 from extproc.accounting.cost import Charge
 from extproc.accounting.record import UsageRecord
+from extproc.money import usd_to_microdollars
+
+logger = logging.getLogger(__name__)
 
 LOOKUPS = (
     "http_user_agent",
@@ -68,14 +72,17 @@ RETURNING id
 """
 _CHARGE_USER = """
 UPDATE kilocode_users SET microdollars_used = microdollars_used + $2, updated_at = now()
-WHERE id = $1 RETURNING microdollars_used
+WHERE id = $1 RETURNING microdollars_used, kilo_pass_threshold
 """
 _CHARGE_ORGANIZATION = """
 UPDATE organizations
 SET microdollars_used = microdollars_used + $2, microdollars_balance = microdollars_balance - $2,
     updated_at = now()
 WHERE id = $1
+RETURNING total_microdollars_acquired - microdollars_used AS balance, settings->>'minimum_balance' AS minimum_balance
 """
+# Within a dollar of the threshold, KiloPass bonus credits are due (contract 7.5).
+_KILO_PASS_MARGIN = 1_000_000
 _CHARGE_MEMBER_DAY = """
 INSERT INTO organization_user_usage (organization_id, kilo_user_id, usage_date, limit_type, microdollar_usage)
 VALUES ($1, $2, CURRENT_DATE, 'daily', $3)
@@ -87,6 +94,24 @@ _LOG_REQUEST = """
 INSERT INTO api_request_log (kilo_user_id, organization_id, provider, model, status_code, request, response)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
 """
+
+
+def _kilo_pass_hook(user_id: str, used: int, threshold: int | None) -> None:
+    """KiloPass bonus issuance is out of scope here (a separate subsystem); this is where it
+    fires: a structured event for the service that issues the bonus."""
+    if threshold is not None and used >= threshold - _KILO_PASS_MARGIN:
+        logger.info("kilo_pass_threshold_reached", extra={"user_id": user_id, "microdollars_used": used, "threshold": threshold})
+
+
+def _low_balance_hook(organization_id: str, balance: int, cost: int, minimum: object) -> None:
+    """Decision 18: the low-balance e-mail is out of scope; emit a structured event when this
+    charge took the balance below `settings.minimum_balance` (USD)."""
+    threshold = usd_to_microdollars(minimum)
+    if minimum is not None and balance < threshold <= balance + cost:
+        logger.warning(
+            "organization_balance_below_minimum",
+            extra={"organization_id": organization_id, "balance_microdollars": balance, "minimum_microdollars": threshold},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +192,16 @@ async def write(
         if row is None:
             return Written(inserted=False, cost_microdollars=0)
         if org is None and cost > 0:
-            await connection.fetchval(_CHARGE_USER, record.kilo_user_id, cost)
+            charged = await connection.fetchrow(_CHARGE_USER, record.kilo_user_id, cost)
+            if charged is None:
+                logger.error("impossible: missing user", extra={"user_id": record.kilo_user_id, "usage_id": record.usage_id})
+            else:
+                _kilo_pass_hook(record.kilo_user_id, charged["microdollars_used"], charged["kilo_pass_threshold"])
         if org is not None:
             # Contract 7.5: organisation usage even at cost 0.
-            await connection.execute(_CHARGE_ORGANIZATION, org, cost)
+            account = await connection.fetchrow(_CHARGE_ORGANIZATION, org, cost)
+            if account is not None:
+                _low_balance_hook(org, account["balance"], cost, account["minimum_balance"])
             await connection.execute(_CHARGE_MEMBER_DAY, org, record.kilo_user_id, cost)
         if record.request_log is not None:
             log = record.request_log
