@@ -141,7 +141,6 @@ class FreeModelLimiter:
             raise ValueError("the rate-limit timeout must be positive (or None)")
         if "{" in key_prefix or "}" in key_prefix:
             raise ValueError("the rate-limit key prefix must not contain '{' or '}' (hash tag)")
-        self._redis = redis
         self._script = redis.register_script(_SCRIPT)
         self._free_limit = free_limit
         self._free_window_ms = int(free_window_seconds * 1000)
