@@ -45,6 +45,7 @@ OUTBOX_AGE = Gauge("llm_gateway_outbox_oldest_seconds", "Age of the oldest recor
 
 _BATCH = 100
 _RESCAN_SECONDS = 30.0
+_GAUGE_SECONDS = 1.0
 
 
 class Accounting:
@@ -61,6 +62,7 @@ class Accounting:
         self._slots = asyncio.Semaphore(1024)
         self._inflight: set[bytes] = set()
         self._failures = 0
+        self._gauges_at = float("-inf")
         self._tasks: set[asyncio.Task[None]] = set()
 
     # --- the request side ------------------------------------------------------------------
@@ -239,6 +241,10 @@ class Accounting:
         return cost.from_generation(charge, data, record.streamed) if data is not None else charge
 
     async def _update_gauges(self) -> None:
+        # Two Redis round trips: at most once a second, not once per batch read under load.
+        if time.monotonic() - self._gauges_at < _GAUGE_SECONDS:
+            return
+        self._gauges_at = time.monotonic()
         depth, age = await self.outbox.depth_and_age()
         OUTBOX_DEPTH.set(depth + len(self.unsent))
         OUTBOX_AGE.set(age)
