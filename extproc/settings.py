@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -105,24 +106,49 @@ class Provider(BaseModel):
         return f"provider_{self.id}"
 
 
-class _ProviderEnvSource(PydanticBaseSettingsSource):
-    """Reads ``<PROVIDER>_API_URL`` / ``<PROVIDER>_API_KEY`` for every known provider."""
+class _FixedNamesSource(PydanticBaseSettingsSource):
+    """Values under the operators' fixed names (``DATABASE_URL``, ``<PROVIDER>_API_KEY``, ...)
+    from `lookup`: the environment, or a secrets directory with one file per name (the
+    Docker and Kubernetes secrets convention), so keys never need to be in a config file."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], lookup: Callable[[str], str | None], *, aliased_fields: bool
+    ) -> None:
+        super().__init__(settings_cls)
+        self.lookup = lookup
+        self.aliased_fields = aliased_fields
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if self.aliased_fields:  # the environment source already reads these from os.environ
+            for name, field in self.settings_cls.model_fields.items():
+                alias = field.validation_alias
+                if isinstance(alias, str) and (value := self.lookup(alias)):
+                    values[name] = value
         providers: dict[str, dict[str, str]] = {}
         for provider_id in DEFAULT_PROVIDERS:
             prefix = provider_env_prefix(provider_id)
-            values = {
-                key: os.environ[f"{prefix}_{suffix}"]
+            found = {
+                key: value
                 for key, suffix in (("api_url", "API_URL"), ("api_key", "API_KEY"))
-                if os.environ.get(f"{prefix}_{suffix}")
+                if (value := self.lookup(f"{prefix}_{suffix}"))
             }
-            if values:
-                providers[provider_id] = values
-        return {"providers": providers} if providers else {}
+            if found:
+                providers[provider_id] = found
+        if providers:
+            values["providers"] = providers
+        return values
+
+
+def _secret_file(directory: Path) -> Callable[[str], str | None]:
+    def lookup(name: str) -> str | None:
+        path = directory / name
+        return path.read_text().strip() if path.is_file() else None
+
+    return lookup
 
 
 def _default_ca_bundle() -> str:
@@ -283,8 +309,13 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [
             init_settings,
             env_settings,
-            _ProviderEnvSource(settings_cls),
+            _FixedNamesSource(settings_cls, os.environ.get, aliased_fields=False),
         ]
+        secrets_dir = os.environ.get("LLM_GATEWAY_SECRETS_DIR")
+        if secrets_dir:
+            if not Path(secrets_dir).is_dir():
+                raise FileNotFoundError(f"LLM_GATEWAY_SECRETS_DIR names a missing directory: {secrets_dir}")
+            sources.append(_FixedNamesSource(settings_cls, _secret_file(Path(secrets_dir)), aliased_fields=True))
         config_file = os.environ.get("LLM_GATEWAY_CONFIG")
         if config_file:
             if not Path(config_file).is_file():

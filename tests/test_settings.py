@@ -70,3 +70,18 @@ def test_bad_values_are_refused_with_a_clear_error(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("LLM_GATEWAY_CONFIG", str(tmp_path / "missing.yaml"))
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_settings()
+
+
+def test_secrets_directory_files_under_the_fixed_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "OPENROUTER_API_KEY").write_text("sk-or-from-file\n")
+    (tmp_path / "NEXTAUTH_SECRET").write_text("jwt-secret-from-file")
+    (tmp_path / "VERCEL_AI_GATEWAY_API_KEY").write_text("vk-file")
+    monkeypatch.setenv("LLM_GATEWAY_SECRETS_DIR", str(tmp_path))
+    for name in ("OPENROUTER_API_KEY", "NEXTAUTH_SECRET", "VERCEL_AI_GATEWAY_API_KEY", "LLM_GATEWAY_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VERCEL_AI_GATEWAY_API_KEY", "vk-env")  # the environment wins over a file
+    settings = load_settings()
+    assert settings.providers["openrouter"].api_key.get_secret_value() == "sk-or-from-file"  # type: ignore[union-attr]
+    assert settings.nextauth_secret is not None and settings.nextauth_secret.get_secret_value() == "jwt-secret-from-file"
+    assert settings.providers["vercel"].api_key.get_secret_value() == "vk-env"  # type: ignore[union-attr]
+    assert settings.providers["openrouter"].api_url == "https://openrouter.ai/api/v1"
