@@ -1,9 +1,10 @@
-"""The one typed configuration of the gateway: defaults < YAML file < environment.
+"""The one typed configuration of the gateway: defaults < YAML file < secrets directory < environment.
 
 Operator-facing names that other tools rely on are fixed: ``DATABASE_URL``, ``REDIS_URL``,
 ``NEXTAUTH_SECRET`` and ``<PROVIDER>_API_URL`` / ``<PROVIDER>_API_KEY`` for every provider of
 the contract's table (behaviour.md 3.1). Everything else is ``LLM_GATEWAY_<FIELD>`` in the
-environment or ``<field>:`` in the YAML file named by ``LLM_GATEWAY_CONFIG``.
+environment or ``<field>:`` in the YAML file named by ``LLM_GATEWAY_CONFIG``. The fixed names
+may also be files in the directory named by ``LLM_GATEWAY_SECRETS_DIR``.
 """
 
 from __future__ import annotations
