@@ -261,3 +261,30 @@ def test_reaching_the_kilo_pass_threshold_emits_an_event(gateway: Gateway) -> No
     while not _logged(gateway, "kilo_pass_threshold_reached", user_id=user["id"]):
         assert time.monotonic() < deadline, "no KiloPass event"
         time.sleep(0.2)
+
+
+def test_employee_requests_are_logged_with_their_response(gateway: Gateway) -> None:
+    employee = gateway.new_user(credits_usd="10", email=f"dev-{uuid.uuid4().hex[:6]}@kilo.ai")
+    outsider = gateway.new_user(credits_usd="10")
+    sent = {}
+    for user in (employee, outsider):
+        response = httpx.post(
+            gateway.chat_url,
+            json={"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "log me"}]},
+            headers={"authorization": f"Bearer {user['token']}"},
+            timeout=30,
+        )
+        sent[user["id"]] = response
+    wait_for_rows(gateway, [_message_id(r, True) for r in sent.values()])
+    logs = db(
+        gateway,
+        lambda c: c.fetch(
+            "SELECT * FROM api_request_log WHERE kilo_user_id = ANY($1::text[])", [employee["id"], outsider["id"]]
+        ),
+    )
+    [log] = logs  # only the employee's request (contract 8.2)
+    assert log["kilo_user_id"] == employee["id"]
+    assert log["status_code"] == 200 and log["provider"] == "openrouter" and log["model"] == MODEL
+    request = orjson.loads(log["request"])
+    assert request["stream_options"] == {"include_usage": True}  # the final request as sent upstream
+    assert log["response"] == sent[employee["id"]].text  # the upstream's bytes (a paid model: unchanged)
