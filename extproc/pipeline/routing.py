@@ -32,11 +32,14 @@ logger = logging.getLogger(__name__)
 ROUTED = Counter("llm_gateway_routed_requests", "Requests sent upstream, by provider.", ["provider"])
 VERCEL_AB = Counter(
     "llm_gateway_vercel_ab_decisions",
-    "Vercel A/B routing decisions for eligible requests, by side and percentage in force.",
-    ["routed_to", "percentage"],
+    "Vercel A/B routing decisions for eligible requests: the side, the share sent to Vercel, and why "
+    "that share (the default, or OpenRouter's recent error rate above 0.5).",
+    ["routed_to", "percentage", "reason"],
 )
 
 CUSTOM_LLM_PREFIX = "kilo-internal/"
+# The share of eligible requests sent to Vercel when OpenRouter is healthy (contract 3.5).
+_DEFAULT_VERCEL_SHARE = vercel_percentage(0.0, 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +56,9 @@ class Route:
         """Metrics, once the request is on its way upstream (not when it is refused later)."""
         ROUTED.labels(self.provider.id).inc()
         if self.ab_decision is not None:
-            VERCEL_AB.labels(self.ab_decision[0], str(self.ab_decision[1])).inc()
+            routed_to, percentage = self.ab_decision
+            reason = "openrouter_error_rate" if percentage > _DEFAULT_VERCEL_SHARE else "default_share"
+            VERCEL_AB.labels(routed_to, str(percentage), reason).inc()
 
 
 def _table_route(provider: Provider) -> Route:
