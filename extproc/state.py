@@ -10,7 +10,7 @@ from extproc.settings import Provider
 from extproc.usage import ResponseSummary, StreamTap
 
 if TYPE_CHECKING:  # the pipeline's types refer back to ChatRequest
-    from extproc.accounting.record import PromptInfo
+    from extproc.accounting.record import RequestFacts
     from extproc.pipeline.client_headers import ClientInfo
     from extproc.pipeline.identity import Identity
     from extproc.response.rewrite import SseRewriter
@@ -43,7 +43,7 @@ class RequestState:
     identity: Identity | None = None
     provider: Provider | None = None
 
-    prompt: PromptInfo | None = None  # contract 7.6, taken before shaping
+    facts: RequestFacts | None = None  # the request as sent (7.6, 8.3), taken before shaping
     abuse: Classification | None = None  # contract 8.3: running since provider selection
     promotion: bool = False
     user_byok: bool = False

@@ -288,3 +288,19 @@ def test_employee_requests_are_logged_with_their_response(gateway: Gateway) -> N
     request = orjson.loads(log["request"])
     assert request["stream_options"] == {"include_usage": True}  # the final request as sent upstream
     assert log["response"] == sent[employee["id"]].text  # the upstream's bytes (a paid model: unchanged)
+
+
+def test_the_ledger_keeps_max_tokens_as_the_client_sent_it(upstream: Gateway) -> None:
+    """Contract 7.6: the usage context is taken before shaping (qwen's clamp is rule 8 of 5.2)."""
+    user = upstream.new_user(credits_usd="10")
+    response = httpx.post(
+        upstream.chat_url,
+        json={"model": "qwen/qwen3-coder", "max_tokens": 50_000, "messages": [{"role": "user", "content": "q"}]},
+        headers={"authorization": f"Bearer {user['token']}"},
+        timeout=30,
+    )
+    [received] = upstream.upstream_requests()
+    assert received["body"]["max_tokens"] == 32_768
+    [row] = wait_for_rows(upstream, [response.json()["id"]])
+    metadata = db(upstream, lambda c: c.fetchval("SELECT max_tokens FROM microdollar_usage_metadata WHERE id = $1", row["id"]))
+    assert metadata == 50_000

@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
-from extproc.accounting.record import UsageRecord
+from extproc.accounting.record import UsageRecord, request_facts
 from extproc.accounting.writer import Accounting
 from extproc.directory import User
 from extproc.pipeline.client_headers import extract_client_info
@@ -207,7 +207,9 @@ def user_identity(user_id: str = "user-1", organization_id: str | None = None, u
 def test_classification_payload_is_the_contracts_from_the_body_as_sent() -> None:
     request = chat()
     client = extract_client_info(HEADERS, "/api/gateway/chat/completions")
-    payload = classification_payload(request, user_identity(organization_id="org-1"), client, "openrouter", False)
+    payload = classification_payload(
+        request, user_identity(organization_id="org-1"), client, request_facts(request.body), "openrouter", False
+    )
     assert payload == {
         "kilo_user_id": "user-1",
         "organization_id": "org-1",
@@ -235,10 +237,12 @@ def test_classification_payload_is_the_contracts_from_the_body_as_sent() -> None
     request.body["max_tokens"] = 1
     assert payload["user_prompt"].startswith("second\n") and payload["max_tokens"] == 300
 
+    bare_request = chat({"model": "A/B", "messages": [{"role": "user", "content": "hi"}]})
     bare = classification_payload(
-        chat({"model": "A/B", "messages": [{"role": "user", "content": "hi"}]}),
+        bare_request,
         Identity("anon:198.51.100.1", None, None, None, None),
         extract_client_info({}, "/api/openrouter/chat/completions"),
+        request_facts(bare_request.body),
         "openrouter",
         True,
     )
@@ -252,7 +256,9 @@ def test_classification_payload_is_the_contracts_from_the_body_as_sent() -> None
 
 def _classify(side: SideServices, body: dict[str, Any] = BODY) -> Any:
     client = extract_client_info(HEADERS, "/api/gateway/chat/completions")
-    return side.abuse.classify(chat(body), user_identity(), client, "openrouter", False, request_id="req-1")
+    request = chat(body)
+    facts = request_facts(request.body)
+    return side.abuse.classify(request, user_identity(), client, facts, "openrouter", False, request_id="req-1")
 
 
 async def test_classification_posts_the_payload_with_cf_access_headers_and_yields_its_request_id(

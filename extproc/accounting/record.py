@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from extproc.usage import ResponseSummary, usage_from_summary
+from extproc.usage import ResponseSummary, Usage, usage_from_summary
 
 # Contract 7.6: the prompt prefixes kept with each row.
 _PREFIX_CHARS = 100
@@ -38,19 +38,42 @@ def message_text(content: Any) -> str:
     return ""
 
 
-def prompt_info(body: dict[str, Any]) -> PromptInfo:
-    """Contract 7.6, from the request as the client sent it (before shaping)."""
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What accounting (contract 7.6) and the abuse service (8.3) read from the request as the
+    client sent it: taken once, before shaping changes the body (e.g. clamps max_tokens)."""
+
+    system_prompt: str | None  # system and developer texts joined by "\n"; None: no message list
+    user_prompt: str  # the last user message's text
+    max_tokens: int | float | None
+    has_middle_out_transform: bool
+    has_tools: bool
+
+    def prompt_info(self) -> PromptInfo:
+        if self.system_prompt is None:  # 7.6: extraction failure
+            return PromptInfo("", -1, "")
+        return PromptInfo(self.system_prompt[:_PREFIX_CHARS], len(self.system_prompt), self.user_prompt[:_PREFIX_CHARS])
+
+
+def request_facts(body: dict[str, Any]) -> RequestFacts:
     messages = body.get("messages")
-    if not isinstance(messages, list):
-        return PromptInfo("", -1, "")
-    system = "\n".join(
-        message_text(m.get("content"))
-        for m in messages
-        if isinstance(m, dict) and m.get("role") in ("system", "developer")
+    system: str | None = None
+    user = ""
+    if isinstance(messages, list):
+        messages = [m for m in messages if isinstance(m, dict)]
+        system = "\n".join(message_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer"))
+        users = [m for m in messages if m.get("role") == "user"]
+        user = message_text(users[-1].get("content")) if users else ""
+    max_tokens = body.get("max_tokens")
+    transforms = body.get("transforms")
+    tools = body.get("tools")
+    return RequestFacts(
+        system_prompt=system,
+        user_prompt=user,
+        max_tokens=max_tokens if isinstance(max_tokens, (int, float)) and not isinstance(max_tokens, bool) else None,
+        has_middle_out_transform=isinstance(transforms, list) and "middle-out" in transforms,
+        has_tools=isinstance(tools, list) and len(tools) > 0,
     )
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    last_user = message_text(users[-1].get("content")) if users else ""
-    return PromptInfo(system[:_PREFIX_CHARS], len(system), last_user[:_PREFIX_CHARS])
 
 
 @dataclass(slots=True)
@@ -101,6 +124,17 @@ class UsageRecord:
     abuse_request_id: int = 0
     posthog_distinct_id: str | None = None
     prior_microdollar_usage: int | None = None
+
+    def stream_usage(self) -> Usage:
+        """The usage the response itself reported (before any generation refetch)."""
+        return Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_hit_tokens=self.cache_hit_tokens,
+            cache_write_tokens=0,
+            cost_microdollars=self.cost_microdollars,
+            is_byok=self.is_byok,
+        )
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self))

@@ -63,18 +63,15 @@ def finish_request(settings: Settings, accounting: Accounting, state: RequestSta
 
 
 def build_record(settings: Settings, state: RequestState, summary: ResponseSummary, aborted: bool) -> UsageRecord | None:
-    chat, identity, provider, client = state.chat, state.identity, state.provider, state.client
-    if chat is None or identity is None or provider is None or client is None:
+    chat, identity, provider, client, facts = state.chat, state.identity, state.provider, state.client, state.facts
+    if chat is None or identity is None or provider is None or client is None or facts is None:
         return None
     catalogue = settings.catalogue
     user = identity.user
-    body = chat.body
-    transforms = body.get("transforms")
-    tools = body.get("tools")
-    max_tokens = body.get("max_tokens")
     request_log = None
     if state.response_copy is not None:
-        request_log = {"request": body, "response": bytes(state.response_copy).decode("utf-8", "replace")}
+        # 8.2: the final request as sent upstream, and the response.
+        request_log = {"request": chat.body, "response": bytes(state.response_copy).decode("utf-8", "replace")}
     return UsageRecord(
         usage_id=str(uuid.uuid4()),
         created_at=time.time(),
@@ -92,10 +89,10 @@ def build_record(settings: Settings, state: RequestState, summary: ResponseSumma
         promotion=state.promotion,
         **response_fields(summary),
         project_id=client.project_id,
-        prompt=state.prompt,
-        max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
-        has_middle_out_transform=isinstance(transforms, list) and "middle-out" in transforms,
-        has_tools=isinstance(tools, list) and len(tools) > 0,
+        prompt=facts.prompt_info(),
+        max_tokens=facts.max_tokens if isinstance(facts.max_tokens, int) else None,  # a bigint column
+        has_middle_out_transform=facts.has_middle_out_transform,
+        has_tools=facts.has_tools,
         editor_name=client.editor_name,
         machine_id=client.machine_id,
         session_id=client.task_id,

@@ -10,7 +10,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 
 from extproc import errors, protocol
-from extproc.accounting.record import prompt_info
+from extproc.accounting.record import request_facts
 from extproc.auth.rules import is_employee
 from extproc.directory import DirectoryUnavailable
 from extproc.limits import Admission
@@ -96,12 +96,13 @@ async def _admit(services: Services, state: RequestState, raw: bytes) -> Process
 
     route = await select_route(services, chat, identity, client.task_id)  # 3.2
     state.provider, state.user_byok = route.provider, bool(route.user_byok)
-    # 2.10 and decision 4: from the body as sent, in the background; never awaited here.
+    # 7.6 and 8.3 read the request as sent: taken once, before shaping.
+    state.facts = facts = request_facts(chat.body)
+    # 2.10 and decision 4: in the background; never awaited here.
     state.abuse = services.side.abuse.classify(
-        chat, identity, client, route.provider.id, state.user_byok, request_id=state.request_id
+        chat, identity, client, facts, route.provider.id, state.user_byok, request_id=state.request_id
     )
     validate_request(chat, catalogue)  # 2.11
-    state.prompt = prompt_info(chat.body)  # 7.6: the usage context, before shaping
     state.promotion = promotion_active(settings, model, identity)
     # 2.12 for signed-in callers, except on their organisation's own custom LLM.
     if not identity.anonymous and route.custom_llm is None:

@@ -16,11 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from extproc.accounting.record import message_text
 from extproc.side import ERRORS, SideClient, failed
 
 if TYPE_CHECKING:
-    from extproc.accounting.record import UsageRecord
+    from extproc.accounting.record import RequestFacts, UsageRecord
     from extproc.pipeline.client_headers import ClientInfo
     from extproc.pipeline.identity import Identity
     from extproc.settings import Settings
@@ -41,18 +40,10 @@ class Verdict:
 
 
 def classification_payload(
-    chat: ChatRequest, identity: Identity, client: ClientInfo, provider_id: str, user_byok: bool
+    chat: ChatRequest, identity: Identity, client: ClientInfo, facts: RequestFacts, provider_id: str, user_byok: bool
 ) -> dict[str, Any]:
-    """The classify payload of 8.3, from the body before any shaping. Built on the request
-    path so that later mutations of the body cannot change it; sent from a task."""
-    body = chat.body
-    messages = body.get("messages")
-    messages = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
-    users = [m for m in messages if m.get("role") == "user"]
-    system = "\n".join(message_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer"))
-    max_tokens = body.get("max_tokens")
-    transforms = body.get("transforms")
-    tools = body.get("tools")
+    """The classify payload of 8.3, from the body before any shaping (`facts`). Built on the
+    request path so that later mutations of the body cannot change it; sent from a task."""
     return {
         "kilo_user_id": identity.user_id,
         "organization_id": identity.organization_id,
@@ -66,11 +57,11 @@ def classification_payload(
         "user_agent": client.user_agent,
         "provider": provider_id,
         "requested_model": chat.model_lower,
-        "user_prompt": message_text(users[-1].get("content")) if users else "",
-        "system_prompt": system or None,
-        "max_tokens": max_tokens if isinstance(max_tokens, (int, float)) and not isinstance(max_tokens, bool) else None,
-        "has_middle_out_transform": isinstance(transforms, list) and "middle-out" in transforms,
-        "has_tools": isinstance(tools, list) and len(tools) > 0,
+        "user_prompt": facts.user_prompt,
+        "system_prompt": facts.system_prompt or None,
+        "max_tokens": facts.max_tokens,
+        "has_middle_out_transform": facts.has_middle_out_transform,
+        "has_tools": facts.has_tools,
         "streamed": chat.stream,
         "is_user_byok": user_byok,
         "editor_name": client.editor_name,
@@ -144,6 +135,7 @@ class AbuseService:
         chat: ChatRequest,
         identity: Identity,
         client: ClientInfo,
+        facts: RequestFacts,
         provider_id: str,
         user_byok: bool,
         request_id: str = "",
@@ -151,7 +143,7 @@ class AbuseService:
         """Start the classification (2.10); None when the service is off."""
         if self.base_url is None:
             return None
-        payload = classification_payload(chat, identity, client, provider_id, user_byok)
+        payload = classification_payload(chat, identity, client, facts, provider_id, user_byok)
         log_extra = {"request_id": request_id, "user_id": identity.user_id}
         task = self.client.spawn("abuse_classify", self._classify(payload, log_extra))
         return Classification(task, self.budget, log_extra) if task is not None else None
