@@ -21,6 +21,11 @@ class GatewayError:
         return orjson.dumps(self.body)
 
 
+def readable(status: int, message: str) -> GatewayError:
+    """The `{"error": m, "message": m}` shape of makeErrorReadable (contract 6.3)."""
+    return GatewayError(status, {"error": message, "message": message})
+
+
 INVALID_PATH = GatewayError(
     400,
     {
@@ -88,13 +93,7 @@ PROMOTION_MODEL_LIMIT_REACHED = GatewayError(
         }
     },
 )
-MODEL_ALPHA_ENDED = GatewayError(
-    404,
-    {
-        "error": "The alpha period for this model has ended.",
-        "message": "The alpha period for this model has ended.",
-    },
-)
+MODEL_ALPHA_ENDED = readable(404, "The alpha period for this model has ended.")
 MODEL_NOT_ALLOWED = GatewayError(
     404,
     {"error": "Model not allowed for your team.", "message": "The requested model is not allowed for your team."},
@@ -103,7 +102,7 @@ _DATA_COLLECTION = (
     "Data collection is required for this model. "
     "Please enable data collection to use this model or choose another model."
 )
-DATA_COLLECTION_REQUIRED = GatewayError(400, {"error": _DATA_COLLECTION, "message": _DATA_COLLECTION})
+DATA_COLLECTION_REQUIRED = readable(400, _DATA_COLLECTION)
 
 
 def payment_required(*, returning: bool, balance_microdollars: int, buy_credits_url: str, bonus_usd: int) -> GatewayError:
@@ -129,11 +128,6 @@ def payment_required(*, returning: bool, balance_microdollars: int, buy_credits_
 def usd_number(microdollars: int) -> int | float:
     """USD as the reference's JSON shows it: a whole amount has no fraction (`0`, not `0.0`)."""
     return microdollars // 1_000_000 if microdollars % 1_000_000 == 0 else microdollars / 1_000_000
-
-
-def readable(status: int, message: str) -> GatewayError:
-    """The `{"error": m, "message": m}` shape of makeErrorReadable (contract 6.3)."""
-    return GatewayError(status, {"error": message, "message": message})
 
 
 BYOK_MESSAGES: dict[int, str] = {

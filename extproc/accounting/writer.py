@@ -212,17 +212,8 @@ class Accounting:
         return True
 
     async def _charge(self, record: UsageRecord) -> cost.Charge:
-        from extproc.usage import Usage
-
         charge = cost.Charge(
-            usage=Usage(
-                input_tokens=record.input_tokens,
-                output_tokens=record.output_tokens,
-                cache_hit_tokens=record.cache_hit_tokens,
-                cache_write_tokens=0,
-                cost_microdollars=record.cost_microdollars,
-                is_byok=record.is_byok,
-            ),
+            usage=record.stream_usage(),
             cache_discount_microdollars=None,
             inference_provider=record.inference_provider,
             finish_reason=record.finish_reason,
