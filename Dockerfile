@@ -7,5 +7,5 @@ RUN pip install --no-cache-dir . && useradd --system --uid 10001 gateway
 USER gateway
 ENV LLM_GATEWAY_EXTPROC_HOST=0.0.0.0 \
     LLM_GATEWAY_METRICS_HOST=0.0.0.0
-EXPOSE 50051 9464
+EXPOSE 50051 9464 9465
 CMD ["llm-gateway", "serve"]

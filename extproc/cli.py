@@ -26,6 +26,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ledger_writer(args: argparse.Namespace) -> int:
+    from extproc import ledger_server
+    from extproc.settings import load_settings
+
+    logs.configure("ledger_writer")
+    ledger_server.run(load_settings())
+    return 0
+
+
 def _mock_upstream(args: argparse.Namespace) -> int:
     from extproc import mock_upstream
 
@@ -69,6 +78,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         handler=_run
     )
     commands.add_parser("serve", help="the ext_proc gRPC server only").set_defaults(handler=_serve)
+    commands.add_parser("ledger-writer", help="the ledger writer: outbox to Postgres").set_defaults(
+        handler=_ledger_writer
+    )
     commands.add_parser("envoy-config", help="print the Envoy bootstrap rendered from the settings").set_defaults(
         handler=_envoy_config
     )

@@ -1,12 +1,19 @@
 """Prometheus metrics of the ext_proc, served on `metrics_host:metrics_port/metrics`.
 
+Under `llm-gateway run` every process of the stack (ext_proc workers, ledger writer) records
+into Prometheus' multiprocess directory and the supervisor serves their sum on one port;
+a process started on its own serves its own registry.
+
 Label values are bounded: status codes, configured provider ids, and model ids as reported
 by the upstream (its catalogue), never a client-supplied string.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import os
+from collections.abc import Callable
+
+from prometheus_client import Counter, Histogram, start_http_server
 
 REQUESTS = Counter(
     "llm_gateway_requests",
@@ -47,3 +54,17 @@ TIME_PER_OUTPUT_TOKEN = Histogram(
     _GENAI,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5),
 )
+
+
+def serve(host: str, port: int) -> Callable[[], None]:
+    """Serves this process's metrics, unless the stack serves every process's (then a no-op).
+    Returns the function that stops the server."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return lambda: None
+    server, thread = start_http_server(port, host)
+
+    def stop() -> None:
+        server.shutdown()
+        thread.join(timeout=5)
+
+    return stop

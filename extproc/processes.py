@@ -7,14 +7,18 @@ so nothing is left listening whatever happens to it.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
+import random
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +96,39 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str = "127.0.0.1", block: int = 1) -> int:
+    """A port with `block` consecutive free ports from it, below the kernel's ephemeral range:
+    a port the kernel hands out (bind to 0) can meanwhile become the local end of an outgoing
+    connection, and a listener started later on it (or on the next one) fails to bind."""
+    below = _ephemeral_start()
+    while True:
+        first = random.randrange(1024, max(1025, below - block))
+        if all(_bindable(host, port) for port in range(first, first + block)):
+            return first
 
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # not Linux: the IANA range
+        return 49152
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Runs a server process's main coroutine on uvloop, or on asyncio's loop where uvloop is
+    not built for the platform."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

@@ -84,7 +84,8 @@ class Processor(ExternalProcessorServicer):
                 self._tap(state, untapped)
             # Reached on completion, and also when Envoy resets the stream because the client
             # went away: the request is summarised either way, marked aborted in the latter.
-            finish_request(self.services.settings, self.services.accounting, state, aborted=not finished)
+            services = self.services
+            finish_request(services.settings, services.usage, services.side, state, aborted=not finished)
 
     async def _decide(self, state: RequestState, request: ProcessingRequest, phase: str | None) -> ProcessingResponse:
         try:

@@ -12,8 +12,9 @@ from envoy.service.ext_proc.v3.external_processor_pb2_grpc import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from prometheus_client import start_http_server
 
+from extproc import metrics
+from extproc.processes import run_event_loop
 from extproc.processor import Processor
 from extproc.resources import Resources
 from extproc.services import Services
@@ -47,40 +48,31 @@ async def serve(settings: Settings) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     address = f"{settings.extproc_host}:{settings.extproc_port}"
     server.add_insecure_port(address)
-    metrics_server, metrics_thread = start_http_server(settings.metrics_port, settings.metrics_host)
+    stop_metrics = metrics.serve(settings.metrics_host, settings.metrics_port)
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    logger.info(
-        "ext_proc listening",
-        extra={"address": address, "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"},
-    )
+    logger.info("ext_proc listening", extra={"address": address})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    writer_stop = asyncio.Event()
-    writer = asyncio.create_task(services.accounting.run(writer_stop))
+    retries_stop = asyncio.Event()
+    retries = asyncio.create_task(services.usage.retry_unsent(retries_stop))
     await stop.wait()
 
-    # Drain: report NOT_SERVING, refuse new streams, let open generations finish, then write
-    # what they left in the outbox.
+    # Drain: report NOT_SERVING, refuse new streams, let open generations finish, then hand
+    # their usage records over (the ledger writer process writes them).
     logger.info("ext_proc draining", extra={"grace_seconds": settings.extproc_drain_seconds})
     await health.enter_graceful_shutdown()
     await server.stop(grace=settings.extproc_drain_seconds)
-    writer_stop.set()
-    await writer
-    await services.accounting.drain(timeout=settings.accounting_drain_seconds)
+    retries_stop.set()
+    await retries
+    await services.usage.drain(timeout=settings.accounting_drain_seconds)
     await resources.close()
-    metrics_server.shutdown()
-    metrics_thread.join(timeout=5)
+    stop_metrics()
     logger.info("ext_proc stopped")
 
 
 def run(settings: Settings) -> None:
-    try:
-        import uvloop
-    except ImportError:  # uvloop is not built for every platform; asyncio's loop also works
-        asyncio.run(serve(settings))
-    else:
-        uvloop.run(serve(settings))
+    run_event_loop(serve(settings))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
 from extproc.accounting.outbox import Outbox
-from extproc.accounting.writer import Accounting
+from extproc.accounting.submit import UsageSubmitter
+from extproc.accounting.writer import LedgerWriter
 from extproc.byok import ByokDirectory, parse_encryption_key
 from extproc.custom_llm import CustomLlms
 from extproc.directory import Directory
@@ -23,7 +23,7 @@ class Services:
     resources: Resources
     directory: Directory
     limiter: FreeModelLimiter
-    accounting: Accounting
+    usage: UsageSubmitter  # finished requests' records to the outbox
     byok: ByokDirectory
     byok_key: bytes | None
     custom_llms: CustomLlms
@@ -44,13 +44,9 @@ class Services:
                 promotion_limit=settings.promotion_limit,
                 promotion_window_seconds=settings.promotion_window_seconds,
             ),
-            # A consumer name that survives restarts, so a restarted replica takes back what
-            # it had read but not written.
-            accounting=Accounting(
-                settings,
-                resources.db,
-                Outbox(resources.redis, f"{socket.gethostname()}:{settings.extproc_port}"),
-                side,
+            usage=UsageSubmitter(
+                outbox := Outbox(resources.redis, settings.ledger_consumer),
+                LedgerWriter(settings, resources.db, outbox, side),
             ),
             byok=ByokDirectory(resources.db, settings),
             byok_key=(

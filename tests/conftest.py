@@ -83,7 +83,8 @@ class Gateway:
 
 
 def stack_environment(data_dir: Path, **extra: str) -> tuple[dict[str, str], dict[str, int]]:
-    ports = {name: free_port() for name in ("listen", "admin", "extproc", "metrics", "mock")}
+    ports = {name: free_port() for name in ("listen", "admin", "metrics", "mock")}
+    ports["extproc"] = free_port(block=4)  # workers listen on consecutive ports
     env = {
         key: value
         for key, value in os.environ.items()

@@ -10,14 +10,14 @@ import yaml
 
 from extproc.envoy_config import UPSTREAM_HEADER, render_bootstrap, render_bootstrap_yaml
 from extproc.settings import Settings, load_settings
-from extproc.stack import _envoy_binary
+from extproc.stack import envoy_binary
 
 
 def _validate(settings: Settings, tmp_path: Path) -> None:
     config = tmp_path / "envoy.yaml"
     config.write_text(render_bootstrap_yaml(settings))
     result = subprocess.run(
-        [_envoy_binary(), "--mode", "validate", "-c", str(config)], capture_output=True, text=True, timeout=60
+        [envoy_binary(), "--mode", "validate", "-c", str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout

@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from extproc.accounting.record import UsageRecord, request_facts
-from extproc.accounting.writer import Accounting
+from extproc.accounting.writer import LedgerWriter
 from extproc.directory import User
 from extproc.pipeline.client_headers import extract_client_info
 from extproc.pipeline.identity import Identity
@@ -582,7 +582,7 @@ async def test_posthog_first_usage_and_first_microdollar_usage(stand_in: StandIn
     side = SideServices.build(settings)
     pool = await asyncpg.create_pool(side_gateway.database_url, min_size=1, max_size=4)
     try:
-        accounting = Accounting(settings, pool, None, side)  # type: ignore[arg-type]  # _write needs no outbox
+        accounting = LedgerWriter(settings, pool, None, side)  # type: ignore[arg-type]  # write needs no outbox
         async with pool.acquire() as connection:
             user = await _new_user(connection)
             paying = await _new_user(connection)
@@ -593,16 +593,16 @@ async def test_posthog_first_usage_and_first_microdollar_usage(stand_in: StandIn
             return record(kilo_user_id=user, posthog_distinct_id=email, prior_microdollar_usage=0, **overrides)
 
         # 1. A free request (charged 0): the first usage row, no microdollar yet.
-        assert await accounting._write(user_record(free_model=True))
+        assert await accounting.write(user_record(free_model=True))
         # The same record again (a replayed outbox entry) is a duplicate: nothing is sent.
         duplicate = user_record(free_model=True)
-        assert await accounting._write(duplicate) and await accounting._write(duplicate)
+        assert await accounting.write(duplicate) and await accounting.write(duplicate)
         # 2. Its first paid request; the cached usage still said 0 but a row exists now.
-        assert await accounting._write(user_record(cost_microdollars=500))
+        assert await accounting.write(user_record(cost_microdollars=500))
         # 3. Later requests: nothing.
-        assert await accounting._write(user_record(cost_microdollars=300))
+        assert await accounting.write(user_record(cost_microdollars=300))
         # 4. A paying user's first request is paid: both events, with the payment method.
-        assert await accounting._write(
+        assert await accounting.write(
             record(kilo_user_id=paying, posthog_distinct_id=f"{paying}@example.com", prior_microdollar_usage=0)
         )
         await side.close(5)
@@ -643,13 +643,13 @@ async def test_posthog_rules_exclusions(stand_in: StandIn, side_gateway: Gateway
             )
         settings = side_settings(stand_in.url)
         side = SideServices.build(settings)
-        accounting = Accounting(settings, pool, None, side)  # type: ignore[arg-type]
+        accounting = LedgerWriter(settings, pool, None, side)  # type: ignore[arg-type]
         # Usage before this request (and so a microdollar already): neither event.
-        assert await accounting._write(
+        assert await accounting.write(
             record(kilo_user_id=had_usage, posthog_distinct_id=f"{had_usage}@example.com", prior_microdollar_usage=5)
         )
         # An organisation request: no first_usage, and the user's usage does not move.
-        assert await accounting._write(
+        assert await accounting.write(
             record(
                 kilo_user_id=org_member,
                 organization_id=str(org),
@@ -658,11 +658,11 @@ async def test_posthog_rules_exclusions(stand_in: StandIn, side_gateway: Gateway
             )
         )
         # No e-mail (anonymous callers): nothing.
-        assert await accounting._write(record(kilo_user_id=anonymous_like, prior_microdollar_usage=0))
+        assert await accounting.write(record(kilo_user_id=anonymous_like, prior_microdollar_usage=0))
         # Analytics off: nothing.
         settings_off = side_settings(stand_in.url, posthog_api_key=None)
         side_off = SideServices.build(settings_off)
-        assert await Accounting(settings_off, pool, None, side_off)._write(  # type: ignore[arg-type]
+        assert await LedgerWriter(settings_off, pool, None, side_off).write(  # type: ignore[arg-type]
             record(kilo_user_id=off, posthog_distinct_id=f"{off}@example.com", prior_microdollar_usage=0)
         )
         await side.close(5)
@@ -683,7 +683,7 @@ async def test_posthog_fails_open(stand_in: StandIn, side_gateway: Gateway) -> N
         async with pool.acquire() as connection:
             user = await _new_user(connection)
         written = record(kilo_user_id=user, posthog_distinct_id=f"{user}@example.com", prior_microdollar_usage=0)
-        assert await Accounting(settings, pool, None, side)._write(written)  # type: ignore[arg-type]
+        assert await LedgerWriter(settings, pool, None, side).write(written)  # type: ignore[arg-type]
         await side.close(5)
         async with pool.acquire() as connection:
             assert await connection.fetchval("SELECT microdollars_used FROM kilocode_users WHERE id = $1", user) == 1234

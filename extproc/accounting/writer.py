@@ -1,19 +1,18 @@
-"""Drains the outbox into the ledger, off the request path.
+"""Drains the outbox into the ledger, in its own process (`llm-gateway ledger-writer`).
 
 Per record: refetch the generation when the provider has the endpoint (contract 7.3), price it
 (7.4), write it in one idempotent transaction (7.5), then acknowledge the outbox entry. A
 Postgres failure leaves the entry pending; it is retried with backoff until it commits, so an
-outage delays rows and never drops them. If Redis refuses a record at submit time, the record
-is kept in memory and retried (and written straight to the ledger on shutdown).
+outage delays rows and never drops them. Its own process because this work (a generation
+lookup, a transaction and three Redis commands per record) would otherwise share the ext_proc's
+event loop with the requests and add to their latency.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
-from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -39,24 +38,27 @@ CHARGED = Counter(
 )
 LEDGER_ROWS = Counter("llm_gateway_ledger_rows", "Usage rows written (duplicates skipped).", ["result"])
 LEDGER_FAILURES = Counter("llm_gateway_ledger_write_failures", "Ledger transactions that failed (retried).")
-OUTBOX_FAILURES = Counter("llm_gateway_outbox_failures", "Usage records Redis refused at submit (kept in memory).")
-OUTBOX_DEPTH = Gauge("llm_gateway_outbox_depth", "Usage records waiting for the ledger.")
-OUTBOX_AGE = Gauge("llm_gateway_outbox_oldest_seconds", "Age of the oldest record waiting for the ledger.")
+# One writer sets these; under the stack's multiprocess metrics, a dead writer's value is dropped.
+OUTBOX_DEPTH = Gauge(
+    "llm_gateway_outbox_depth", "Usage records waiting for the ledger.", multiprocess_mode="livemax"
+)
+OUTBOX_AGE = Gauge(
+    "llm_gateway_outbox_oldest_seconds", "Age of the oldest record waiting for the ledger.", multiprocess_mode="livemax"
+)
 
 _BATCH = 100
 _RESCAN_SECONDS = 30.0
 _GAUGE_SECONDS = 1.0
 
 
-class Accounting:
+class LedgerWriter:
     def __init__(self, settings: Settings, db: asyncpg.Pool, outbox: Outbox, side: SideServices | None = None) -> None:
         self.settings = settings
         self.db = db
         self.outbox = outbox
         # The optional side services (extproc/side): the abuse cost report and the analytics
-        # events follow a written row; the request's end reaches the others through here too.
+        # events follow a written row.
         self.side = side
-        self.unsent: collections.deque[UsageRecord] = collections.deque()
         self.session: aiohttp.ClientSession | None = None
         # Records in flight at once; most of them are just waiting on a generation lookup.
         self._slots = asyncio.Semaphore(1024)
@@ -65,41 +67,14 @@ class Accounting:
         self._gauges_at = float("-inf")
         self._tasks: set[asyncio.Task[None]] = set()
 
-    # --- the request side ------------------------------------------------------------------
-
-    def submit(self, record: UsageRecord, abuse_request_id: Awaitable[int] | None = None) -> None:
-        """Called when a request ends; never awaited by the stream. `abuse_request_id`: the
-        abuse classification's id, awaited first (bounded by its own budget, never raising)."""
-        task = asyncio.get_running_loop().create_task(self._submit(record, abuse_request_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _submit(self, record: UsageRecord, abuse_request_id: Awaitable[int] | None = None) -> None:
-        if abuse_request_id is not None:
-            try:
-                record.abuse_request_id = await abuse_request_id
-            except Exception:  # a side service never costs a usage record
-                logger.exception("abuse request id unavailable", extra={"usage_id": record.usage_id})
-        try:
-            async with asyncio.timeout(2):
-                await self.outbox.add(record)
-        except (RedisError, OSError, TimeoutError) as exc:
-            OUTBOX_FAILURES.inc()
-            logger.error("outbox unavailable; keeping the usage record in memory", extra={"error": repr(exc)})
-            self.unsent.append(record)
-
-    # --- the writer side -------------------------------------------------------------------
-
     async def run(self, stop: asyncio.Event) -> None:
         """Read new entries continuously and write each as soon as it is priced; a slow
         generation lookup holds up only its own record. Our pending entries (left by a crash or
         a failed write) are read again at start, after failures, and every `_RESCAN_SECONDS`
         (which also claims entries of replicas that went away)."""
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         rescan_at = 0.0
         while not stop.is_set():
             try:
-                await self._resend_unsent()
                 rescan = time.monotonic() >= rescan_at
                 entries = await self.outbox.read(_BATCH, 1000, pending=rescan)
                 if rescan:
@@ -125,7 +100,7 @@ class Accounting:
 
     async def _write_and_acknowledge(self, entry_id: bytes, record: UsageRecord) -> None:
         try:
-            if await self._write(record):
+            if await self.write(record):
                 self._failures = 0
                 await self.outbox.acknowledge([entry_id])
             else:
@@ -143,38 +118,29 @@ class Accounting:
         deadline = time.monotonic() + timeout
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(0.0, deadline - time.monotonic()))
-        if self.session is None:
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         try:
-            await self._resend_unsent()
             for pending in (True, False):
                 while time.monotonic() < deadline:
                     entries = [e for e in await self.outbox.read(_BATCH, 1, pending=pending) if e[0] not in self._inflight]
                     if not entries:
                         break
-                    results = await asyncio.gather(*(self._write(record) for _, record in entries))
+                    results = await asyncio.gather(*(self.write(record) for _, record in entries))
                     await self.outbox.acknowledge([e for (e, _), ok in zip(entries, results, strict=True) if ok])
                     if not all(results):
                         break
         except (RedisError, OSError, TimeoutError) as exc:
             logger.error("outbox unavailable during drain", extra={"error": repr(exc)})
-        while self.unsent and time.monotonic() < deadline:
-            if not await self._write(self.unsent[0]):
-                break
-            self.unsent.popleft()
-        if self.unsent:
-            logger.error("usage records could not be saved before exit", extra={"count": len(self.unsent)})
-        await self.session.close()
+        await self.close(deadline)
+
+    async def close(self, deadline: float) -> None:
+        if self.session is not None:
+            await self.session.close()
         if self.side is not None:
             # Cost reports and analytics events of the rows just written get a moment to leave.
             await self.side.close(timeout=max(1.0, deadline - time.monotonic()))
 
-    async def _resend_unsent(self) -> None:
-        while self.unsent:
-            await self.outbox.add(self.unsent[0])
-            self.unsent.popleft()
-
-    async def _write(self, record: UsageRecord) -> bool:
+    async def write(self, record: UsageRecord) -> bool:
+        """Price and write one record; False when Postgres failed (the caller retries)."""
         charge = await self._charge(record)
         charged, discount = cost.billable(
             charge, free_model=record.free_model, user_byok=record.user_byok, promotion=record.promotion
@@ -221,7 +187,8 @@ class Accounting:
         provider = self.settings.providers.get(record.provider)
         if provider is None or not provider.has_generation_endpoint or not record.message_id or not provider.api_url:
             return charge
-        assert self.session is not None
+        if self.session is None:  # created inside the running loop, which it belongs to
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         data = await fetch_generation(
             self.session,
             provider.api_url,
@@ -237,7 +204,7 @@ class Accounting:
             return
         self._gauges_at = time.monotonic()
         depth, age = await self.outbox.depth_and_age()
-        OUTBOX_DEPTH.set(depth + len(self.unsent))
+        OUTBOX_DEPTH.set(depth)
         OUTBOX_AGE.set(age)
 
 

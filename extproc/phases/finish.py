@@ -14,8 +14,9 @@ import uuid
 
 from extproc import metrics
 from extproc.accounting.record import UsageRecord, response_fields
-from extproc.accounting.writer import Accounting
+from extproc.accounting.submit import UsageSubmitter
 from extproc.settings import Settings
+from extproc.side import SideServices
 from extproc.state import RequestState
 from extproc.usage import (
     ResponseSummary,
@@ -37,7 +38,9 @@ def summarize(state: RequestState, aborted: bool) -> ResponseSummary | None:
     return None
 
 
-def finish_request(settings: Settings, accounting: Accounting, state: RequestState, aborted: bool) -> None:
+def finish_request(
+    settings: Settings, usage: UsageSubmitter, side: SideServices, state: RequestState, aborted: bool
+) -> None:
     state.summary = summary = summarize(state, aborted)
     provider = state.provider.id if state.provider is not None else "none"
     model = (summary.model if summary is not None else None) or "none"
@@ -47,9 +50,7 @@ def finish_request(settings: Settings, accounting: Accounting, state: RequestSta
     if suspicious_no_usage(summary):
         logger.warning("SUSPICIOUS: No usage chunk in stream", extra={"request_id": state.request_id})
     _record_genai_metrics(state, summary, provider, model)
-    side = accounting.side
-    if side is not None:
-        side.api_metrics.report(state, summary)  # 8.1: every upstream response, the 402 too
+    side.api_metrics.report(state, summary)  # 8.1: every upstream response, the 402 too
     # Contract 6.2: a provider's 402 on Kilo's own key is answered 503 and not accounted.
     if state.status == 402 and not state.user_byok:
         return
@@ -59,7 +60,7 @@ def finish_request(settings: Settings, accounting: Accounting, state: RequestSta
         abuse = None
         if state.abuse is not None and record.message_id:
             abuse = state.abuse.request_id(state.first_byte_at)
-        accounting.submit(record, abuse)
+        usage.submit(record, abuse)
 
 
 def build_record(settings: Settings, state: RequestState, summary: ResponseSummary, aborted: bool) -> UsageRecord | None:
