@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench envoy-config clean
+.PHONY: run test bench bench-peers envoy-config clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
@@ -19,6 +19,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check extproc tests bench
 	$(BIN)/python -m pytest
+
+# The benchmark (bench/README.md): Envoy alone, the gateway, and LiteLLM when installed.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-peers: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench-peers]'
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 envoy-config: $(STAMP)
 	@$(BIN)/llm-gateway envoy-config

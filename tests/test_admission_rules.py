@@ -3,12 +3,14 @@ organisation restrictions and the data-collection gate (2.12, 2.13), identity ru
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from extproc import errors
 from extproc.auth.rules import email_blacklisted, is_employee, is_uuid
+from extproc.auth.tokens import mint_token, verify_token
 from extproc.catalogue import DEFAULT_FREE_MODELS, DEFAULT_RATE_LIMITED_TO_DEATH, Catalogue, FreeModel
 from extproc.pipeline.auto_model import AutoModel, apply_auto_model, resolve_auto_model
 from extproc.pipeline.client_headers import (
@@ -502,3 +504,21 @@ def test_is_uuid(value: str, expected: bool) -> None:
 )
 def test_is_employee(email: str | None, organization_id: str | None, expected: bool) -> None:
     assert is_employee(email, organization_id, EMPLOYEE_ORG) is expected
+
+
+# --- token verification cache --------------------------------------------------------------
+
+
+def test_a_remembered_token_still_expires() -> None:
+    secret = "unit-test-secret-of-a-decent-length"
+    token = mint_token("user-1", secret, expires_in=1)
+    assert verify_token(token, secret) is not None
+    assert verify_token(token, secret) is not None  # from the cache
+    time.sleep(2.05)
+    assert verify_token(token, secret) is None
+
+
+def test_a_remembered_token_is_not_valid_under_another_secret() -> None:
+    token = mint_token("user-2", "first-secret-of-a-decent-length")
+    assert verify_token(token, "first-secret-of-a-decent-length") is not None
+    assert verify_token(token, "second-secret-of-a-decent-length") is None

@@ -352,3 +352,18 @@ def test_usd_to_microdollars(value: object, expected: int) -> None:
 
 def _fields(summary: ResponseSummary) -> dict[str, Any]:
     return {name: getattr(summary, name) for name in ResponseSummary.__dataclass_fields__}
+
+
+def test_usage_record_survives_the_outbox_round_trip() -> None:
+    from extproc.accounting.record import PromptInfo, UsageRecord
+
+    record = UsageRecord(
+        usage_id="u-1", created_at=1764230400.25, kilo_user_id="user-1", organization_id=None, provider="openrouter",
+        requested_model="openai/gpt-4o", auto_model=None, status_code=200, streamed=True, aborted=False,
+        free_model=False, stealth_model=False, user_byok=False, promotion=False, message_id="gen-1",
+        model="openai/gpt-4o", inference_provider="OpenAI", finish_reason="stop", has_error=False,
+        input_tokens=12, output_tokens=8, cache_hit_tokens=2, cost_microdollars=123, is_byok=None,
+        prompt=PromptInfo("You are", 120, "Hello"), max_tokens=50000, request_log={"request": {"a": [1, "é"]}},
+        abuse_request_id=7,
+    )
+    assert UsageRecord.from_json(record.to_json()) == record

@@ -7,7 +7,7 @@ keys up in its own settings.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
@@ -137,7 +137,8 @@ class UsageRecord:
         )
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        # orjson serialises dataclasses natively, several times faster than asdict().
+        return orjson.dumps(self)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> UsageRecord:
