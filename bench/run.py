@@ -35,6 +35,7 @@ from bench.systems import (
     System,
     litellm_available,
     start_envoy_alone,
+    start_extproc_floor,
     start_gateway,
     start_litellm,
     start_upstream,
@@ -193,7 +194,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="ext_proc processes (and LiteLLM workers)")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
     parser.add_argument("--interval-ms", type=int, default=25, help="time between chunks")
-    parser.add_argument("--systems", type=lambda v: v.split(","), default=["envoy-alone", "gateway", "litellm"])
+    parser.add_argument("--systems", type=lambda v: v.split(","), default=["envoy-alone", "ext_proc-floor", "gateway", "litellm"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -205,6 +206,7 @@ def main() -> None:
     }, "systems": {}}
     starters = {
         "envoy-alone": lambda work, upstream: start_envoy_alone(work, upstream),
+        "ext_proc-floor": lambda work, upstream: start_extproc_floor(work, upstream, args.workers),
         "gateway": lambda work, upstream: start_gateway(work, upstream, args.workers),
         "litellm": lambda work, upstream: start_litellm(work, upstream, args.workers),
     }

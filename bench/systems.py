@@ -206,9 +206,8 @@ def start_envoy_alone(work: Path, upstream: str) -> System:
     return System("envoy-alone", f"http://127.0.0.1:{port}{GATEWAY_PATH}", {}, [envoy])
 
 
-def start_gateway(work: Path, upstream: str, workers: int) -> System:
-    data = work / "gateway"
-    data.mkdir()
+def _gateway_environment(data: Path, upstream: str, workers: int) -> dict[str, str]:
+    """The environment a user would give `llm-gateway`: OpenRouter is the bench upstream."""
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_API_URL"))}
     ports = {name: free_port() for name in ("LISTEN", "ENVOY_ADMIN", "METRICS", "MOCK_UPSTREAM")}
     env.update({f"LLM_GATEWAY_{name}_PORT": str(port) for name, port in ports.items()})
@@ -220,6 +219,44 @@ def start_gateway(work: Path, upstream: str, workers: int) -> System:
         OPENROUTER_API_URL=f"{upstream}/api/v1",
         OPENROUTER_API_KEY="bench-upstream-key",
     )
+    return env
+
+
+def start_extproc_floor(work: Path, upstream: str, workers: int) -> System:
+    """The gateway's own Envoy configuration with no-op ext_proc processes (bench/noop_extproc.py)."""
+    data = work / "floor"
+    data.mkdir()
+    env = _gateway_environment(data, upstream, workers)
+    config = data / "envoy.yaml"
+    config.write_text(subprocess.run([sys.executable, "-m", "extproc.cli", "envoy-config"], env=env, check=True,
+                                     capture_output=True, text=True).stdout)
+    first = int(env["LLM_GATEWAY_EXTPROC_PORT"])
+    children = []
+    for port in range(first, first + workers):
+        child = Child.start(
+            f"noop-ext_proc-{port - first}",
+            [sys.executable, "-m", "bench.noop_extproc", "--port", str(port), "--cluster", "provider_openrouter",
+             "--path", "/api/v1/chat/completions"],
+            env=env,
+        )
+        wait_until("no-op ext_proc", lambda: port_open("127.0.0.1", port), child)
+        children.append(child)
+    admin = int(env["LLM_GATEWAY_ENVOY_ADMIN_PORT"])
+    envoy = Child.start("envoy", [envoy_binary(), "-c", str(config), "--log-level", "warn", "--base-id", str(admin)])
+    wait_until("envoy", lambda: _get(f"http://127.0.0.1:{admin}/ready") == 200, envoy)
+    return System(
+        "ext_proc-floor",
+        f"http://127.0.0.1:{env['LLM_GATEWAY_LISTEN_PORT']}{GATEWAY_PATH}",
+        {},
+        [*children, envoy],
+        measured={"ext_proc": [child.process.pid for child in children]},
+    )
+
+
+def start_gateway(work: Path, upstream: str, workers: int) -> System:
+    data = work / "gateway"
+    data.mkdir()
+    env = _gateway_environment(data, upstream, workers)
     log = (data / "stack.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "extproc.cli", "run"], env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
