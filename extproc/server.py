@@ -57,8 +57,8 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    retries_stop = asyncio.Event()
-    retries = asyncio.create_task(services.usage.retry_unsent(retries_stop))
+    submitter_stop = asyncio.Event()
+    submitter = asyncio.create_task(services.usage.run(submitter_stop))
     await stop.wait()
 
     # Drain: report NOT_SERVING, refuse new streams, let open generations finish, then hand
@@ -66,8 +66,8 @@ async def serve(settings: Settings) -> None:
     logger.info("ext_proc draining", extra={"grace_seconds": settings.extproc_drain_seconds})
     await health.enter_graceful_shutdown()
     await server.stop(grace=settings.extproc_drain_seconds)
-    retries_stop.set()
-    await retries
+    submitter_stop.set()
+    await submitter
     await services.usage.drain(timeout=settings.accounting_drain_seconds)
     await resources.close()
     stop_metrics()

@@ -1,9 +1,10 @@
 """The accounting outbox: a Redis stream with one consumer group shared by all replicas.
 
-`add` is one XADD after the response has ended: the record is durable (Redis' append-only
-file) before the request's state is dropped. Each replica reads with a stable consumer name,
-so after a crash and restart it first takes back what it had read but not acknowledged;
-entries of a replica that never came back are claimed by the others after `claim_idle_ms`.
+`add` XADDs a batch of records, milliseconds after their responses ended (accounting/submit.py);
+from then on a record is durable (Redis' append-only file). Each writer reads with a stable
+consumer name, so after a crash and restart it first takes back what it had read but not
+acknowledged; entries of a writer that never came back are claimed by the others after
+`claim_idle_ms`.
 An entry is acknowledged and deleted only after its ledger transaction committed.
 """
 
@@ -28,8 +29,12 @@ class Outbox:
         self.claim_idle_ms = claim_idle_ms
         self._group_ready = False
 
-    async def add(self, record: UsageRecord) -> None:
-        await self.redis.xadd(STREAM, {_FIELD: record.to_json()})
+    async def add(self, records: list[UsageRecord]) -> None:
+        """One round trip for the batch (a pipeline, not a transaction: each XADD stands alone)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for record in records:
+                pipe.xadd(STREAM, {_FIELD: record.to_json()})
+            await pipe.execute()
 
     async def _ensure_group(self) -> None:
         if self._group_ready:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from extproc.usage import ResponseSummary, Usage, usage_from_summary
+from extproc.usage import ResponseSummary, Usage
 
 # Contract 7.6: the prompt prefixes kept with each row.
 _PREFIX_CHARS = 100
@@ -152,8 +152,8 @@ class UsageRecord:
 _RECORD_FIELDS = frozenset(f.name for f in fields(UsageRecord)) - {"prompt"}
 
 
-def response_fields(summary: ResponseSummary) -> dict[str, Any]:
-    usage = usage_from_summary(summary)
+def response_fields(summary: ResponseSummary, usage: Usage) -> dict[str, Any]:
+    """The record's fields from the response: its summary, and the usage it reported."""
     return {
         "message_id": summary.message_id,
         "model": summary.model,

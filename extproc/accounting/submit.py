@@ -1,8 +1,11 @@
-"""The request side of accounting, in the ext_proc: one XADD per finished request.
+"""The request side of accounting, in the ext_proc: finished requests' records to the outbox.
 
-`submit` is called when a request ends and is never awaited by the stream. If Redis refuses a
-record, the record is kept in memory and offered again every second; on shutdown what Redis
-still refuses is written straight to the ledger, so a Redis outage loses no usage.
+`submit` is called when a request ends and is never awaited by the stream. One task sends the
+records in batches, one Redis round trip (a pipeline of XADDs) for all the requests that ended
+while the previous batch was on its way: under load that is a fraction of a round trip per
+request, and alone a record still leaves at once. If Redis refuses a batch, its records are
+kept in memory and offered again every second; on shutdown what Redis still refuses is
+written straight to the ledger, so a Redis outage loses no usage.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ logger = logging.getLogger(__name__)
 OUTBOX_FAILURES = Counter("llm_gateway_outbox_failures", "Usage records Redis refused at submit (kept in memory).")
 
 _RETRY_SECONDS = 1.0
+_BATCH = 256
 
 
 class UsageSubmitter:
@@ -32,58 +36,84 @@ class UsageSubmitter:
         self.outbox = outbox
         # Used only at shutdown, for records Redis never took.
         self.fallback = fallback
-        self.unsent: collections.deque[UsageRecord] = collections.deque()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.pending: list[UsageRecord] = []  # waiting for the next batch
+        self.unsent: collections.deque[UsageRecord] = collections.deque()  # refused by Redis
+        self._wake = asyncio.Event()
+        self._waiting: set[asyncio.Task[None]] = set()  # records waiting for their abuse id
 
     def submit(self, record: UsageRecord, abuse_request_id: Awaitable[int] | None = None) -> None:
         """`abuse_request_id`: the abuse classification's id, awaited first (bounded by its own
         budget, never raising)."""
-        task = asyncio.get_running_loop().create_task(self._submit(record, abuse_request_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if abuse_request_id is None:
+            self._enqueue(record)
+            return
+        task = asyncio.get_running_loop().create_task(self._after_abuse_id(record, abuse_request_id))
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
 
-    async def _submit(self, record: UsageRecord, abuse_request_id: Awaitable[int] | None) -> None:
-        if abuse_request_id is not None:
-            try:
-                record.abuse_request_id = await abuse_request_id
-            except Exception:  # a side service never costs a usage record
-                logger.exception("abuse request id unavailable", extra={"usage_id": record.usage_id})
+    async def _after_abuse_id(self, record: UsageRecord, abuse_request_id: Awaitable[int]) -> None:
         try:
-            async with asyncio.timeout(2):
-                await self.outbox.add(record)
-        except (RedisError, OSError, TimeoutError) as exc:
-            OUTBOX_FAILURES.inc()
-            logger.error("outbox unavailable; keeping the usage record in memory", extra={"error": repr(exc)})
-            self.unsent.append(record)
+            record.abuse_request_id = await abuse_request_id
+        except Exception:  # a side service never costs a usage record
+            logger.exception("abuse request id unavailable", extra={"usage_id": record.usage_id})
+        self._enqueue(record)
 
-    async def retry_unsent(self, stop: asyncio.Event) -> None:
-        """Offers the records Redis refused again, oldest first, until `stop`."""
+    def _enqueue(self, record: UsageRecord) -> None:
+        self.pending.append(record)
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sends what requests left until `stop`; refused records are offered again every second."""
+        retry_at = 0.0
         while not stop.is_set():
             try:
-                await self._resend()
-            except (RedisError, OSError, TimeoutError):
-                pass  # still down: the next round tries again
-            try:
-                await asyncio.wait_for(stop.wait(), _RETRY_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), _RETRY_SECONDS)
             except TimeoutError:
                 pass
+            self._wake.clear()
+            if self.unsent and time.monotonic() >= retry_at:
+                if await self._resend():
+                    retry_at = 0.0
+                else:
+                    retry_at = time.monotonic() + _RETRY_SECONDS
+            await self._flush()
 
-    async def _resend(self) -> None:
+    async def _flush(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending[:_BATCH], self.pending[_BATCH:]
+            if not await self._send(batch):
+                OUTBOX_FAILURES.inc(len(batch))
+                self.unsent.extend(batch)
+
+    async def _resend(self) -> bool:
         while self.unsent:
+            batch = [self.unsent[i] for i in range(min(_BATCH, len(self.unsent)))]
+            if not await self._send(batch):
+                return False
+            for _ in batch:
+                self.unsent.popleft()
+        return True
+
+    async def _send(self, batch: list[UsageRecord]) -> bool:
+        try:
             async with asyncio.timeout(2):
-                await self.outbox.add(self.unsent[0])
-            self.unsent.popleft()
+                await self.outbox.add(batch)
+            return True
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.error("outbox unavailable; keeping usage records in memory",
+                         extra={"error": repr(exc), "count": len(batch)})
+            return False
 
     async def drain(self, timeout: float) -> None:
-        """On shutdown: let the last submits finish, then hand over what Redis refused, to the
-        outbox if it is back, else straight to the ledger, within `timeout`."""
+        """On shutdown: let the last records get their abuse ids, then hand everything over, to
+        the outbox if Redis takes it, else straight to the ledger, within `timeout`."""
         deadline = time.monotonic() + timeout
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=max(0.0, deadline - time.monotonic()))
-        try:
-            await self._resend()
-        except (RedisError, OSError, TimeoutError) as exc:
-            logger.error("outbox unavailable during drain; writing to the ledger", extra={"error": repr(exc)})
+        if self._waiting:
+            await asyncio.wait(self._waiting, timeout=max(0.0, deadline - time.monotonic()))
+        if await self._resend():
+            await self._flush()
+        self.unsent.extend(self.pending)
+        self.pending = []
         while self.unsent and time.monotonic() < deadline:
             if not await self.fallback.write(self.unsent[0]):
                 break

@@ -20,6 +20,7 @@ from extproc.side import SideServices
 from extproc.state import RequestState
 from extproc.usage import (
     ResponseSummary,
+    Usage,
     summarize_json_body,
     suspicious_no_usage,
     usage_from_summary,
@@ -49,12 +50,14 @@ def finish_request(
         return
     if suspicious_no_usage(summary):
         logger.warning("SUSPICIOUS: No usage chunk in stream", extra={"request_id": state.request_id})
-    _record_genai_metrics(state, summary, provider, model)
+    # Once: it also logs the contract's cost sanity warnings.
+    reported = usage_from_summary(summary)
+    _record_genai_metrics(state, summary, reported, provider, model)
     side.api_metrics.report(state, summary)  # 8.1: every upstream response, the 402 too
     # Contract 6.2: a provider's 402 on Kilo's own key is answered 503 and not accounted.
     if state.status == 402 and not state.user_byok:
         return
-    record = build_record(settings, state, summary, aborted)
+    record = build_record(settings, state, summary, reported, aborted)
     if record is not None:
         # 8.3: the abuse request id only serves the cost report, which needs a message id.
         abuse = None
@@ -63,7 +66,9 @@ def finish_request(
         usage.submit(record, abuse)
 
 
-def build_record(settings: Settings, state: RequestState, summary: ResponseSummary, aborted: bool) -> UsageRecord | None:
+def build_record(
+    settings: Settings, state: RequestState, summary: ResponseSummary, usage: Usage, aborted: bool
+) -> UsageRecord | None:
     chat, identity, provider, client, facts = state.chat, state.identity, state.provider, state.client, state.facts
     if chat is None or identity is None or provider is None or client is None or facts is None:
         return None
@@ -88,7 +93,7 @@ def build_record(settings: Settings, state: RequestState, summary: ResponseSumma
         stealth_model=catalogue.is_kilo_stealth_model(chat.model_lower),
         user_byok=state.user_byok,
         promotion=state.promotion,
-        **response_fields(summary),
+        **response_fields(summary, usage),
         project_id=client.project_id,
         prompt=facts.prompt_info(),
         max_tokens=facts.max_tokens if isinstance(facts.max_tokens, int) else None,  # a bigint column
@@ -108,9 +113,10 @@ def build_record(settings: Settings, state: RequestState, summary: ResponseSumma
     )
 
 
-def _record_genai_metrics(state: RequestState, summary: ResponseSummary, provider: str, model: str) -> None:
+def _record_genai_metrics(
+    state: RequestState, summary: ResponseSummary, usage: Usage, provider: str, model: str
+) -> None:
     labels = ("chat", provider, model)
-    usage = usage_from_summary(summary)
     for token_type, count in (
         ("input", usage.input_tokens),
         ("output", usage.output_tokens),
