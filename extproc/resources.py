@@ -19,6 +19,10 @@ from extproc.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    return None
+
+
 @dataclass(slots=True)
 class Resources:
     db: asyncpg.Pool
@@ -29,7 +33,14 @@ class Resources:
         if settings.database_url is None or settings.redis_url is None:
             raise RuntimeError("DATABASE_URL and REDIS_URL must be set for the ext_proc server")
         db = await asyncpg.create_pool(
-            settings.database_url.get_secret_value(), min_size=0, max_size=20, command_timeout=5
+            settings.database_url.get_secret_value(),
+            min_size=0,
+            max_size=20,
+            command_timeout=5,
+            # asyncpg resets every connection it takes back (a round trip: UNLISTEN, RESET ALL,
+            # advisory unlock...). Ours leave no session state behind (no LISTEN, SET or
+            # session-level lock), so the reset is skipped.
+            reset=_keep_session,
         )
         # A blocking pool: past its size requests wait for a connection instead of failing
         # (redis-py's default pool raises, which the limiter would count as "Redis down").

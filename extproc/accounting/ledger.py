@@ -9,6 +9,7 @@ charges nobody again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,8 +38,10 @@ LOOKUPS = (
     "auto_model",
 )
 
-# One statement: lookup upserts (only for non-null values), the usage row, then its metadata
-# row, which is inserted only when the usage row was (a duplicate returns no row).
+# One statement: lookup upserts (only for non-null values), the usage row, its metadata row
+# and the user's charge, the last two only when the usage row was inserted (a duplicate
+# returns id NULL and charges nobody). A user's record without an organisation or a request
+# log is this statement alone: one round trip, atomic without an explicit transaction.
 _LOOKUP_CTES = ",\n".join(
     f"""l_{name} AS (
   INSERT INTO {name} ({name}) SELECT $1::jsonb->>'{name}' WHERE $1::jsonb->>'{name}' IS NOT NULL
@@ -56,7 +59,8 @@ usage AS (
   VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, $16, $17)
   ON CONFLICT (id) DO NOTHING
   RETURNING id
-)
+),
+metadata AS (
 INSERT INTO microdollar_usage_metadata (
   id, created_at, message_id, user_prompt_prefix, vercel_ip_latitude, vercel_ip_longitude,
   system_prompt_length, max_tokens, has_middle_out_transform, status_code, upstream_id, latency,
@@ -69,10 +73,14 @@ SELECT usage.id, $11, $18, $19, NULL, NULL, $20, $21, $22, $23, $24, $25, $26, $
   {", ".join(f"(SELECT {name}_id FROM l_{name})" for name in LOOKUPS)}
 FROM usage
 RETURNING id
-"""
-_CHARGE_USER = """
-UPDATE kilocode_users SET microdollars_used = microdollars_used + $2, updated_at = now()
-WHERE id = $1 RETURNING microdollars_used, kilo_pass_threshold
+),
+charged AS (
+  UPDATE kilocode_users SET microdollars_used = microdollars_used + $36, updated_at = now()
+  WHERE id = $3 AND $36 > 0 AND EXISTS (SELECT 1 FROM usage)
+  RETURNING microdollars_used, kilo_pass_threshold
+)
+SELECT (SELECT id FROM metadata) AS id, charged.microdollars_used, charged.kilo_pass_threshold
+FROM (SELECT 1) AS one LEFT JOIN charged ON true
 """
 _CHARGE_ORGANIZATION = """
 UPDATE organizations
@@ -150,7 +158,10 @@ async def write(
     }
     created_at = datetime.fromtimestamp(record.created_at, UTC)
     usage = charge.usage
-    async with connection.transaction():
+    # The user's charge rides in the usage statement; an organisation's needs more statements.
+    user_charge = cost if org is None else 0
+    more = org is not None or record.request_log is not None
+    async with connection.transaction() if more else contextlib.nullcontext():
         row = await connection.fetchrow(
             _WRITE_USAGE,
             orjson.dumps(lookups).decode(),
@@ -188,15 +199,16 @@ async def write(
             record.machine_id,
             record.session_id,
             usage.cost_microdollars,  # market cost: before zeroing (contract 7.4)
+            user_charge,
         )
-        if row is None:
+        assert row is not None  # the statement always returns its one row
+        if row["id"] is None:
             return Written(inserted=False, cost_microdollars=0)
-        if org is None and cost > 0:
-            charged = await connection.fetchrow(_CHARGE_USER, record.kilo_user_id, cost)
-            if charged is None:
+        if user_charge > 0:
+            if row["microdollars_used"] is None:
                 logger.error("impossible: missing user", extra={"user_id": record.kilo_user_id, "usage_id": record.usage_id})
             else:
-                _kilo_pass_hook(record.kilo_user_id, charged["microdollars_used"], charged["kilo_pass_threshold"])
+                _kilo_pass_hook(record.kilo_user_id, row["microdollars_used"], row["kilo_pass_threshold"])
         if org is not None:
             # Contract 7.5: organisation usage even at cost 0.
             account = await connection.fetchrow(_CHARGE_ORGANIZATION, org, cost)
