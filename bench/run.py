@@ -191,7 +191,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per run")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--held-streams", type=int, default=1000, help="streams held open at once (0: skip)")
-    parser.add_argument("--workers", type=int, default=2, help="ext_proc processes (and LiteLLM workers)")
+    # One: on two cores a second ext_proc process measured slower (it competes with Envoy, the
+    # writer and the load generator for the same cores). LiteLLM gets as many workers.
+    parser.add_argument("--workers", type=int, default=1, help="ext_proc processes (and LiteLLM workers)")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
     parser.add_argument("--interval-ms", type=int, default=25, help="time between chunks")
     parser.add_argument("--systems", type=lambda v: v.split(","), default=["envoy-alone", "ext_proc-floor", "gateway", "litellm"])

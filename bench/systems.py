@@ -314,6 +314,7 @@ def start_litellm(work: Path, upstream: str, workers: int) -> System:
         [str(Path(sys.executable).parent / "litellm"), "--config", str(config), "--host", "127.0.0.1",
          "--port", str(port), "--num_workers", str(workers)],
         env=env,
+        log=work / "litellm.log",
     )
     wait_until("litellm", lambda: port_open("127.0.0.1", port), child, timeout=180)
     return System(

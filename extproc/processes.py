@@ -47,16 +47,25 @@ class Child:
         user: str | None = None,
         stop_signal: signal.Signals = signal.SIGTERM,
         stop_timeout: float = 10.0,
+        log: Path | None = None,
     ) -> Child:
+        """`log`: a file for the child's stdout and stderr (default: the supervisor's)."""
         logger.info(f"starting {name}", extra={"argv": list(argv)})
-        process = subprocess.Popen(
-            list(argv),
-            env=dict(env) if env is not None else None,
-            user=user,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-            stdin=subprocess.DEVNULL,
-        )
+        output = log.open("ab") if log is not None else None
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                env=dict(env) if env is not None else None,
+                user=user,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=output,
+            )
+        finally:
+            if output is not None:
+                output.close()  # the child has its own copy
         return cls(name, process, stop_signal, stop_timeout)
 
     @property
