@@ -510,7 +510,7 @@ def test_is_employee(email: str | None, organization_id: str | None, expected: b
 
 
 def test_a_remembered_token_still_expires() -> None:
-    secret = "unit-test-secret-of-a-decent-length"
+    secret = "unit-test-secret-of-a-decent-length-32"
     token = mint_token("user-1", secret, expires_in=1)
     assert verify_token(token, secret) is not None
     assert verify_token(token, secret) is not None  # from the cache
@@ -519,6 +519,6 @@ def test_a_remembered_token_still_expires() -> None:
 
 
 def test_a_remembered_token_is_not_valid_under_another_secret() -> None:
-    token = mint_token("user-2", "first-secret-of-a-decent-length")
-    assert verify_token(token, "first-secret-of-a-decent-length") is not None
-    assert verify_token(token, "second-secret-of-a-decent-length") is None
+    token = mint_token("user-2", "first-secret-of-a-decent-length-32b")
+    assert verify_token(token, "first-secret-of-a-decent-length-32b") is not None
+    assert verify_token(token, "second-secret-of-a-decent-length-32") is None
