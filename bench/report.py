@@ -72,8 +72,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{m['date']} · {m['cpu']} · {m['cores']} cores · {m['memory_gb']} GB · Python {m['python']} · "
         f"Envoy {m['envoy']} · load generator on the same machine ({s['load_generator']}) · "
-        f"{s['duration_s']:g} s per run after {s['warmup_s']:g} s warm-up · gateway with {s['ext_proc_workers']} "
-        "ext_proc processes and the ledger writer.",
+        f"{s['duration_s']:g} s per run after {s['warmup_s']:g} s warm-up · ext_proc processes: "
+        f"{s['ext_proc_workers']} (gateway and floor), plus the gateway's ledger writer; LiteLLM workers: "
+        f"{s['ext_proc_workers']}, master key (its virtual keys need a Prisma client generated online).",
         "",
         "## JSON responses",
         "",

@@ -180,7 +180,8 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "envoy": envoy.split("version:", 1)[-1].strip().split(" ")[0],
+        # "<commit>/1.40.0/Clean/RELEASE/BoringSSL": the release is the second field.
+        "envoy": envoy.split("version:", 1)[-1].strip().split(" ")[0].split("/")[1],
     }
 
 
@@ -198,7 +199,12 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=int, default=25, help="time between chunks")
     parser.add_argument("--systems", type=lambda v: v.split(","), default=["envoy-alone", "ext_proc-floor", "gateway", "litellm"])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true", help="rewrite results.md from results.json")
     args = parser.parse_args()
+    if args.report_only:
+        stored = json.loads((args.out / "results.json").read_text())
+        (args.out / "results.md").write_text(report.markdown(stored))
+        return
 
     results: dict[str, Any] = {"machine": machine(), "settings": {
         "concurrency": args.concurrency, "stream_concurrency": args.stream_concurrency, "duration_s": args.duration,
