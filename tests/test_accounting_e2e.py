@@ -304,3 +304,40 @@ def test_the_ledger_keeps_max_tokens_as_the_client_sent_it(upstream: Gateway) ->
     [row] = wait_for_rows(upstream, [response.json()["id"]])
     metadata = db(upstream, lambda c: c.fetchval("SELECT max_tokens FROM microdollar_usage_metadata WHERE id = $1", row["id"]))
     assert metadata == 50_000
+
+
+def test_request_facts_land_in_the_lookup_tables_once_per_value(gateway: Gateway) -> None:
+    user = gateway.new_user(credits_usd="10")
+    editor = f"Editor-{uuid.uuid4().hex[:8]}"  # a value no lookup table has yet
+    headers = {
+        "authorization": f"Bearer {user['token']}",
+        "user-agent": f"bench-agent/{uuid.uuid4().hex[:6]}",
+        "x-kilocode-editorname": editor,
+        "x-kilocode-mode": "code",
+        "x-kilocode-feature": "cli",
+    }
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "facts"}]}
+
+    async def send() -> list[str]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            responses = await asyncio.gather(*(client.post(gateway.chat_url, json=body, headers=headers) for _ in range(6)))
+        assert {r.status_code for r in responses} == {200}
+        return [r.json()["id"] for r in responses]
+
+    message_ids = asyncio.run(send())
+    assert len(wait_for_rows(gateway, message_ids)) == 6
+    sql = """
+    SELECT ua.http_user_agent, e.editor_name, mo.mode, f.feature, fr.finish_reason
+    FROM microdollar_usage_metadata m
+    JOIN http_user_agent ua ON ua.http_user_agent_id = m.http_user_agent_id
+    JOIN editor_name e ON e.editor_name_id = m.editor_name_id
+    JOIN mode mo ON mo.mode_id = m.mode_id
+    JOIN feature f ON f.feature_id = m.feature_id
+    JOIN finish_reason fr ON fr.finish_reason_id = m.finish_reason_id
+    WHERE m.message_id = ANY($1::text[])
+    """
+    rows = db(gateway, lambda c: c.fetch(sql, message_ids))
+    assert {tuple(r) for r in rows} == {(headers["user-agent"], editor, "code", "cli", "stop")}
+    assert len(rows) == 6
+    # Six concurrent requests with a new value: one lookup row, shared by all six.
+    assert db(gateway, lambda c: c.fetchval("SELECT count(*) FROM editor_name WHERE editor_name = $1", editor)) == 1

@@ -42,9 +42,14 @@ LOOKUPS = (
 # and the user's charge, the last two only when the usage row was inserted (a duplicate
 # returns id NULL and charges nobody). A user's record without an organisation or a request
 # log is this statement alone: one round trip, atomic without an explicit transaction.
+# A value already in its lookup table is read (f_), not upserted: an upsert writes a new row
+# version every time, and nearly every request repeats known values. A new value is inserted;
+# DO UPDATE (not DO NOTHING) so that a concurrent insert of the same value still returns its id.
 _LOOKUP_CTES = ",\n".join(
-    f"""l_{name} AS (
-  INSERT INTO {name} ({name}) SELECT $1::jsonb->>'{name}' WHERE $1::jsonb->>'{name}' IS NOT NULL
+    f"""f_{name} AS (SELECT {name}_id FROM {name} WHERE {name} = $1::jsonb->>'{name}'),
+l_{name} AS (
+  INSERT INTO {name} ({name}) SELECT $1::jsonb->>'{name}'
+  WHERE $1::jsonb->>'{name}' IS NOT NULL AND NOT EXISTS (SELECT 1 FROM f_{name})
   ON CONFLICT ({name}) DO UPDATE SET {name} = EXCLUDED.{name} RETURNING {name}_id
 )"""
     for name in LOOKUPS
@@ -70,7 +75,7 @@ INSERT INTO microdollar_usage_metadata (
   system_prompt_prefix_id, finish_reason_id, editor_name_id, feature_id, mode_id, auto_model_id)
 SELECT usage.id, $11, $18, $19, NULL, NULL, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30,
   $31, $32, $33, $34, $35,
-  {", ".join(f"(SELECT {name}_id FROM l_{name})" for name in LOOKUPS)}
+  {", ".join(f"COALESCE((SELECT {name}_id FROM f_{name}), (SELECT {name}_id FROM l_{name}))" for name in LOOKUPS)}
 FROM usage
 RETURNING id
 ),
