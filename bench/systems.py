@@ -215,7 +215,6 @@ def _gateway_environment(data: Path, upstream: str, workers: int) -> dict[str, s
         LLM_GATEWAY_EXTPROC_PORT=str(free_port(block=workers)),
         LLM_GATEWAY_EXTPROC_WORKERS=str(workers),
         LLM_GATEWAY_DATA_DIR=str(data),
-        LLM_GATEWAY_EMBEDDED_DURABLE="false",
         OPENROUTER_API_URL=f"{upstream}/api/v1",
         OPENROUTER_API_KEY="bench-upstream-key",
     )
