@@ -22,6 +22,8 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
+from extproc.accounting import ledger
+from extproc.accounting.cost import Charge
 from extproc.accounting.record import UsageRecord, request_facts
 from extproc.accounting.writer import LedgerWriter
 from extproc.directory import User
@@ -801,3 +803,47 @@ def test_api_metrics_cover_the_upstream_402(side_gateway: Gateway, stand_in: Sta
     assert response.status_code == 503  # contract 6.2
     [metrics] = stand_in.wait_for(METRICS, lambda r: r["json"]["kiloUserId"] == user["id"])
     assert metrics["json"]["statusCode"] == 402 and metrics["json"]["isStreaming"] is False
+
+
+# --- the ledger's batch form, against the real ledger ------------------------------------------
+
+
+async def test_a_batch_is_written_once_per_usage_id_and_charges_each_user_the_sum(side_gateway: Gateway) -> None:
+    pool = await asyncpg.create_pool(side_gateway.database_url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as connection:
+            alice, bob = await _new_user(connection, used=1_000), await _new_user(connection)
+            editor = f"batch-editor-{uuid.uuid4().hex[:8]}"
+            records = [
+                record(kilo_user_id=alice, cost_microdollars=100),
+                record(kilo_user_id=alice, cost_microdollars=250),
+                record(kilo_user_id=bob, cost_microdollars=40, editor_name=editor),
+                record(kilo_user_id=bob, cost_microdollars=0, free_model=True, editor_name=editor),
+            ]
+            items = [
+                (r, Charge(r.stream_usage(), None, r.inference_provider, finish_reason=r.finish_reason), r.cost_microdollars, None)
+                for r in records
+            ]
+            # The first record is already in the ledger (a replayed entry); the second comes twice.
+            assert (await ledger.write(connection, *items[0])).inserted
+            written = await ledger.write_many(connection, [*items, items[1]])
+            assert [w.inserted for w in written] == [False, True, True, True, False]
+            used = dict(await connection.fetch(
+                "SELECT id, microdollars_used FROM kilocode_users WHERE id = ANY($1::text[])", [alice, bob]
+            ))
+            assert used == {alice: 1_000 + 100 + 250, bob: 40}
+            rows = await connection.fetch(
+                "SELECT u.cost, e.editor_name, m.message_id FROM microdollar_usage u"
+                " JOIN microdollar_usage_metadata m USING (id) LEFT JOIN editor_name e USING (editor_name_id)"
+                " WHERE u.id = ANY($1::uuid[]) ORDER BY u.cost",
+                [r.usage_id for r in records],
+            )
+            assert [(row["cost"], row["editor_name"], row["message_id"]) for row in rows] == [
+                (0, editor, records[3].message_id),
+                (40, editor, records[2].message_id),
+                (100, None, records[0].message_id),
+                (250, None, records[1].message_id),
+            ]
+            assert await connection.fetchval("SELECT count(*) FROM editor_name WHERE editor_name = $1", editor) == 1
+    finally:
+        await pool.close()

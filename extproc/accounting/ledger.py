@@ -1,10 +1,11 @@
-"""Contract 7.5 and 8.2: the ledger write for one usage record, in ONE transaction.
+"""Contract 7.5 and 8.2: the ledger write of usage records, each in ONE transaction.
 
 The usage row, its metadata row and lookup ids, the user's `microdollars_used`, the
 organisation's usage and the member's daily usage, and the employee request log commit
 together or not at all. The usage id is the idempotency key: a record written twice (a retry
 after a lost acknowledgement, a replayed outbox entry) inserts nothing the second time and
-charges nobody again.
+charges nobody again. `write` takes one record of any kind; `write_many` takes many users'
+records without an organisation or a request log, in one statement.
 """
 
 from __future__ import annotations
@@ -87,6 +88,65 @@ charged AS (
 SELECT (SELECT id FROM metadata) AS id, charged.microdollars_used, charged.kilo_pass_threshold
 FROM (SELECT 1) AS one LEFT JOIN charged ON true
 """
+# The batch form (`write_many`), for users' records without an organisation or a request log:
+# the same writes for many records in one statement and one commit, the charges summed per
+# user. The columns in `_values` order, with the types of their arrays.
+_COLUMNS = (
+    ("id", "uuid"), ("kilo_user_id", "text"), ("organization_id", "uuid"), ("provider", "text"),
+    ("cost", "bigint"), ("input_tokens", "bigint"), ("output_tokens", "bigint"), ("cache_write_tokens", "bigint"),
+    ("cache_hit_tokens", "bigint"), ("created_at", "timestamptz"), ("model", "text"), ("requested_model", "text"),
+    ("cache_discount", "bigint"), ("has_error", "boolean"), ("inference_provider", "text"), ("project_id", "text"),
+    ("message_id", "text"), ("user_prompt_prefix", "text"), ("system_prompt_length", "integer"),
+    ("max_tokens", "bigint"), ("has_middle_out_transform", "boolean"), ("status_code", "smallint"),
+    ("upstream_id", "text"), ("latency", "real"), ("moderation_latency", "real"), ("generation_time", "real"),
+    ("is_byok", "boolean"), ("is_user_byok", "boolean"), ("streamed", "boolean"), ("cancelled", "boolean"),
+    ("has_tools", "boolean"), ("machine_id", "text"), ("session_id", "text"), ("market_cost", "bigint"),
+)
+_USAGE_COLUMNS = [name for name, _ in _COLUMNS[:16]]
+_METADATA_COLUMNS = ["id", "created_at", *(name for name, _ in _COLUMNS[16:])]
+# The statement's array parameters: the columns, then the lookup values, then the user's charge.
+_BATCH_ARRAYS = [*_COLUMNS, *((f"lk_{n}", "text") for n in LOOKUPS), ("user_charge", "bigint")]
+_BATCH_LOOKUP_CTES = ",\n".join(
+    f"""bf_{name} AS (SELECT {name}_id, {name} FROM {name} WHERE {name} IN (SELECT lk_{name} FROM input)),
+bl_{name} AS (
+  INSERT INTO {name} ({name}) SELECT DISTINCT lk_{name} FROM input
+  WHERE lk_{name} IS NOT NULL AND lk_{name} NOT IN (SELECT {name} FROM bf_{name})
+  ON CONFLICT ({name}) DO UPDATE SET {name} = EXCLUDED.{name} RETURNING {name}_id, {name}
+)"""
+    for name in LOOKUPS
+)
+_WRITE_BATCH = f"""
+WITH input AS (
+  SELECT * FROM unnest({", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_BATCH_ARRAYS, 1))})
+  AS t({", ".join(name for name, _ in _BATCH_ARRAYS)})
+),
+{_BATCH_LOOKUP_CTES},
+usage AS (
+  INSERT INTO microdollar_usage ({", ".join(_USAGE_COLUMNS)})
+  SELECT {", ".join(_USAGE_COLUMNS)} FROM input
+  ON CONFLICT (id) DO NOTHING
+  RETURNING id
+),
+metadata AS (
+  INSERT INTO microdollar_usage_metadata ({", ".join(_METADATA_COLUMNS)}, {", ".join(f"{n}_id" for n in LOOKUPS)})
+  SELECT {", ".join(f"i.{c}" for c in _METADATA_COLUMNS)},
+    {", ".join(f"COALESCE((SELECT {n}_id FROM bf_{n} WHERE {n} = i.lk_{n}), (SELECT {n}_id FROM bl_{n} WHERE {n} = i.lk_{n}))" for n in LOOKUPS)}
+  FROM input i JOIN usage u ON u.id = i.id
+  RETURNING id
+),
+charges AS (
+  SELECT i.kilo_user_id, sum(i.user_charge)::bigint AS total FROM input i JOIN usage u ON u.id = i.id
+  WHERE i.user_charge > 0 GROUP BY i.kilo_user_id
+),
+charged AS (
+  UPDATE kilocode_users k SET microdollars_used = k.microdollars_used + c.total, updated_at = now()
+  FROM charges c WHERE k.id = c.kilo_user_id
+  RETURNING k.id, k.microdollars_used, k.kilo_pass_threshold
+)
+SELECT id::text AS usage_id, NULL::text AS user_id, NULL::bigint AS used, NULL::bigint AS threshold FROM metadata
+UNION ALL
+SELECT NULL, id, microdollars_used, kilo_pass_threshold FROM charged
+"""
 _CHARGE_ORGANIZATION = """
 UPDATE organizations
 SET microdollars_used = microdollars_used + $2, microdollars_balance = microdollars_balance - $2,
@@ -140,9 +200,8 @@ def stored_model(record: UsageRecord) -> str:
     return record.model or record.requested_model
 
 
-async def write(
-    connection: asyncpg.Connection, record: UsageRecord, charge: Charge, cost: int, cache_discount: int | None
-) -> Written:
+def _values(record: UsageRecord, charge: Charge, cost: int, cache_discount: int | None) -> tuple[dict[str, Any], list[Any]]:
+    """The record's lookup values, and its columns in `COLUMNS` order."""
     prompt = record.prompt
     org = record.organization_id
     # Contract 7.4: organisation requests never store prompt text.
@@ -161,51 +220,55 @@ async def write(
         "mode": record.mode,
         "auto_model": record.auto_model,
     }
-    created_at = datetime.fromtimestamp(record.created_at, UTC)
     usage = charge.usage
+    return lookups, [
+        record.usage_id,
+        record.kilo_user_id,
+        org,
+        record.provider,
+        cost,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_write_tokens,
+        usage.cache_hit_tokens,
+        datetime.fromtimestamp(record.created_at, UTC),
+        stored_model(record),
+        record.requested_model,
+        cache_discount,
+        record.has_error,
+        charge.inference_provider,
+        record.project_id,
+        record.message_id or "<missing>",
+        user_prefix,
+        prompt.system_prompt_length if prompt else None,
+        record.max_tokens,
+        record.has_middle_out_transform,
+        record.status_code,
+        charge.upstream_id,
+        charge.latency,
+        charge.moderation_latency,
+        charge.generation_time,
+        usage.is_byok,
+        record.user_byok,
+        charge.streamed if charge.streamed is not None else record.streamed,
+        charge.cancelled if charge.cancelled is not None else record.aborted,
+        record.has_tools,
+        record.machine_id,
+        record.session_id,
+        usage.cost_microdollars,  # market cost: before zeroing (contract 7.4)
+    ]
+
+
+async def write(
+    connection: asyncpg.Connection, record: UsageRecord, charge: Charge, cost: int, cache_discount: int | None
+) -> Written:
+    org = record.organization_id
+    lookups, values = _values(record, charge, cost, cache_discount)
     # The user's charge rides in the usage statement; an organisation's needs more statements.
     user_charge = cost if org is None else 0
     more = org is not None or record.request_log is not None
     async with connection.transaction() if more else contextlib.nullcontext():
-        row = await connection.fetchrow(
-            _WRITE_USAGE,
-            orjson.dumps(lookups).decode(),
-            record.usage_id,
-            record.kilo_user_id,
-            org,
-            record.provider,
-            cost,
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cache_write_tokens,
-            usage.cache_hit_tokens,
-            created_at,
-            stored_model(record),
-            record.requested_model,
-            cache_discount,
-            record.has_error,
-            charge.inference_provider,
-            record.project_id,
-            record.message_id or "<missing>",
-            user_prefix,
-            prompt.system_prompt_length if prompt else None,
-            record.max_tokens,
-            record.has_middle_out_transform,
-            record.status_code,
-            charge.upstream_id,
-            charge.latency,
-            charge.moderation_latency,
-            charge.generation_time,
-            usage.is_byok,
-            record.user_byok,
-            charge.streamed if charge.streamed is not None else record.streamed,
-            charge.cancelled if charge.cancelled is not None else record.aborted,
-            record.has_tools,
-            record.machine_id,
-            record.session_id,
-            usage.cost_microdollars,  # market cost: before zeroing (contract 7.4)
-            user_charge,
-        )
+        row = await connection.fetchrow(_WRITE_USAGE, orjson.dumps(lookups).decode(), *values, user_charge)
         assert row is not None  # the statement always returns its one row
         if row["id"] is None:
             return Written(inserted=False, cost_microdollars=0)
@@ -233,3 +296,41 @@ async def write(
                 log.get("response"),
             )
     return Written(inserted=True, cost_microdollars=cost)
+
+
+Item = tuple[UsageRecord, Charge, int, int | None]  # record, charge, cost charged, cache discount
+
+
+def batchable(record: UsageRecord) -> bool:
+    """Records `write_many` takes: a user's, without an organisation or a request log."""
+    return record.organization_id is None and record.request_log is None
+
+
+async def write_many(connection: asyncpg.Connection, items: list[Item]) -> list[Written]:
+    """`write` for many batchable records in one statement (one commit). A usage id that
+    appears twice in `items` is written once; the later copies are duplicates."""
+    first: dict[str, int] = {}
+    for index, (record, _, _, _) in enumerate(items):
+        first.setdefault(record.usage_id, index)
+    unique = [items[index] for index in sorted(first.values())]
+    columns: list[list[Any]] = [[] for _ in range(len(_BATCH_ARRAYS))]
+    for record, charge, cost, discount in unique:
+        assert batchable(record)
+        lookups, values = _values(record, charge, cost, discount)
+        for column, value in zip(columns, [*values, *(lookups[n] for n in LOOKUPS), cost], strict=True):
+            column.append(value)
+    rows = await connection.fetch(_WRITE_BATCH, *columns)
+    inserted = {row["usage_id"] for row in rows if row["usage_id"] is not None}
+    charged = {row["user_id"]: row for row in rows if row["user_id"] is not None}
+    for user_id in {record.kilo_user_id for record, _, cost, _ in unique if cost > 0 and record.usage_id in inserted}:
+        row = charged.get(user_id)
+        if row is None:
+            logger.error("impossible: missing user", extra={"user_id": user_id})
+        else:
+            _kilo_pass_hook(user_id, row["used"], row["threshold"])
+    return [
+        Written(inserted=True, cost_microdollars=cost)
+        if index == first[record.usage_id] and record.usage_id in inserted
+        else Written(inserted=False, cost_microdollars=0)
+        for index, (record, _, cost, _) in enumerate(items)
+    ]
