@@ -10,11 +10,13 @@ limited by a general-purpose HTTP library's per-request cost: it shares the CPU 
 system under test, so every request costs a future, a timer and a few list appends, and the
 body is scanned in place.
 
-Only requests started after the warm-up count, towards --requests and in the results. When
-the run ends no request starts, and those in flight are left to finish (they are not in the
-figures): a request cut by the load generator would still be one the system served, and
-`completed` (every 200 of the run, warm-up included) must match what the gateway accounted. Events are assumed to end with "\\n\\n", as
-OpenRouter, the mock upstreams and the gateway send them.
+The figures are the responses that end inside the measured window (after the warm-up, before
+the duration ends), whenever they started; requests started after the warm-up count towards
+--requests. When the run ends no request starts, and those in flight are left to finish (they
+are not in the figures): a request cut by the load generator would still be one the system
+served, and `completed` (every 200 of the run, warm-up included) must match what the gateway
+accounted. Events are assumed to end with "\\n\\n", as OpenRouter, the mock upstreams and the
+gateway send them.
 """
 
 from __future__ import annotations
@@ -232,7 +234,7 @@ class Connection(asyncio.Protocol):
 
 
 class Run:
-    """Shared counters and samples; requests started before `measuring` is set are not recorded."""
+    """Shared counters and samples; responses that end while `measuring` is set are recorded."""
 
     def __init__(self, limit: int | None, stream: bool) -> None:
         self.measuring = False
@@ -282,7 +284,6 @@ async def worker(run: Run, host: str, port: int, request: bytes, timeout: float)
     conn: Connection | None = None
     try:
         while run.take():
-            measured = run.measuring
             if conn is None or conn.closed:
                 try:
                     conn = await connect(host, port, run.stream, timeout)
@@ -297,7 +298,9 @@ async def worker(run: Run, host: str, port: int, request: bytes, timeout: float)
                 run.error(result)  # warm-up included: every failure is reported
                 continue
             run.completed += 1
-            if measured and run.measuring:
+            # Every response that ends inside the measured window counts, whenever it started:
+            # a slow system's long requests, started in the warm-up, are its throughput too.
+            if run.measuring:
                 run.record(conn)
     finally:
         if conn is not None:
