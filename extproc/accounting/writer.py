@@ -49,6 +49,12 @@ OUTBOX_AGE = Gauge(
 _BATCH = 100
 _RESCAN_SECONDS = 30.0
 _GAUGE_SECONDS = 1.0
+# Accounting may lag a little; the requests may not. Under light load the writer lets records
+# gather (in the outbox between reads, before each ledger statement) instead of paying a read,
+# a statement and a commit per record on the cores the requests run on. At most ~0.1 s added
+# to a row's delay, which the generation lookup's 0.2 s wait already dwarfs.
+_READ_PAUSE_SECONDS = 0.05
+_STATEMENT_PAUSE_SECONDS = 0.02
 
 
 class LedgerWriter:
@@ -95,6 +101,8 @@ class LedgerWriter:
                 if self._failures:
                     rescan_at = min(rescan_at, time.monotonic() + self._retry_delay())
                 await self._update_gauges()
+                if len(entries) < _BATCH:
+                    await _sleep_or_stop(stop, _READ_PAUSE_SECONDS)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failures += 1
                 logger.error("outbox read failed", extra={"error": repr(exc)})
@@ -231,9 +239,9 @@ class LedgerWriter:
 
 
 class _Batch:
-    """Users' records written many per statement (`ledger.write_many`): the records priced while
-    the previous batch was being written go together, in one statement and one commit. Alone,
-    a record is written at once; under load this saves a commit and most of a statement per
+    """Users' records written many per statement (`ledger.write_many`): the records priced within
+    `_STATEMENT_PAUSE_SECONDS` of each other, or while the previous batch was being written, go
+    together, in one statement and one commit: a commit and most of a statement saved per
     record, on the writer and on Postgres."""
 
     def __init__(self, db: asyncpg.Pool) -> None:
@@ -250,6 +258,7 @@ class _Batch:
         return await future
 
     async def _flush(self) -> None:
+        await asyncio.sleep(_STATEMENT_PAUSE_SECONDS)
         while self.waiting:
             batch, self.waiting = self.waiting[:_BATCH], self.waiting[_BATCH:]
             try:
