@@ -117,20 +117,15 @@ def watched(system: System) -> Iterator[dict[str, Any]]:
 
 def run_system(system: System, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {"json": {}, "stream": {}}
-    for concurrency in args.concurrency:
-        with watched(system) as extra:
-            outcome = load(system, work, concurrency=concurrency, duration=args.duration, warmup=args.warmup,
-                           stream=False)
-        figures["json"][str(concurrency)] = {**outcome, **extra}
-        print(f"  {system.name} json c={concurrency}: {outcome['rps']:.0f} req/s, "
-              f"p50 {outcome['latency_ms']['p50']} ms, errors {outcome['errors']}", flush=True)
-    for concurrency in args.stream_concurrency:
-        with watched(system) as extra:
-            outcome = load(system, work, concurrency=concurrency, duration=args.duration, warmup=args.warmup,
-                           stream=True)
-        figures["stream"][str(concurrency)] = {**outcome, **extra}
-        print(f"  {system.name} stream c={concurrency}: ttft p50 {outcome['ttft_ms']['p50']} ms, "
-              f"gap p50 {outcome['chunk_gap_ms']['p50']} ms, errors {outcome['errors']}", flush=True)
+    for kind, concurrencies in (("json", args.concurrency), ("stream", args.stream_concurrency)):
+        for concurrency in concurrencies:
+            with watched(system) as extra:
+                outcome = load(system, work, concurrency=concurrency, duration=args.duration, warmup=args.warmup,
+                               stream=kind == "stream")
+            figures[kind][str(concurrency)] = {**outcome, **extra}
+            timing = (f"ttft p50 {outcome['ttft_ms']['p50']} ms, gap p50 {outcome['chunk_gap_ms']['p50']} ms"
+                      if kind == "stream" else f"{outcome['rps']:.0f} req/s, p50 {outcome['latency_ms']['p50']} ms")
+            print(f"  {system.name} {kind} c={concurrency}: {timing}, errors {outcome['errors']}", flush=True)
     if system.stream_query and args.held_streams:
         # Many streams open at once, each slow (10 chunks, 1 s apart): what holding them costs.
         with watched(system) as extra:
