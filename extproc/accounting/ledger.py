@@ -5,7 +5,7 @@ organisation's usage and the member's daily usage, and the employee request log 
 together or not at all. The usage id is the idempotency key: a record written twice (a retry
 after a lost acknowledgement, a replayed outbox entry) inserts nothing the second time and
 charges nobody again. `write` takes one record of any kind; `write_many` takes many users'
-records without an organisation or a request log, in one statement.
+records without an organisation or a request log, in one statement (the same statement).
 """
 
 from __future__ import annotations
@@ -39,58 +39,14 @@ LOOKUPS = (
     "auto_model",
 )
 
-# One statement: lookup upserts (only for non-null values), the usage row, its metadata row
-# and the user's charge, the last two only when the usage row was inserted (a duplicate
-# returns id NULL and charges nobody). A user's record without an organisation or a request
-# log is this statement alone: one round trip, atomic without an explicit transaction.
-# A value already in its lookup table is read (f_), not upserted: an upsert writes a new row
-# version every time, and nearly every request repeats known values. A new value is inserted;
-# DO UPDATE (not DO NOTHING) so that a concurrent insert of the same value still returns its id.
-_LOOKUP_CTES = ",\n".join(
-    f"""f_{name} AS (SELECT {name}_id FROM {name} WHERE {name} = $1::jsonb->>'{name}'),
-l_{name} AS (
-  INSERT INTO {name} ({name}) SELECT $1::jsonb->>'{name}'
-  WHERE $1::jsonb->>'{name}' IS NOT NULL AND NOT EXISTS (SELECT 1 FROM f_{name})
-  ON CONFLICT ({name}) DO UPDATE SET {name} = EXCLUDED.{name} RETURNING {name}_id
-)"""
-    for name in LOOKUPS
-)
-_WRITE_USAGE = f"""
-WITH {_LOOKUP_CTES},
-usage AS (
-  INSERT INTO microdollar_usage (
-    id, kilo_user_id, organization_id, provider, cost, input_tokens, output_tokens,
-    cache_write_tokens, cache_hit_tokens, created_at, model, requested_model, cache_discount,
-    has_error, abuse_classification, inference_provider, project_id)
-  VALUES ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 0, $16, $17)
-  ON CONFLICT (id) DO NOTHING
-  RETURNING id
-),
-metadata AS (
-INSERT INTO microdollar_usage_metadata (
-  id, created_at, message_id, user_prompt_prefix, vercel_ip_latitude, vercel_ip_longitude,
-  system_prompt_length, max_tokens, has_middle_out_transform, status_code, upstream_id, latency,
-  moderation_latency, generation_time, is_byok, is_user_byok, streamed, cancelled, has_tools,
-  machine_id, session_id, market_cost,
-  http_user_agent_id, http_ip_id, vercel_ip_country_id, vercel_ip_city_id, ja4_digest_id,
-  system_prompt_prefix_id, finish_reason_id, editor_name_id, feature_id, mode_id, auto_model_id)
-SELECT usage.id, $11, $18, $19, NULL, NULL, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30,
-  $31, $32, $33, $34, $35,
-  {", ".join(f"COALESCE((SELECT {name}_id FROM f_{name}), (SELECT {name}_id FROM l_{name}))" for name in LOOKUPS)}
-FROM usage
-RETURNING id
-),
-charged AS (
-  UPDATE kilocode_users SET microdollars_used = microdollars_used + $36, updated_at = now()
-  WHERE id = $3 AND $36 > 0 AND EXISTS (SELECT 1 FROM usage)
-  RETURNING microdollars_used, kilo_pass_threshold
-)
-SELECT (SELECT id FROM metadata) AS id, charged.microdollars_used, charged.kilo_pass_threshold
-FROM (SELECT 1) AS one LEFT JOIN charged ON true
-"""
-# The batch form (`write_many`), for users' records without an organisation or a request log:
-# the same writes for many records in one statement and one commit, the charges summed per
-# user. The columns in `_values` order, with the types of their arrays.
+# One statement for one record or many, passed as arrays: the lookup ids, the usage rows, their
+# metadata rows and the users' charges (summed per user), the last two only for the usage rows
+# it inserted (a usage id already written inserts nothing and charges nobody). A user's record
+# without an organisation or a request log needs nothing else: one round trip, atomic without
+# an explicit transaction. A value already in its lookup table is read (f_), not upserted: an
+# upsert writes a new row version every time, and nearly every request repeats known values. A
+# new value is inserted with DO UPDATE (not DO NOTHING), so that a concurrent insert of the same
+# value still returns its id. The columns in `_values` order, with the types of their arrays.
 _COLUMNS = (
     ("id", "uuid"), ("kilo_user_id", "text"), ("organization_id", "uuid"), ("provider", "text"),
     ("cost", "bigint"), ("input_tokens", "bigint"), ("output_tokens", "bigint"), ("cache_write_tokens", "bigint"),
@@ -105,22 +61,22 @@ _COLUMNS = (
 _USAGE_COLUMNS = [name for name, _ in _COLUMNS[:16]]
 _METADATA_COLUMNS = ["id", "created_at", *(name for name, _ in _COLUMNS[16:])]
 # The statement's array parameters: the columns, then the lookup values, then the user's charge.
-_BATCH_ARRAYS = [*_COLUMNS, *((f"lk_{n}", "text") for n in LOOKUPS), ("user_charge", "bigint")]
-_BATCH_LOOKUP_CTES = ",\n".join(
-    f"""bf_{name} AS (SELECT {name}_id, {name} FROM {name} WHERE {name} IN (SELECT lk_{name} FROM input)),
-bl_{name} AS (
+_ARRAYS = [*_COLUMNS, *((f"lk_{n}", "text") for n in LOOKUPS), ("user_charge", "bigint")]
+_LOOKUP_CTES = ",\n".join(
+    f"""f_{name} AS (SELECT {name}_id, {name} FROM {name} WHERE {name} IN (SELECT lk_{name} FROM input)),
+l_{name} AS (
   INSERT INTO {name} ({name}) SELECT DISTINCT lk_{name} FROM input
-  WHERE lk_{name} IS NOT NULL AND lk_{name} NOT IN (SELECT {name} FROM bf_{name})
+  WHERE lk_{name} IS NOT NULL AND lk_{name} NOT IN (SELECT {name} FROM f_{name})
   ON CONFLICT ({name}) DO UPDATE SET {name} = EXCLUDED.{name} RETURNING {name}_id, {name}
 )"""
     for name in LOOKUPS
 )
-_WRITE_BATCH = f"""
+_WRITE_USAGE = f"""
 WITH input AS (
-  SELECT * FROM unnest({", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_BATCH_ARRAYS, 1))})
-  AS t({", ".join(name for name, _ in _BATCH_ARRAYS)})
+  SELECT * FROM unnest({", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_ARRAYS, 1))})
+  AS t({", ".join(name for name, _ in _ARRAYS)})
 ),
-{_BATCH_LOOKUP_CTES},
+{_LOOKUP_CTES},
 usage AS (
   INSERT INTO microdollar_usage ({", ".join(_USAGE_COLUMNS)})
   SELECT {", ".join(_USAGE_COLUMNS)} FROM input
@@ -130,7 +86,7 @@ usage AS (
 metadata AS (
   INSERT INTO microdollar_usage_metadata ({", ".join(_METADATA_COLUMNS)}, {", ".join(f"{n}_id" for n in LOOKUPS)})
   SELECT {", ".join(f"i.{c}" for c in _METADATA_COLUMNS)},
-    {", ".join(f"COALESCE((SELECT {n}_id FROM bf_{n} WHERE {n} = i.lk_{n}), (SELECT {n}_id FROM bl_{n} WHERE {n} = i.lk_{n}))" for n in LOOKUPS)}
+    {", ".join(f"COALESCE((SELECT {n}_id FROM f_{n} WHERE {n} = i.lk_{n}), (SELECT {n}_id FROM l_{n} WHERE {n} = i.lk_{n}))" for n in LOOKUPS)}
   FROM input i JOIN usage u ON u.id = i.id
   RETURNING id
 ),
@@ -262,21 +218,13 @@ def _values(record: UsageRecord, charge: Charge, cost: int, cache_discount: int 
 async def write(
     connection: asyncpg.Connection, record: UsageRecord, charge: Charge, cost: int, cache_discount: int | None
 ) -> Written:
+    """One record of any kind; an organisation's or an employee's takes a transaction for its
+    follow-ups."""
     org = record.organization_id
-    lookups, values = _values(record, charge, cost, cache_discount)
-    # The user's charge rides in the usage statement; an organisation's needs more statements.
-    user_charge = cost if org is None else 0
-    more = org is not None or record.request_log is not None
-    async with connection.transaction() if more else contextlib.nullcontext():
-        row = await connection.fetchrow(_WRITE_USAGE, orjson.dumps(lookups).decode(), *values, user_charge)
-        assert row is not None  # the statement always returns its one row
-        if row["id"] is None:
-            return Written(inserted=False, cost_microdollars=0)
-        if user_charge > 0:
-            if row["microdollars_used"] is None:
-                logger.error("impossible: missing user", extra={"user_id": record.kilo_user_id, "usage_id": record.usage_id})
-            else:
-                _kilo_pass_hook(record.kilo_user_id, row["microdollars_used"], row["kilo_pass_threshold"])
+    async with connection.transaction() if not batchable(record) else contextlib.nullcontext():
+        [written] = await _write_usage(connection, [(record, charge, cost, cache_discount)])
+        if not written.inserted:
+            return written
         if org is not None:
             # Contract 7.5: organisation usage even at cost 0.
             account = await connection.fetchrow(_CHARGE_ORGANIZATION, org, cost)
@@ -295,7 +243,7 @@ async def write(
                 orjson.dumps(log.get("request")).decode(),
                 log.get("response"),
             )
-    return Written(inserted=True, cost_microdollars=cost)
+    return written
 
 
 Item = tuple[UsageRecord, Charge, int, int | None]  # record, charge, cost charged, cache discount
@@ -309,20 +257,30 @@ def batchable(record: UsageRecord) -> bool:
 async def write_many(connection: asyncpg.Connection, items: list[Item]) -> list[Written]:
     """`write` for many batchable records in one statement (one commit). A usage id that
     appears twice in `items` is written once; the later copies are duplicates."""
+    assert all(batchable(record) for record, _, _, _ in items)
+    return await _write_usage(connection, items)
+
+
+async def _write_usage(connection: asyncpg.Connection, items: list[Item]) -> list[Written]:
+    """The usage statement for `items`; a user's charge only where there is no organisation."""
     first: dict[str, int] = {}
     for index, (record, _, _, _) in enumerate(items):
         first.setdefault(record.usage_id, index)
     unique = [items[index] for index in sorted(first.values())]
-    columns: list[list[Any]] = [[] for _ in range(len(_BATCH_ARRAYS))]
+    columns: list[list[Any]] = [[] for _ in range(len(_ARRAYS))]
     for record, charge, cost, discount in unique:
-        assert batchable(record)
         lookups, values = _values(record, charge, cost, discount)
-        for column, value in zip(columns, [*values, *(lookups[n] for n in LOOKUPS), cost], strict=True):
+        user_charge = cost if record.organization_id is None else 0
+        for column, value in zip(columns, [*values, *(lookups[n] for n in LOOKUPS), user_charge], strict=True):
             column.append(value)
-    rows = await connection.fetch(_WRITE_BATCH, *columns)
+    rows = await connection.fetch(_WRITE_USAGE, *columns)
     inserted = {row["usage_id"] for row in rows if row["usage_id"] is not None}
     charged = {row["user_id"]: row for row in rows if row["user_id"] is not None}
-    for user_id in {record.kilo_user_id for record, _, cost, _ in unique if cost > 0 and record.usage_id in inserted}:
+    for user_id in {
+        record.kilo_user_id
+        for record, _, cost, _ in unique
+        if cost > 0 and record.organization_id is None and record.usage_id in inserted
+    }:
         row = charged.get(user_id)
         if row is None:
             logger.error("impossible: missing user", extra={"user_id": user_id})

@@ -1,11 +1,12 @@
 """Drains the outbox into the ledger, in its own process (`llm-gateway ledger-writer`).
 
 Per record: refetch the generation when the provider has the endpoint (contract 7.3), price it
-(7.4), write it in one idempotent transaction (7.5), then acknowledge the outbox entry. A
-Postgres failure leaves the entry pending; it is retried with backoff until it commits, so an
-outage delays rows and never drops them. Its own process because this work (a generation
-lookup, a transaction and three Redis commands per record) would otherwise share the ext_proc's
-event loop with the requests and add to their latency.
+(7.4), write it idempotently (7.5; users' records many per statement), then acknowledge the
+outbox entry (in batches). A Postgres failure leaves the entry pending; it is retried with
+backoff until it commits, so an outage delays rows and never drops them. Its own process
+because this work (a generation lookup per record, statements, Redis reads and
+acknowledgements) would otherwise share the ext_proc's event loop with the requests and add
+to their latency.
 """
 
 from __future__ import annotations
