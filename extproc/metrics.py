@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 
 REQUESTS = Counter(
     "llm_gateway_requests",
@@ -61,7 +61,12 @@ def serve(host: str, port: int) -> Callable[[], None]:
     Returns the function that stops the server."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return lambda: None
-    server, thread = start_http_server(port, host)
+    return start_server(host, port, REGISTRY)
+
+
+def start_server(host: str, port: int, registry: CollectorRegistry) -> Callable[[], None]:
+    """Serves `registry` on a thread; returns the function that stops it."""
+    server, thread = start_http_server(port, host, registry=registry)
 
     def stop() -> None:
         server.shutdown()

@@ -24,8 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, multiprocess
 
+from extproc import metrics
 from extproc.embedded import start_postgres, start_redis
 from extproc.envoy_config import CHAT_PATHS, render_bootstrap_yaml
 from extproc.processes import Child, free_port, port_open, wait_until
@@ -100,7 +101,7 @@ class Stack:
         embedded_database = settings.database_url is None
         settings = load_settings()
         self._serve_metrics(settings, data_dir / "metrics")
-        self._start_ledger_writer()
+        self.children.append(self._ledger_writer(settings))
         self._start_extproc(settings)
         self._start_envoy(settings, data_dir)
         # A ready-to-use account, only in the stack's own database (never in one it was given).
@@ -157,25 +158,15 @@ class Stack:
         self._export(PROMETHEUS_MULTIPROC_DIR=str(directory))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(directory))
-        server, thread = start_http_server(settings.metrics_port, settings.metrics_host, registry=registry)
+        self.stop_metrics = metrics.start_server(settings.metrics_host, settings.metrics_port, registry)
 
-        def stop() -> None:
-            server.shutdown()
-            thread.join(timeout=5)
-
-        self.stop_metrics = stop
-
-    def _start_ledger_writer(self) -> None:
-        self.children.append(self._ledger_writer())
-
-    def _ledger_writer(self) -> Child:
-        settings = load_settings()
+    def _ledger_writer(self, settings: Settings) -> Child:
         child = Child.start(
             "ledger-writer",
             [sys.executable, "-m", "extproc.cli", "ledger-writer"],
             stop_timeout=settings.accounting_drain_seconds + 10,
         )
-        self.restart[child.name] = self._ledger_writer
+        self.restart[child.name] = lambda: self._ledger_writer(settings)
         return child
 
     def _start_extproc(self, settings: Settings) -> None:
