@@ -102,16 +102,16 @@ class System:
             child.stop()
 
 
-def _envoy(name: str, config: dict[str, Any], work: Path, admin_port: int) -> Child:
-    path = work / f"{name}.json"
-    path.write_text(json.dumps(config))
-    child = Child.start(
-        name,
-        [envoy_binary(), "-c", str(path), "--log-level", "warn", "--base-id", str(admin_port)],
-        env={**os.environ},
-    )
+def _envoy(name: str, config: Path, admin_port: int) -> Child:
+    child = Child.start(name, [envoy_binary(), "-c", str(config), "--log-level", "warn", "--base-id", str(admin_port)])
     wait_until(name, lambda: _get(f"http://127.0.0.1:{admin_port}/ready") == 200, child)
     return child
+
+
+def _json_file(work: Path, name: str, config: dict[str, Any]) -> Path:
+    path = work / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return path
 
 
 def _get(url: str) -> int:
@@ -191,7 +191,8 @@ def start_upstream(work: Path, chunks: int, interval_ms: int) -> tuple[str, list
         {"match": {"prefix": "/api/v1/chat/completions"}, **_json_response(COMPLETION)},
         {"match": {"prefix": "/api/v1/generation"}, **_json_response(GENERATION)},
     ]
-    envoy = _envoy("upstream-envoy", _bootstrap(admin, port, routes, [_cluster("sse", sse_port)]), work, admin)
+    bootstrap = _bootstrap(admin, port, routes, [_cluster("sse", sse_port)])
+    envoy = _envoy("upstream-envoy", _json_file(work, "upstream-envoy", bootstrap), admin)
     return f"http://127.0.0.1:{port}", [sse, envoy]
 
 
@@ -202,7 +203,8 @@ def start_envoy_alone(work: Path, upstream: str) -> System:
         "match": {"prefix": GATEWAY_PATH},
         "route": {"cluster": "upstream", "prefix_rewrite": "/api/v1/chat/completions", "timeout": "0s"},
     }]
-    envoy = _envoy("envoy-alone", _bootstrap(admin, port, routes, [_cluster("upstream", upstream_port)]), work, admin)
+    bootstrap = _bootstrap(admin, port, routes, [_cluster("upstream", upstream_port)])
+    envoy = _envoy("envoy-alone", _json_file(work, "envoy-alone", bootstrap), admin)
     return System("envoy-alone", f"http://127.0.0.1:{port}{GATEWAY_PATH}", {}, [envoy])
 
 
@@ -240,9 +242,7 @@ def start_extproc_floor(work: Path, upstream: str, workers: int) -> System:
         )
         wait_until("no-op ext_proc", lambda: port_open("127.0.0.1", port), child)
         children.append(child)
-    admin = int(env["LLM_GATEWAY_ENVOY_ADMIN_PORT"])
-    envoy = Child.start("envoy", [envoy_binary(), "-c", str(config), "--log-level", "warn", "--base-id", str(admin)])
-    wait_until("envoy", lambda: _get(f"http://127.0.0.1:{admin}/ready") == 200, envoy)
+    envoy = _envoy("envoy", config, int(env["LLM_GATEWAY_ENVOY_ADMIN_PORT"]))
     return System(
         "ext_proc-floor",
         f"http://127.0.0.1:{env['LLM_GATEWAY_LISTEN_PORT']}{GATEWAY_PATH}",
