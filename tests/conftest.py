@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from extproc.embedded import start_postgres
 from extproc.processes import free_port
 
 STARTUP_TIMEOUT = 120
@@ -197,3 +198,13 @@ def fresh_ip() -> str:
     """A client address no other test used, so per-IP limits start empty."""
     n = next(_ip_counter)
     return f"198.18.{n // 250}.{n % 250 + 1}"
+
+
+@pytest.fixture(scope="module")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Postgres of the test module's own (embedded, thrown away), for tests without a stack."""
+    child, url = start_postgres(tmp_path_factory.mktemp("postgres") / "pg", free_port(), durable=False)
+    try:
+        yield url
+    finally:
+        child.stop()

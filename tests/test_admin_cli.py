@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,6 @@ import pytest
 from extproc import admin
 from extproc import cli as cli_module
 from extproc.auth.tokens import pepper_matches, verify_token
-from extproc.embedded import start_postgres
-from extproc.processes import free_port
 from tests.cli_runner import Result, cli_environment, run_many
 
 SECRET = "test-secret"
@@ -36,15 +34,6 @@ def run_all(env: dict[str, str], *commands: tuple[str, ...]) -> list[Result]:
 
 def run_cli(env: dict[str, str], *args: str) -> Result:
     return run_all(env, args)[0]
-
-
-@pytest.fixture(scope="module")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    child, url = start_postgres(tmp_path_factory.mktemp("admin-pg") / "pg", free_port(), durable=False)
-    try:
-        yield url
-    finally:
-        child.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import httpx
 import jwt
 import pytest
 
+from tests.bodies import FREE_LIMIT, SERVICE_UNAVAILABLE
 from tests.conftest import Gateway, fresh_ip
 
 PAID = "anthropic/claude-sonnet-4.6"
@@ -30,14 +31,6 @@ PROMOTION_LIMIT = {
         "code": "PROMOTION_MODEL_LIMIT_REACHED",
         "message": "Sign up for free to continue and explore 500 other models. Takes 2 minutes, no credit card required. Or come back later.",
     }
-}
-FREE_LIMIT = {
-    "error": "Rate limit exceeded",
-    "message": "Free model usage limit reached. Please try again later or upgrade to a paid model.",
-}
-SERVICE_UNAVAILABLE = {
-    "error": "Service Unavailable",
-    "message": "The service is temporarily unavailable. Please try again later.",
 }
 ALPHA_ENDED = {"error": "The alpha period for this model has ended.", "message": "The alpha period for this model has ended."}
 MODEL_NOT_FOUND = {"error": "Model not found", "message": "The requested model could not be found."}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,6 @@ from extproc.byok import (
     to_byok_key,
 )
 from extproc.db.migrate import migrate
-from extproc.embedded import start_postgres
-from extproc.processes import free_port
 from extproc.settings import load_settings
 from extproc.shaping.provider_rules import ByokKey
 from tests.cli_runner import Result, cli_environment, run_many
@@ -146,15 +144,6 @@ def test_bedrock_and_plain_keys() -> None:
 
 # ---------------------------------------------------------------------------------------
 # Postgres.
-
-
-@pytest.fixture(scope="module")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    child, url = start_postgres(tmp_path_factory.mktemp("byok-pg") / "pg", free_port(), durable=False)
-    try:
-        yield url
-    finally:
-        child.stop()
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,11 @@ import pytest
 
 from extproc.embedded import start_postgres, start_redis
 from extproc.processes import Child, free_port
+from tests.bodies import FREE_LIMIT, SERVICE_UNAVAILABLE
 from tests.conftest import Gateway, fresh_ip, running_stack
 
 KILO_FREE = "minimax/minimax-m2.5:free"
 PAID = "anthropic/claude-sonnet-4.6"
-FREE_LIMIT = {
-    "error": "Rate limit exceeded",
-    "message": "Free model usage limit reached. Please try again later or upgrade to a paid model.",
-}
-SERVICE_UNAVAILABLE = {
-    "error": "Service Unavailable",
-    "message": "The service is temporarily unavailable. Please try again later.",
-}
 
 
 class Services:

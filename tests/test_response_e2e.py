@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import orjson
 
+from tests.bodies import SERVICE_UNAVAILABLE
 from tests.conftest import Gateway, fresh_ip
 
 PAID = "anthropic/claude-sonnet-4.6"
@@ -68,10 +69,7 @@ def test_free_model_json_is_rewritten(gateway: Gateway) -> None:
 def test_upstream_402_on_the_gateways_key_becomes_503(upstream: Gateway, auth: dict) -> None:
     response = post(upstream, {"model": PAID, "mock": {"status": 402}}, auth)
     assert response.status_code == 503
-    assert response.json() == {
-        "error": "Service Unavailable",
-        "message": "The service is temporarily unavailable. Please try again later.",
-    }
+    assert response.json() == SERVICE_UNAVAILABLE
     assert set(response.headers) - {"content-length", "transfer-encoding", "connection"} == {
         "date",
         "content-type",
