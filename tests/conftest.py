@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +29,16 @@ from extproc.embedded import start_postgres
 from extproc.processes import free_port
 
 STARTUP_TIMEOUT = 120
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary files of this run in a directory of its own. Under root, the embedded Postgres
+    runs as a system user that must traverse the data directory's parents, and every pytest
+    run that starts re-locks the shared `/tmp/pytest-of-root` to 0700: two runs on one machine
+    (two checkouts, a developer beside CI) then break each other's Postgres at start-up."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = str(Path(tempfile.gettempdir()) / f"llm-gateway-tests-{os.getpid()}")
+        config.add_cleanup(lambda: shutil.rmtree(config.option.basetemp, ignore_errors=True))
 
 
 @dataclass
