@@ -30,7 +30,11 @@ from typing import Any, NoReturn
 
 import asyncpg
 import orjson
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+from redis.exceptions import RedisError
 
+from extproc.accounting.outbox import Outbox
 from extproc.db import POSTGRES_ERRORS
 from extproc.db.migrate import migrate
 from extproc.money import parse_usd
@@ -66,9 +70,10 @@ EXIT_FAILURE = 1
 ROLES = ("owner", "member", "billing_manager")
 PLANS = ("teams", "enterprise")
 # The top-level words of the operator commands (cli.py makes their usage errors JSON too).
-COMMAND_GROUPS = ("user", "token", "credits", "org", "byok", "usage")
+COMMAND_GROUPS = ("user", "token", "credits", "org", "byok", "usage", "outbox")
 
 NO_DATABASE = "no database: set DATABASE_URL or start the stack with `make run`"
+NO_REDIS = "no Redis: set REDIS_URL or start the stack with `make run`"
 NO_SECRET = (
     "no token signing secret: set NEXTAUTH_SECRET or start the stack with `make run` "
     "(it writes <data_dir>/nextauth_secret)"
@@ -162,19 +167,28 @@ def _data_dir(settings: Settings) -> Path:
     return Path(settings.data_dir).expanduser().resolve()
 
 
-def resolve_database_url(settings: Settings) -> tuple[str, str]:
-    """The database URL and where it came from (for messages; the URL itself may hold a password)."""
-    if settings.database_url is not None and settings.database_url.get_secret_value():
-        return settings.database_url.get_secret_value(), "DATABASE_URL"
+def _resolve_url(configured: SecretStr | None, name: str, settings: Settings, missing: str) -> tuple[str, str]:
+    """A dependency's URL and where it came from (for messages; the URL itself may hold a
+    password): the setting, else the running local stack's `stack.json`."""
+    if configured is not None and configured.get_secret_value():
+        return configured.get_secret_value(), name.upper()
     state_file = _data_dir(settings) / "stack.json"
     try:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
         state = None
-    url = state.get("database_url") if isinstance(state, dict) else None
+    url = state.get(name) if isinstance(state, dict) else None
     if isinstance(url, str) and url:
         return url, str(state_file)
-    raise AdminError(NO_DATABASE)
+    raise AdminError(missing)
+
+
+def resolve_database_url(settings: Settings) -> tuple[str, str]:
+    return _resolve_url(settings.database_url, "database_url", settings, NO_DATABASE)
+
+
+def resolve_redis_url(settings: Settings) -> tuple[str, str]:
+    return _resolve_url(settings.redis_url, "redis_url", settings, NO_REDIS)
 
 
 def resolve_nextauth_secret(settings: Settings) -> str:
@@ -567,6 +581,38 @@ async def _usage(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         return await usage_report(conn, user_id, args.limit)
 
 
+@asynccontextmanager
+async def open_outbox(settings: Settings) -> AsyncIterator[Outbox]:
+    """The accounting outbox in the resolved Redis (its dead letters, for the `outbox` commands)."""
+    url, source = resolve_redis_url(settings)
+    client = aioredis.from_url(url, socket_connect_timeout=10, socket_timeout=30)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as error:
+        await client.aclose()
+        raise DatabaseUnavailable(f"cannot connect to Redis (from {source}): {type(error).__name__}: {error}") from None
+    try:
+        yield Outbox(client, settings.ledger_consumer)
+    finally:
+        await client.aclose()
+
+
+async def _outbox_dead_letters(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    async with open_outbox(settings) as outbox:
+        letters = [letter.summary() for letter in await outbox.dead_letters()]
+    return {"count": len(letters), "dead_letters": letters}
+
+
+async def _outbox_replay(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from extproc.accounting.dead_letters import replay_all
+
+    async with open_outbox(settings) as outbox, open_database(settings) as conn:
+        try:
+            return await replay_all(outbox, conn, args.entry or None)
+        except LookupError as error:
+            raise AdminError(str(error)) from None
+
+
 def _print_error(message: str) -> None:
     sys.stderr.buffer.write(orjson.dumps({"error": message}) + b"\n")
     sys.stderr.flush()
@@ -671,6 +717,16 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:  # type: igno
     p.set_defaults(handler=_handler(_usage))
     p.add_argument("--user", required=True, metavar="ID")
     p.add_argument("--limit", type=int, default=100, help="rows to show (default 100); totals cover all")
+
+    outbox = group("outbox", "the accounting outbox's dead letters: records the ledger refused")
+    action(outbox, "dead-letters", "list the dead letters (no prompt text)", _outbox_dead_letters)
+    p = action(
+        outbox,
+        "replay",
+        "write the dead letters into the ledger once the cause is fixed (each written one leaves the stream)",
+        _outbox_replay,
+    )
+    p.add_argument("--entry", action="append", metavar="ID", help="only this entry (repeatable; default: all)")
 
     byok_keys = group("byok", "customers' own provider keys (BYOK)")
     p = action(

@@ -201,6 +201,10 @@ class Settings(BaseSettings):
     # process's metrics on metrics_port).
     ledger_consumer: str = Field(default_factory=lambda: f"{socket.gethostname()}:ledger")
     ledger_metrics_port: int = 9465
+    # Attempts at a record whose write fails with an error that is neither a lost connection
+    # (retried until Postgres is back) nor refused data (dead-lettered at once), before it goes
+    # to the dead letters too: no record is retried forever.
+    ledger_max_attempts: int = Field(default=20, ge=1)
 
     # Dependencies. Unset: `llm-gateway run` and the tests start embedded ones.
     database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")

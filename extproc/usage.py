@@ -24,6 +24,7 @@ __all__ = [
     "Usage",
     "summarize_json_body",
     "suspicious_no_usage",
+    "token_count",
     "usage_from_summary",
 ]
 
@@ -139,9 +140,9 @@ def usage_from_summary(summary: ResponseSummary) -> Usage:
     upstream_cost = _dig(usage, "cost_details", "upstream_inference_cost")
     _warn_on_cost_anomaly(summary, is_byok, cost, upstream_cost)
     return Usage(
-        input_tokens=_tokens(usage.get("prompt_tokens")),
-        output_tokens=_tokens(usage.get("completion_tokens")),
-        cache_hit_tokens=_tokens(_dig(usage, "prompt_tokens_details", "cached_tokens")),
+        input_tokens=token_count(usage.get("prompt_tokens")),
+        output_tokens=token_count(usage.get("completion_tokens")),
+        cache_hit_tokens=token_count(_dig(usage, "prompt_tokens_details", "cached_tokens")),
         cache_write_tokens=0,
         cost_microdollars=usd_to_microdollars(upstream_cost if is_byok else cost),
         is_byok=is_byok,
@@ -189,13 +190,20 @@ def _dig(value: object, *keys: str) -> object:
     return value
 
 
-def _tokens(value: object) -> int:
+# A token count the ledger's bigint columns cannot hold is garbage from upstream, like an
+# amount beyond them (extproc/money.py): counted as 0 rather than refused by every insert.
+_MAX_TOKENS = 2**63 - 1
+
+
+def token_count(value: object) -> int:
+    """An upstream token count: an integer (or integral float: "12.0" parses to a float) that
+    fits bigint, else 0."""
     if isinstance(value, bool):
         return 0
-    if isinstance(value, int):
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and -_MAX_TOKENS <= value <= _MAX_TOKENS:
         return value
-    if isinstance(value, float) and value.is_integer():  # "12.0" parses to a float
-        return int(value)
     return 0
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from extproc.money import parse_usd, usd_to_microdollars
-from extproc.usage import Usage
+from extproc.usage import Usage, token_count
 
 # OpenRouter bills 5 % on BYOK, so a missing upstream cost is total_cost x 20 (contract 7.3).
 _BYOK_UPSTREAM_MULTIPLIER = 20
@@ -27,6 +27,11 @@ class Charge:
     cancelled: bool | None = None
 
 
+def charge_from_dict(values: dict[str, Any]) -> Charge:
+    """A `Charge` from its JSON form (orjson writes the dataclass as a dict)."""
+    return Charge(**{**values, "usage": Usage(**values["usage"])})
+
+
 def from_generation(charge: Charge, data: dict[str, Any], streamed: bool) -> Charge:
     """Contract 7.3: the generation endpoint's numbers replace the stream's."""
     is_byok = data.get("is_byok") if isinstance(data.get("is_byok"), bool) else None
@@ -36,9 +41,9 @@ def from_generation(charge: Charge, data: dict[str, Any], streamed: bool) -> Cha
     else:
         cost_usd = data.get("total_cost")
     usage = Usage(
-        input_tokens=_int(data.get("native_tokens_prompt")),
-        output_tokens=_int(data.get("native_tokens_completion")),
-        cache_hit_tokens=_int(data.get("native_tokens_cached")),
+        input_tokens=token_count(data.get("native_tokens_prompt")),
+        output_tokens=token_count(data.get("native_tokens_completion")),
+        cache_hit_tokens=token_count(data.get("native_tokens_cached")),
         cache_write_tokens=0,
         cost_microdollars=usd_to_microdollars(cost_usd),
         is_byok=is_byok,
@@ -70,10 +75,6 @@ def billable(charge: Charge, *, free_model: bool, user_byok: bool, promotion: bo
 def _times(value: object, factor: int) -> Decimal | None:
     amount = parse_usd(value)
     return amount * factor if amount is not None else None
-
-
-def _int(value: object) -> int:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def _float(value: object) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from extproc import storable
 from extproc.accounting.cost import Charge
 from extproc.accounting.record import UsageRecord
 from extproc.money import usd_to_microdollars
@@ -46,20 +48,24 @@ LOOKUPS = (
 # an explicit transaction. A value already in its lookup table is read (f_), not upserted: an
 # upsert writes a new row version every time, and nearly every request repeats known values. A
 # new value is inserted with DO UPDATE (not DO NOTHING), so that a concurrent insert of the same
-# value still returns its id. The columns in `_values` order, with the types of their arrays.
-_COLUMNS = (
+# value still returns its id. The columns of each table with the types of their arrays (`id`
+# and `created_at` are shared: the metadata row repeats them).
+_USAGE = (
     ("id", "uuid"), ("kilo_user_id", "text"), ("organization_id", "uuid"), ("provider", "text"),
     ("cost", "bigint"), ("input_tokens", "bigint"), ("output_tokens", "bigint"), ("cache_write_tokens", "bigint"),
     ("cache_hit_tokens", "bigint"), ("created_at", "timestamptz"), ("model", "text"), ("requested_model", "text"),
     ("cache_discount", "bigint"), ("has_error", "boolean"), ("inference_provider", "text"), ("project_id", "text"),
+)
+_METADATA = (
     ("message_id", "text"), ("user_prompt_prefix", "text"), ("system_prompt_length", "integer"),
     ("max_tokens", "bigint"), ("has_middle_out_transform", "boolean"), ("status_code", "smallint"),
     ("upstream_id", "text"), ("latency", "real"), ("moderation_latency", "real"), ("generation_time", "real"),
     ("is_byok", "boolean"), ("is_user_byok", "boolean"), ("streamed", "boolean"), ("cancelled", "boolean"),
     ("has_tools", "boolean"), ("machine_id", "text"), ("session_id", "text"), ("market_cost", "bigint"),
 )
-_USAGE_COLUMNS = [name for name, _ in _COLUMNS[:16]]
-_METADATA_COLUMNS = ["id", "created_at", *(name for name, _ in _COLUMNS[16:])]
+_COLUMNS = _USAGE + _METADATA
+_USAGE_COLUMNS = [name for name, _ in _USAGE]
+_METADATA_COLUMNS = ["id", "created_at", *(name for name, _ in _METADATA)]
 # The statement's array parameters: the columns, then the lookup values, then the user's charge.
 _ARRAYS = [*_COLUMNS, *((f"lk_{n}", "text") for n in LOOKUPS), ("user_charge", "bigint")]
 _LOOKUP_CTES = ",\n".join(
@@ -119,6 +125,12 @@ ON CONFLICT (organization_id, kilo_user_id, limit_type, usage_date)
 DO UPDATE SET microdollar_usage = organization_user_usage.microdollar_usage + EXCLUDED.microdollar_usage,
               updated_at = now()
 """
+# A restore replaces what an earlier write of the record left (the metadata row first: it
+# references nothing, but nothing may see the usage row without it).
+_FORGET_USAGE = """
+WITH metadata AS (DELETE FROM microdollar_usage_metadata WHERE id = $1)
+DELETE FROM microdollar_usage WHERE id = $1
+"""
 _LOG_REQUEST = """
 INSERT INTO api_request_log (kilo_user_id, organization_id, provider, model, status_code, request, response)
 VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -156,8 +168,25 @@ def stored_model(record: UsageRecord) -> str:
     return record.model or record.requested_model
 
 
-def _values(record: UsageRecord, charge: Charge, cost: int, cache_discount: int | None) -> tuple[dict[str, Any], list[Any]]:
-    """The record's lookup values, and its columns in `COLUMNS` order."""
+# Money and token columns: charged and stored exactly as priced, never altered to fit.
+_EXACT = frozenset(
+    {"cost", "input_tokens", "output_tokens", "cache_write_tokens", "cache_hit_tokens", "cache_discount", "market_cost"}
+)
+_KINDS = dict(_COLUMNS)
+# The text that only describes a request: what a record can be written without when Postgres
+# refuses it (`emptied`), so that the charge is still made. `request_log` is the employee log row.
+EMPTIABLE = frozenset(
+    [name for name, kind in _COLUMNS if kind == "text" and name not in ("kilo_user_id", "provider")]
+    + [*LOOKUPS, "request_log"]
+)
+_MISSING_MESSAGE_ID = "<missing>"  # message_id is NOT NULL (contract 7.5)
+
+
+def _values(
+    record: UsageRecord, charge: Charge, cost: int, cache_discount: int | None, emptied: frozenset[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The record's columns and lookup values by name, as stored: every descriptive value made
+    storable (`extproc/storable.py`), those in `emptied` left out."""
     prompt = record.prompt
     org = record.organization_id
     # Contract 7.4: organisation requests never store prompt text.
@@ -177,52 +206,83 @@ def _values(record: UsageRecord, charge: Charge, cost: int, cache_discount: int 
         "auto_model": record.auto_model,
     }
     usage = charge.usage
-    return lookups, [
-        record.usage_id,
-        record.kilo_user_id,
-        org,
-        record.provider,
-        cost,
-        usage.input_tokens,
-        usage.output_tokens,
-        usage.cache_write_tokens,
-        usage.cache_hit_tokens,
-        datetime.fromtimestamp(record.created_at, UTC),
-        stored_model(record),
-        record.requested_model,
-        cache_discount,
-        record.has_error,
-        charge.inference_provider,
-        record.project_id,
-        record.message_id or "<missing>",
-        user_prefix,
-        prompt.system_prompt_length if prompt else None,
-        record.max_tokens,
-        record.has_middle_out_transform,
-        record.status_code,
-        charge.upstream_id,
-        charge.latency,
-        charge.moderation_latency,
-        charge.generation_time,
-        usage.is_byok,
-        record.user_byok,
-        charge.streamed if charge.streamed is not None else record.streamed,
-        charge.cancelled if charge.cancelled is not None else record.aborted,
-        record.has_tools,
-        record.machine_id,
-        record.session_id,
-        usage.cost_microdollars,  # market cost: before zeroing (contract 7.4)
-    ]
+    columns: dict[str, Any] = {
+        "id": record.usage_id,
+        "kilo_user_id": record.kilo_user_id,
+        "organization_id": org,
+        "provider": record.provider,
+        "cost": cost,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "cache_hit_tokens": usage.cache_hit_tokens,
+        "created_at": datetime.fromtimestamp(record.created_at, UTC),
+        "model": stored_model(record),
+        "requested_model": record.requested_model,
+        "cache_discount": cache_discount,
+        "has_error": record.has_error,
+        "inference_provider": charge.inference_provider,
+        "project_id": record.project_id,
+        "message_id": record.message_id or _MISSING_MESSAGE_ID,
+        "user_prompt_prefix": user_prefix,
+        "system_prompt_length": prompt.system_prompt_length if prompt else None,
+        "max_tokens": record.max_tokens,
+        "has_middle_out_transform": record.has_middle_out_transform,
+        "status_code": record.status_code,
+        "upstream_id": charge.upstream_id,
+        "latency": charge.latency,
+        "moderation_latency": charge.moderation_latency,
+        "generation_time": charge.generation_time,
+        "is_byok": usage.is_byok,
+        "is_user_byok": record.user_byok,
+        "streamed": charge.streamed if charge.streamed is not None else record.streamed,
+        "cancelled": charge.cancelled if charge.cancelled is not None else record.aborted,
+        "has_tools": record.has_tools,
+        "machine_id": record.machine_id,
+        "session_id": record.session_id,
+        "market_cost": usage.cost_microdollars,  # before zeroing (contract 7.4)
+    }
+    for name, value in columns.items():
+        kind = _KINDS[name]
+        if name in emptied:
+            columns[name] = _MISSING_MESSAGE_ID if name == "message_id" else None
+        elif kind == "text" and isinstance(value, str):
+            columns[name] = storable.text(value)
+        elif kind in ("smallint", "integer", "bigint", "real") and name not in _EXACT:
+            columns[name] = storable.number(kind, value)
+    for name, value in lookups.items():
+        lookups[name] = None if name in emptied else storable.optional_text(value)
+    return columns, lookups
 
 
 async def write(
-    connection: asyncpg.Connection, record: UsageRecord, charge: Charge, cost: int, cache_discount: int | None
+    connection: asyncpg.Connection,
+    record: UsageRecord,
+    charge: Charge,
+    cost: int,
+    cache_discount: int | None,
+    *,
+    emptied: frozenset[str] = frozenset(),
+    restore: bool = False,
 ) -> Written:
     """One record of any kind; an organisation's or an employee's takes a transaction for its
-    follow-ups."""
+    follow-ups. `emptied`: descriptive columns (of `EMPTIABLE`) to store empty, because
+    Postgres refused their values (the writer's dead-letter path).
+
+    `restore`: the record was written before with `emptied` columns, and is written whole now
+    (a dead letter's replay once the cause is fixed). Its rows are replaced in one transaction;
+    nobody is charged again, and the request log is added only if it was left out.
+    """
     org = record.organization_id
+    if restore:
+        async with connection.transaction():
+            await connection.execute(_FORGET_USAGE, record.usage_id)
+            [written] = await _write_usage(connection, [(record, charge, cost, cache_discount)], charge_users=False)
+            if "request_log" in emptied:
+                await _log_request(connection, record)
+        return written
     async with connection.transaction() if not batchable(record) else contextlib.nullcontext():
-        [written] = await _write_usage(connection, [(record, charge, cost, cache_discount)])
+        [written] = await _write_usage(connection, [(record, charge, cost, cache_discount)], emptied=emptied)
         if not written.inserted:
             return written
         if org is not None:
@@ -231,22 +291,38 @@ async def write(
             if account is not None:
                 _low_balance_hook(org, account["balance"], cost, account["minimum_balance"])
             await connection.execute(_CHARGE_MEMBER_DAY, org, record.kilo_user_id, cost)
-        if record.request_log is not None:
-            log = record.request_log
-            await connection.execute(
-                _LOG_REQUEST,
-                record.kilo_user_id,
-                org,
-                record.provider,
-                record.requested_model,
-                record.status_code,
-                orjson.dumps(log.get("request")).decode(),
-                log.get("response"),
-            )
+        if "request_log" not in emptied:
+            await _log_request(connection, record)
     return written
 
 
+async def _log_request(connection: asyncpg.Connection, record: UsageRecord) -> None:
+    """Contract 8.2: an employee's final request and the upstream's response, made storable."""
+    if record.request_log is None:
+        return
+    log = record.request_log
+    response = log.get("response")
+    await connection.execute(
+        _LOG_REQUEST,
+        record.kilo_user_id,
+        record.organization_id,
+        record.provider,
+        storable.text(record.requested_model),
+        record.status_code,
+        orjson.dumps(storable.json_value(log.get("request"))).decode(),
+        storable.text(response) if isinstance(response, str) else None,
+    )
+
+
 Item = tuple[UsageRecord, Charge, int, int | None]  # record, charge, cost charged, cache discount
+
+
+def argument_name(message: str) -> str | None:
+    """The column (or lookup) behind the statement's `$N` that asyncpg names in an encoding
+    error, so that a refused value's log line says where it was headed."""
+    match = re.search(r"query argument \$(\d+)", message)
+    index = int(match.group(1)) - 1 if match else -1
+    return _ARRAYS[index][0].removeprefix("lk_") if 0 <= index < len(_ARRAYS) else None
 
 
 def batchable(record: UsageRecord) -> bool:
@@ -261,19 +337,26 @@ async def write_many(connection: asyncpg.Connection, items: list[Item]) -> list[
     return await _write_usage(connection, items)
 
 
-async def _write_usage(connection: asyncpg.Connection, items: list[Item]) -> list[Written]:
+async def _write_usage(
+    connection: asyncpg.Connection,
+    items: list[Item],
+    *,
+    emptied: frozenset[str] = frozenset(),
+    charge_users: bool = True,
+) -> list[Written]:
     """The usage statement for `items`; a user's charge only where there is no organisation."""
     first: dict[str, int] = {}
     for index, (record, _, _, _) in enumerate(items):
         first.setdefault(record.usage_id, index)
     unique = [items[index] for index in sorted(first.values())]
-    columns: list[list[Any]] = [[] for _ in range(len(_ARRAYS))]
+    arrays: list[list[Any]] = [[] for _ in range(len(_ARRAYS))]
     for record, charge, cost, discount in unique:
-        lookups, values = _values(record, charge, cost, discount)
-        user_charge = cost if record.organization_id is None else 0
-        for column, value in zip(columns, [*values, *(lookups[n] for n in LOOKUPS), user_charge], strict=True):
-            column.append(value)
-    rows = await connection.fetch(_WRITE_USAGE, *columns)
+        columns, lookups = _values(record, charge, cost, discount, emptied)
+        user_charge = cost if charge_users and record.organization_id is None else 0
+        row = [*(columns[n] for n, _ in _COLUMNS), *(lookups[n] for n in LOOKUPS), user_charge]
+        for array, value in zip(arrays, row, strict=True):
+            array.append(value)
+    rows = await connection.fetch(_WRITE_USAGE, *arrays)
     inserted = {row["usage_id"] for row in rows if row["usage_id"] is not None}
     charged = {row["user_id"]: row for row in rows if row["user_id"] is not None}
     for user_id in {

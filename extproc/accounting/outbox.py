@@ -5,21 +5,60 @@ from then on a record is durable (Redis' append-only file). Each writer reads wi
 consumer name, so after a crash and restart it first takes back what it had read but not
 acknowledged; entries of a writer that never came back are claimed by the others after
 `claim_idle_ms`.
-An entry is acknowledged and deleted only after its ledger transaction committed.
+An entry is acknowledged and deleted only after its ledger transaction committed, or after it
+moved to the dead-letter stream `gw:usage:dead` (a record Postgres refuses for its data, or an
+entry that is not a record at all): there it waits, with its error, for an operator to fix the
+cause and replay it (`llm-gateway outbox dead-letters`, `llm-gateway outbox replay`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from extproc.accounting.record import UsageRecord
 
+logger = logging.getLogger(__name__)
+
 STREAM = "gw:usage"
 GROUP = "ledger"
+DEAD_LETTERS = "gw:usage:dead"
 _FIELD = b"record"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record the ledger refused, as the dead-letter stream keeps it."""
+
+    entry_id: str
+    record: bytes  # the usage record's JSON, as it was in the outbox
+    error: str  # what Postgres (or the record's parser) said
+    columns: list[str]  # the descriptive columns written empty so that the charge was made
+    charged: bool  # the usage row (and its charge) is in the ledger, without `columns`
+    priced: dict[str, Any] | None  # the charge as priced: replayed as is, never priced again
+    at: float
+
+    def summary(self) -> dict[str, Any]:
+        """What an operator sees of it (no prompt text: the record stays in Redis)."""
+        try:
+            usage_id = orjson.loads(self.record).get("usage_id")
+        except (orjson.JSONDecodeError, AttributeError):
+            usage_id = None
+        return {
+            "entry_id": self.entry_id,
+            "usage_id": usage_id,
+            "error": self.error,
+            "columns": self.columns,
+            "charged": self.charged,
+            "cost_microdollars": self.priced.get("cost") if self.priced else None,
+            "at": self.at,
+        }
 
 
 class Outbox:
@@ -75,8 +114,21 @@ class Outbox:
             replies = await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=count, block=block_ms)
             entries = replies[0][1] if replies else []
         # An entry deleted while pending has no fields left: nothing to write, just release it.
-        await self.acknowledge([entry_id for entry_id, fields in entries if not fields])
-        return [(entry_id, UsageRecord.from_json(fields[_FIELD])) for entry_id, fields in entries if fields]
+        done = [entry_id for entry_id, fields in entries if not fields]
+        records: list[tuple[bytes, UsageRecord]] = []
+        for entry_id, fields in entries:
+            if not fields:
+                continue
+            try:
+                records.append((entry_id, UsageRecord.from_json(fields[_FIELD])))
+            except (KeyError, TypeError, ValueError) as exc:  # orjson's decode error is a ValueError
+                # Not a record this version can read: retrying cannot help, so it waits in the
+                # dead letters instead of failing every read.
+                logger.error("outbox entry unreadable; dead-lettered", extra={"entry_id": entry_id, "error": repr(exc)})
+                await self.dead_letter(fields.get(_FIELD) or repr(fields).encode(), repr(exc))
+                done.append(entry_id)
+        await self.acknowledge(done)
+        return records
 
     async def acknowledge(self, entry_ids: list[bytes]) -> None:
         if entry_ids:
@@ -84,6 +136,42 @@ class Outbox:
                 pipe.xack(STREAM, GROUP, *entry_ids)
                 pipe.xdel(STREAM, *entry_ids)
                 await pipe.execute()
+
+    async def dead_letter(
+        self,
+        record: bytes,
+        error: str,
+        *,
+        columns: list[str] | None = None,
+        charged: bool = False,
+        priced: dict[str, Any] | None = None,
+    ) -> None:
+        fields = {
+            _FIELD: record,
+            b"error": error,
+            b"columns": orjson.dumps(columns or []),
+            b"charged": b"1" if charged else b"0",
+            b"priced": orjson.dumps(priced),
+            b"at": repr(time.time()),
+        }
+        await self.redis.xadd(DEAD_LETTERS, fields)  # type: ignore[arg-type]
+
+    async def dead_letters(self, count: int = 10_000) -> list[DeadLetter]:
+        return [
+            DeadLetter(
+                entry_id=entry_id.decode(),
+                record=fields[_FIELD],
+                error=fields[b"error"].decode(),
+                columns=orjson.loads(fields[b"columns"]),
+                charged=fields[b"charged"] == b"1",
+                priced=orjson.loads(fields[b"priced"]),
+                at=float(fields[b"at"]),
+            )
+            for entry_id, fields in await self.redis.xrange(DEAD_LETTERS, count=count)
+        ]
+
+    async def forget_dead_letter(self, entry_id: str) -> None:
+        await self.redis.xdel(DEAD_LETTERS, entry_id)
 
     async def depth_and_age(self) -> tuple[int, float]:
         """Entries not yet written to the ledger, and the age in seconds of the oldest."""

@@ -2,8 +2,10 @@
 
 Per record: refetch the generation when the provider has the endpoint (contract 7.3), price it
 (7.4), write it idempotently (7.5; users' records many per statement), then acknowledge the
-outbox entry (in batches). A Postgres failure leaves the entry pending; it is retried with
-backoff until it commits, so an outage delays rows and never drops them. Its own process
+outbox entry (in batches). A lost connection (or a serialization failure, a deadlock) leaves
+the entry pending; it is retried with backoff until it commits, so an outage delays rows and
+never drops them. Data Postgres refuses is never retried: the record is charged without the
+refused descriptive text and moves to the dead letters (see `_dead_letter`). Its own process
 because this work (a generation lookup per record, statements, Redis reads and
 acknowledgements) would otherwise share the ext_proc's event loop with the requests and add
 to their latency.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -25,7 +28,7 @@ from extproc.accounting import cost, ledger
 from extproc.accounting.generation import fetch_generation
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.record import UsageRecord
-from extproc.db import POSTGRES_ERRORS
+from extproc.db import POSTGRES_ERRORS, refuses_data
 from extproc.settings import Settings
 from extproc.side import analytics
 
@@ -39,6 +42,12 @@ CHARGED = Counter(
 )
 LEDGER_ROWS = Counter("llm_gateway_ledger_rows", "Usage rows written (duplicates skipped).", ["result"])
 LEDGER_FAILURES = Counter("llm_gateway_ledger_write_failures", "Ledger transactions that failed (retried).")
+# `charged`: "true" when the row and its charge were written without the refused text.
+DEAD_LETTERS = Counter(
+    "llm_gateway_ledger_dead_letters",
+    "Usage records the ledger refused for their data, moved to the dead-letter stream.",
+    ["charged"],
+)
 # One writer sets these; under the stack's multiprocess metrics, a dead writer's value is dropped.
 OUTBOX_DEPTH = Gauge(
     "llm_gateway_outbox_depth", "Usage records waiting for the ledger.", multiprocess_mode="livemax"
@@ -76,6 +85,8 @@ class LedgerWriter:
         self._gauges_at = float("-inf")
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch = _Batch(db)
+        # Failed attempts per usage id for errors that are neither transient nor refused data.
+        self._attempts: dict[str, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read new entries continuously and write each as soon as it is priced; a slow
@@ -168,32 +179,53 @@ class LedgerWriter:
             await self.side.close(timeout=max(1.0, deadline - time.monotonic()))
 
     async def write(self, record: UsageRecord) -> bool:
-        """Price and write one record; False when Postgres failed (the caller retries)."""
+        """Price and write one record. True: done with it (written, or in the dead letters), so
+        its outbox entry may go; False: Postgres failed in a way worth retrying."""
         charge = await self._charge(record)
         charged, discount = cost.billable(
             charge, free_model=record.free_model, user_byok=record.user_byok, promotion=record.promotion
         )
-        side = self.side
-        first_usage_check = side is not None and side.analytics.check_first_usage(record)
-        first_usage, used_after = False, None
+        item: ledger.Item = (record, charge, charged, discount)
         try:
-            if not first_usage_check and ledger.batchable(record):
-                written = await self._batch.write((record, charge, charged, discount))
-            else:
-                async with self.db.acquire(timeout=10) as connection:
-                    if first_usage_check:
-                        written, first_usage, used_after = await _write_checking_first_usage(
-                            connection, record, charge, charged, discount
-                        )
-                    else:
-                        written = await ledger.write(connection, record, charge, charged, discount)
+            written, first_usage, used_after = await self._commit(item)
         except POSTGRES_ERRORS as exc:
+            if refuses_data(exc) or self._out_of_attempts(record.usage_id):
+                return await self._dead_letter(item, exc)
             LEDGER_FAILURES.inc()
             logger.error("ledger write failed; will retry", extra={"usage_id": record.usage_id, "error": repr(exc)})
             return False
+        self._attempts.pop(record.usage_id, None)
+        self._after_commit(item, written, first_usage, used_after)
+        return True
+
+    async def _commit(self, item: ledger.Item) -> tuple[ledger.Written, bool, int | None]:
+        """The ledger write; with the analytics' first-usage check where it applies."""
+        record = item[0]
+        side = self.side
+        first_usage_check = side is not None and side.analytics.check_first_usage(record)
+        if not first_usage_check and ledger.batchable(record):
+            try:
+                return await self._batch.write(item), False, None
+            except POSTGRES_ERRORS as exc:
+                if not refuses_data(exc):
+                    raise
+                # Some record of the batch holds data Postgres refuses: each is written alone,
+                # so that only the one at fault ends in the dead letters.
+        async with self.db.acquire(timeout=10) as connection:
+            if first_usage_check:
+                return await _write_checking_first_usage(connection, *item)
+            return await ledger.write(connection, *item), False, None
+
+    def _out_of_attempts(self, usage_id: str) -> bool:
+        self._attempts[usage_id] = attempts = self._attempts.get(usage_id, 0) + 1
+        return attempts >= self.settings.ledger_max_attempts
+
+    def _after_commit(self, item: ledger.Item, written: ledger.Written, first_usage: bool, used_after: int | None) -> None:
+        record, charge, charged, _ = item
         LEDGER_ROWS.labels("inserted" if written.inserted else "duplicate").inc()
         if written.inserted and charged:
             CHARGED.labels(record.provider).inc(charged)
+        side = self.side
         if written.inserted and side is not None:
             # After the commit, fire-and-forget (extproc/side): 8.3's cost report with the
             # market cost, and 7.5's first-usage events.
@@ -206,7 +238,81 @@ class LedgerWriter:
                 first_usage=first_usage,
                 microdollars_used=used_after,
             )
+
+    async def _dead_letter(self, item: ledger.Item, error: BaseException) -> bool:
+        """A record Postgres will not take as it is (a bug: `extproc/storable.py` should have
+        made it storable). The charge is still made, without the descriptive text Postgres
+        refused: found by trying, in transactions that are rolled back, which columns the
+        record can be written without. The record, the error and those columns go to the
+        dead-letter stream, for `llm-gateway outbox replay` once the cause is fixed. A record
+        that cannot be written even without its text (refused money or ids) is kept there
+        uncharged. False (retry later) only when Postgres or Redis failed on the way."""
+        record, charge, charged, discount = item
+        self._attempts.pop(record.usage_id, None)
+        try:
+            columns = await self._refused_columns(item, error)
+            written = None
+            if columns is not None:
+                async with self.db.acquire(timeout=10) as connection:
+                    written = await ledger.write(connection, *item, emptied=columns)
+            await self.outbox.dead_letter(
+                record.to_json(),
+                _describe(error),
+                columns=sorted(columns or ()),
+                charged=written is not None,
+                priced={"charge": charge, "cost": charged, "discount": discount},
+            )
+        except (*POSTGRES_ERRORS, RedisError) as exc:
+            LEDGER_FAILURES.inc()
+            logger.error(
+                "dead-lettering a usage record failed; will retry",
+                extra={"usage_id": record.usage_id, "error": repr(exc)},
+            )
+            return False
+        DEAD_LETTERS.labels("true" if written is not None else "false").inc()
+        logger.error(
+            "ledger refused a usage record; dead-lettered",
+            extra={
+                "usage_id": record.usage_id,
+                "columns": sorted(columns) if columns is not None else None,
+                "charged": written is not None,
+                "error": _describe(error),
+            },
+        )
+        if written is not None:
+            self._after_commit(item, written, False, None)
         return True
+
+    async def _refused_columns(self, item: ledger.Item, error: BaseException) -> frozenset[str] | None:
+        """The descriptive columns the record can be written without: those whose emptying
+        alone lets the write through, else all of them; None when even that fails."""
+        record, charge, charged, discount = item
+        candidates = sorted(ledger.EMPTIABLE)
+        named = getattr(error, "column_name", None)
+        if named in ledger.EMPTIABLE:
+            candidates.remove(named)
+            candidates.insert(0, named)  # Postgres named it: tried first
+        async with self.db.acquire(timeout=10) as connection:
+
+            async def writable(emptied: frozenset[str]) -> bool:
+                transaction = connection.transaction()
+                await transaction.start()
+                try:
+                    await ledger.write(connection, *item, emptied=emptied)
+                    return True
+                except POSTGRES_ERRORS as exc:
+                    if not refuses_data(exc):
+                        raise
+                    return False
+                finally:
+                    await transaction.rollback()
+
+            if not await writable(frozenset(candidates)):
+                return None
+            for column in candidates:
+                if await writable(frozenset({column})):
+                    return frozenset({column})
+        return frozenset(candidates)
 
     async def _charge(self, record: UsageRecord) -> cost.Charge:
         charge = cost.Charge(
@@ -273,6 +379,19 @@ class _Batch:
             for (_, future), written in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(written)
+
+
+def _describe(error: BaseException) -> str:
+    """The error as an operator needs it: class, SQLSTATE, message, and the column when it is
+    known; never the values (they may hold prompt text, which asyncpg's own messages quote)."""
+    state = getattr(error, "sqlstate", None)
+    message = _QUOTED_ARGUMENT.sub(r"\1\2", str(error))
+    column = getattr(error, "column_name", None) or ledger.argument_name(message)
+    return f"{type(error).__name__}{f' [{state}]' if state else ''}: {message}{f' (column {column})' if column else ''}"
+
+
+# asyncpg: "invalid input for query argument $5: ['the value'] (value out of int64 range)".
+_QUOTED_ARGUMENT = re.compile(r"(query argument \$\d+): .*( \([^()]*\))$", re.DOTALL)
 
 
 async def _write_checking_first_usage(

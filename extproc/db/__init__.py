@@ -12,3 +12,20 @@ POSTGRES_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
+
+# The ledger's idempotency conflict: the usage id already written (not a fault of the data).
+_IDEMPOTENCY_CONSTRAINTS = frozenset({"microdollar_usage_pkey", "microdollar_usage_metadata_pkey"})
+
+
+def refuses_data(error: BaseException) -> bool:
+    """Postgres (or asyncpg, before sending) refused the values themselves: a data exception
+    (SQLSTATE class 22), an integrity violation (class 23) other than the idempotency
+    conflict, or a value asyncpg cannot encode. Writing the same values again cannot succeed;
+    anything else (connection lost, serialization failure, deadlock, a restart) may."""
+    if isinstance(error, asyncpg.PostgresError):
+        state = error.sqlstate or ""
+        if state == "23505":
+            return getattr(error, "constraint_name", None) not in _IDEMPOTENCY_CONSTRAINTS
+        return state.startswith(("22", "23"))
+    # asyncpg's client-side DataError (also a ValueError), and what its encoders raise.
+    return isinstance(error, (asyncpg.exceptions._base.DataError, UnicodeEncodeError, OverflowError))

@@ -20,6 +20,8 @@ import aiohttp
 import orjson
 from prometheus_client import Counter
 
+from extproc import storable
+
 if TYPE_CHECKING:
     from extproc.settings import Settings
     from extproc.side.abuse import AbuseService
@@ -71,11 +73,13 @@ class SideClient:
         return task
 
     async def post(self, service: str, url: str, payload: Any, headers: dict[str, str]) -> tuple[bool, Any]:
-        """POST `payload` as JSON. Returns (True, parsed JSON body or None) on a 2xx answer;
-        (False, None) on anything else, which is logged and counted here."""
+        """POST `payload` as JSON, its text made storable (`extproc/storable.py`: a service that
+        stores it must not refuse a NUL from a prompt). Returns (True, parsed JSON body or None)
+        on a 2xx answer; (False, None) on anything else, which is logged and counted here."""
+        data = orjson.dumps(storable.json_value(payload))
         try:
             async with self.session().post(
-                url, data=orjson.dumps(payload), headers={"content-type": "application/json", **headers}
+                url, data=data, headers={"content-type": "application/json", **headers}
             ) as response:
                 body = await response.read()
                 if not 200 <= response.status < 300:
