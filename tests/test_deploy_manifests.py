@@ -601,14 +601,35 @@ def _is_dev(service: dict[str, Any]) -> bool:
     return labels.get(DEV_LABEL) == "true" or "dev" in service.get("profiles", [])
 
 
-def _dockerfile_installs_extras(dockerfile: Path) -> bool:
+_FROM = re.compile(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE)
+_PROJECT_EXTRA = re.compile(r"(^|\s)['\"]?(\.|llm-gateway)\[")
+
+
+def _stage_lines(dockerfile: Path, target: str | None) -> list[str]:
+    """The instructions that build `target` (the last stage when None), with the stages it
+    starts FROM: other stages of the file (a dev image, say) are not part of it."""
+    stages: dict[str, tuple[str, list[str]]] = {}
+    order: list[str] = []
+    for line in dockerfile.read_text().replace("\\\n", " ").splitlines():
+        if match := _FROM.match(line.strip()):
+            name = match.group(2) or f"#{len(order)}"
+            stages[name] = (match.group(1), [])
+            order.append(name)
+        elif order:
+            stages[order[-1]][1].append(line)
+    lines: list[str] = []
+    stage, seen = target or order[-1], set()
+    while stage in stages and stage not in seen:
+        seen.add(stage)
+        base, instructions = stages[stage]
+        lines += instructions
+        stage = base
+    return lines
+
+
+def _installs_extras(lines: list[str]) -> bool:
     """Any `pip install` of the project with an extra (`.[local]`, `llm-gateway[test]`)."""
-    text = dockerfile.read_text().replace("\\\n", " ")
-    return any(
-        re.search(r"(^|\s)['\"]?(\.|llm-gateway)\[", line.split("pip install", 1)[1])
-        for line in text.splitlines()
-        if "pip install" in line
-    )
+    return any(_PROJECT_EXTRA.search(line.split("pip install", 1)[1]) for line in lines if "pip install" in line)
 
 
 def test_compose_services_run_the_runtime_package_only() -> None:
@@ -623,13 +644,7 @@ def test_compose_services_run_the_runtime_package_only() -> None:
         build = service.get("build")
         if build is None:
             continue  # a third-party image (Postgres, Redis, Envoy)
-        context, dockerfile = (
-            (build, "Dockerfile")
-            if isinstance(build, str)
-            else (
-                build.get("context", "."),
-                build.get("dockerfile", "Dockerfile"),
-            )
-        )
-        assert not isinstance(build, dict) or not build.get("args"), f"{name}: build arguments may select extras"
-        assert not _dockerfile_installs_extras(COMPOSE_FILE.parent / context / dockerfile), name
+        spec = {"context": build} if isinstance(build, str) else build
+        assert not spec.get("args"), f"{name}: build arguments may select extras"
+        dockerfile = COMPOSE_FILE.parent / spec.get("context", ".") / spec.get("dockerfile", "Dockerfile")
+        assert not _installs_extras(_stage_lines(dockerfile, spec.get("target"))), f"{name} installs extras"
