@@ -142,12 +142,8 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
     return load_settings()
 
 
-def _bootstrap(settings: Settings) -> dict[str, Any]:
-    return render_bootstrap(settings)
-
-
 def _hcm(settings: Settings) -> dict[str, Any]:
-    listener = _bootstrap(settings)["static_resources"]["listeners"][0]
+    listener = render_bootstrap(settings)["static_resources"]["listeners"][0]
     return listener["filter_chains"][0]["filters"][0]["typed_config"]
 
 
@@ -162,7 +158,7 @@ def _rendered_routes(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def _rendered_clusters(settings: Settings) -> dict[str, dict[str, Any]]:
-    return {c["name"]: c for c in _bootstrap(settings)["static_resources"]["clusters"]}
+    return {c["name"]: c for c in render_bootstrap(settings)["static_resources"]["clusters"]}
 
 
 def _thresholds(cluster: dict[str, Any]) -> dict[str, Any]:
