@@ -7,7 +7,8 @@ Three kinds of checks on the hand-written bootstrap:
   file cannot drift silently;
 - the contract's core scenarios run through it: a second Envoy started from the file beside a
   normal test stack (ext_proc, Postgres, Redis, mock upstream, ledger writer), with only the
-  substitutions `envoy/CONTRACT.md` lists (ports, the ext_proc's address, providers -> mock).
+  substitutions `envoy/CONTRACT.md` lists (ports, the ext_proc's address, providers -> mock);
+  and once more with the ext_proc filter named as Envoy Gateway names it.
 
 Each scenario is its own client: Linux routes all of 127.0.0.0/8 to loopback, so a client that
 binds a fresh 127.x address is a new client IP to Envoy's `source.address`, with the bootstrap's
@@ -21,6 +22,7 @@ import os
 import subprocess
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,6 +241,19 @@ def for_test(config: dict[str, Any], *, listen: int, admin: int, extproc: int, m
     return config
 
 
+def renamed_ext_proc_filter(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The bootstrap with the ext_proc filter under another name, as Envoy Gateway names it."""
+    config = copy.deepcopy(config)
+    for http_filter in _hcm(config)["http_filters"]:
+        if http_filter["name"] == EXTPROC_FILTER:
+            http_filter["name"] = name
+    for route in _routes(config):
+        per_filter = route.get("typed_per_filter_config", {})
+        if EXTPROC_FILTER in per_filter:  # shared by several routes (a YAML alias): once
+            per_filter[name] = per_filter.pop(EXTPROC_FILTER)
+    return config
+
+
 @dataclass
 class ByoEnvoy:
     stack: Gateway
@@ -250,26 +265,35 @@ class ByoEnvoy:
 
 
 @pytest.fixture(scope="module")
-def byo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoEnvoy]:
-    data_dir = tmp_path_factory.mktemp("byo")
-    with running_stack(data_dir, LLM_GATEWAY_FREE_MODEL_LIMIT=str(FREE_MODEL_LIMIT)) as stack:
-        listen, admin = free_port(), free_port()
-        config = data_dir / "byo-envoy.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                for_test(bootstrap(), listen=listen, admin=admin, extproc=stack.ports["extproc"], mock=stack.ports["mock"])
-            )
-        )
-        envoy = Child.start(
-            "byo-envoy",
-            [envoy_binary(), "-c", str(config), "--base-id", str(admin), "--log-level", "warn"],
-            log=data_dir / "byo-envoy.log",
-        )
-        try:
-            wait_until("byo envoy", lambda: _ready(admin), envoy)
-            yield ByoEnvoy(stack, f"http://127.0.0.1:{listen}")
-        finally:
-            envoy.stop()
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    with running_stack(tmp_path_factory.mktemp("stack"), LLM_GATEWAY_FREE_MODEL_LIMIT=str(FREE_MODEL_LIMIT)) as gateway:
+        yield gateway
+
+
+@contextmanager
+def envoy_from(config: dict[str, Any], stack: Gateway, directory: Path) -> Iterator[ByoEnvoy]:
+    """Envoy started from `config` (with the test substitutions) in front of `stack`."""
+    listen, admin = free_port(), free_port()
+    path = directory / "envoy.yaml"
+    path.write_text(
+        yaml.safe_dump(for_test(config, listen=listen, admin=admin, extproc=stack.ports["extproc"], mock=stack.ports["mock"]))
+    )
+    envoy = Child.start(
+        "byo-envoy",
+        [envoy_binary(), "-c", str(path), "--base-id", str(admin), "--log-level", "warn"],
+        log=directory / "envoy.log",
+    )
+    try:
+        wait_until("byo envoy", lambda: _ready(admin), envoy)
+        yield ByoEnvoy(stack, f"http://127.0.0.1:{listen}")
+    finally:
+        envoy.stop()
+
+
+@pytest.fixture(scope="module")
+def byo(stack: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ByoEnvoy]:
+    with envoy_from(bootstrap(), stack, tmp_path_factory.mktemp("byo")) as envoy:
+        yield envoy
 
 
 def _ready(admin: int) -> bool:
@@ -399,3 +423,19 @@ def test_envoys_own_refusals_carry_json_bodies(byo: ByoEnvoy) -> None:
     invalid = client.get(f"{byo.url}/api/gateway/models")
     assert invalid.status_code == 400
     assert invalid.json() == {"error": "Invalid path", "message": "This endpoint only accepts the path `/chat/completions`."}
+
+
+def test_the_client_address_arrives_whatever_the_ext_proc_filter_is_named(
+    stack: Gateway, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Envoy Gateway names the filter after its policy; the attributes still arrive under the
+    # extension's own name, which is where the ext_proc reads them.
+    config = renamed_ext_proc_filter(bootstrap(), f"{EXTPROC_FILTER}/envoyextensionpolicy/llm/gateway/extproc/0")
+    with envoy_from(config, stack, tmp_path_factory.mktemp("renamed")) as envoy:
+        client, address = new_client()
+        response = chat(envoy, {"model": KILO_FREE}, client=client)
+        assert response.status_code == 200
+        [row] = wait_for_rows(stack, [response.json()["id"]])
+        assert row["kilo_user_id"] == f"anon:{address}"
+        # The per-route switch follows the name: other paths still skip the ext_proc.
+        assert client.get(f"{envoy.url}/anything").json() == {"error": "Not found"}
