@@ -139,6 +139,8 @@ def test_the_ext_proc_filter_is_configured_as_the_ext_proc_expects(defaults: Set
     }
     assert extproc["allow_mode_override"] is True
     assert extproc["failure_mode_allow"] is False
+    # Else Envoy ignores the ext_proc's removal of a client's `x-envoy-*` headers.
+    assert extproc["mutation_rules"] == {"allow_envoy": True}
     assert extproc["message_timeout"] == f"{defaults.extproc_message_timeout_ms / 1000:g}s"
     assert extproc["request_attributes"] == ["source.address"]
     assert "timeout" not in extproc["grpc_service"]  # the stream lives as long as the generation
@@ -337,6 +339,7 @@ def test_a_paid_stream_passes_through_and_is_charged_once(byo: ByoEnvoy) -> None
             UPSTREAM_HEADER: "provider_vercel",
             CUSTOM_HOST_HEADER: "evil.example",
             "x-client-secret": "leak-me",
+            "x-envoy-client-header": "leak-me",
         },
     )
     assert response.status_code == 200
