@@ -41,6 +41,7 @@ from extproc.envoy_config import (
     EXTPROC_FILTER,
     IMMEDIATE_DETAILS,
     UPSTREAM_HEADER,
+    render_bootstrap,
 )
 from extproc.mock_upstream import MockOptions, expected_usage
 from extproc.money import usd_to_microdollars
@@ -129,47 +130,40 @@ def test_the_ext_proc_filter_is_configured_as_the_ext_proc_expects(defaults: Set
     # The body is whole before the ext_proc sees it, and the router comes last.
     assert names.index("envoy.filters.http.buffer") < names.index(EXTPROC_FILTER) < names.index("envoy.filters.http.router")
     extproc = _http_filter(config, EXTPROC_FILTER)
-    assert extproc["processing_mode"] == {
-        "request_header_mode": "SEND",
-        "request_body_mode": "BUFFERED",
-        "request_trailer_mode": "SKIP",
-        "response_header_mode": "SEND",
-        "response_body_mode": "STREAMED",
-        "response_trailer_mode": "SKIP",
-    }
-    assert extproc["allow_mode_override"] is True
-    assert extproc["failure_mode_allow"] is False
-    # Else Envoy ignores the ext_proc's removal of a client's `x-envoy-*` headers.
-    assert extproc["mutation_rules"] == {"allow_envoy": True}
+    # The same filter settings as the gateway renders for itself: processing modes, the
+    # per-response override, fail-closed, message timeout, attributes, mutation rules.
+    rendered = _http_filter(render_bootstrap(defaults), EXTPROC_FILTER)
+    assert extproc == {**rendered, "grpc_service": extproc["grpc_service"]}
+    assert extproc["processing_mode"]["response_body_mode"] == "STREAMED"
     assert extproc["message_timeout"] == f"{defaults.extproc_message_timeout_ms / 1000:g}s"
     assert extproc["request_attributes"] == ["source.address"]
-    assert "timeout" not in extproc["grpc_service"]  # the stream lives as long as the generation
-    assert extproc["grpc_service"]["envoy_grpc"]["cluster_name"] in _clusters(config)
+    assert extproc["grpc_service"] == {"envoy_grpc": {"cluster_name": "extproc"}}  # no timeout
 
 
 def test_the_ext_proc_cluster_is_its_port_over_http2_with_raised_limits(defaults: Settings) -> None:
     config = bootstrap()
-    cluster = _clusters(config)[_http_filter(config, EXTPROC_FILTER)["grpc_service"]["envoy_grpc"]["cluster_name"]]
+    cluster = _clusters(config)["extproc"]
+    rendered = _clusters(render_bootstrap(defaults))["extproc"]
     assert _endpoint(cluster)["port_value"] == defaults.extproc_port
+    # Every in-flight request holds one stream for its whole life: Envoy's default of 1,024
+    # would answer the 1,025th concurrent request with a 500 (`overflow`).
+    assert cluster["circuit_breakers"] == rendered["circuit_breakers"]
     [thresholds] = cluster["circuit_breakers"]["thresholds"]
-    # Every in-flight request holds one stream for its whole life: Envoy's 1,024 would
-    # answer the 1,025th concurrent request with a 500. The design holds 1,000 streams with
-    # room to spare; 100,000 is what the rendered configuration sets.
-    for limit in ("max_connections", "max_pending_requests", "max_requests"):
-        assert thresholds[limit] >= 100_000, limit
-    options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
-    h2 = options["explicit_http_config"]["http2_protocol_options"]
-    assert h2["max_concurrent_streams"] >= 100_000
+    assert min(thresholds[k] for k in ("max_connections", "max_pending_requests", "max_requests")) >= 100_000
+    assert cluster["typed_extension_protocol_options"] == rendered["typed_extension_protocol_options"]
 
 
-def test_the_routing_headers_are_stripped_before_routing_and_removed_on_the_way_out() -> None:
+def test_the_routing_headers_are_stripped_before_routing_and_removed_on_the_way_out(defaults: Settings) -> None:
     config = bootstrap()
+    rendered = render_bootstrap(defaults)
     [strip] = _hcm(config)["early_header_mutation_extensions"]
     assert [m["remove"] for m in strip["typed_config"]["mutations"]] == [UPSTREAM_HEADER, CUSTOM_HOST_HEADER]
-    for route in _routes(config):
+    assert _hcm(config)["early_header_mutation_extensions"] == _hcm(rendered)["early_header_mutation_extensions"]
+    mine = {route["name"]: route for route in _routes(config) if "route" in route}
+    for route in _routes(rendered):
         if "route" in route:
-            removed = set(route["request_headers_to_remove"])
-            assert {UPSTREAM_HEADER, *ENVOY_REQUEST_HEADERS} <= removed, route["name"]
+            assert mine[route["name"]]["request_headers_to_remove"] == route["request_headers_to_remove"]
+            assert {UPSTREAM_HEADER, *ENVOY_REQUEST_HEADERS} <= set(route["request_headers_to_remove"])
 
 
 def test_every_cluster_the_ext_proc_chooses_has_a_route_and_reaches_its_provider(defaults: Settings) -> None:
