@@ -310,7 +310,8 @@ def new_client() -> tuple[httpx.Client, str]:
 def chat(byo: ByoEnvoy, body: dict[str, Any], token: str | None = None, client: httpx.Client | None = None) -> httpx.Response:
     headers = {"authorization": f"Bearer {token}"} if token else {}
     if client is None:
-        client, _ = new_client()
+        with new_client()[0] as own:
+            return own.post(byo.chat_url, json={"messages": MESSAGES, **body}, headers=headers)
     return client.post(byo.chat_url, json={"messages": MESSAGES, **body}, headers=headers)
 
 
