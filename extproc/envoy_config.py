@@ -180,6 +180,10 @@ def _extproc_filter(settings: Settings) -> dict[str, Any]:
             message_timeout=f"{settings.extproc_message_timeout_ms / 1000:g}s",
             max_message_timeout="30s",
             failure_mode_allow=False,
+            # Envoy ignores an ext_proc's changes to `x-envoy-*` headers by default, so a
+            # client's own `x-envoy-...` header would reach the provider although the ext_proc
+            # removes it (contract 2.15: only the gateway's headers go upstream).
+            mutation_rules={"allow_envoy": True},
             # The client address as Envoy derived it with the trusted hops (contract 11.2).
             # Every client header reaches the ext_proc, which removes all of them from the
             # upstream request: a header it never saw would go upstream untouched.

@@ -85,6 +85,7 @@ def test_upstream_gets_the_provider_key_and_none_of_the_client_headers(
             "authorization": f"Bearer {account['token']}",
             "cookie": "session=client-cookie",
             "x-custom-client-header": "leak-me",
+            "x-envoy-client-header": "leak-me",
             "user-agent": "test-client/1.0",
             "x-gateway-upstream": "provider_evil",
         },
