@@ -51,7 +51,7 @@ def finish_request(
     if suspicious_no_usage(summary):
         logger.warning("SUSPICIOUS: No usage chunk in stream", extra={"request_id": state.request_id})
     # Once: it also logs the contract's cost sanity warnings.
-    reported = usage_from_summary(summary)
+    reported = usage_from_summary(summary, cache_writes=state.translator is not None)
     _record_genai_metrics(state, summary, reported, provider, model)
     side.api_metrics.report(state, summary)  # 8.1: every upstream response, the 402 too
     # Contract 6.2: a provider's 402 on Kilo's own key is answered 503 and not accounted.

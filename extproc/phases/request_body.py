@@ -12,6 +12,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from extproc import errors, protocol
 from extproc.accounting.record import request_facts
 from extproc.auth.rules import is_employee
+from extproc.custom_llm import FORWARDABLE_KIND
 from extproc.directory import DirectoryUnavailable
 from extproc.limits import Admission
 from extproc.pipeline.auto_model import apply_auto_model, resolve_auto_model
@@ -130,8 +131,9 @@ def _shape(services: Services, state: RequestState, chat: ChatRequest, route: Ro
     apply_provider_specific_logic(
         provider.id, chat.model_lower, chat.body, extra_headers, services.settings.catalogue, list(route.user_byok) or None
     )
-    if route.custom_llm is not None:
-        # An openai-compatible custom LLM gets its own model id and extra body fields.
+    if route.custom_llm is not None and route.custom_llm.kind == FORWARDABLE_KIND:
+        # An openai-compatible custom LLM gets its own model id and extra body fields (3.4); the
+        # translated kinds take theirs from the row when the body is translated (forward).
         chat.body["model"] = route.custom_llm.internal_id
         chat.body.update(route.custom_llm.extra_body or {})
     return extra_headers
