@@ -9,13 +9,13 @@ extproc/local/mock_script.py and docs/mock-upstream.md.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
 
 from extproc.local.mock_script import MockScript, MockServer, split
 
-MESSAGE_ID = "msg_mock_0001"
 SIGNATURE = "mock-signature"
 # Anthropic's error type for a status, as its API names them.
 _ERROR_TYPES = {
@@ -26,6 +26,10 @@ _ERROR_TYPES = {
     429: "rate_limit_error",
     529: "overloaded_error",
 }
+
+
+def message_id() -> str:
+    return f"msg_mock_{uuid.uuid4().hex}"
 
 
 def tool_id(index: int) -> str:
@@ -56,7 +60,7 @@ class AnthropicProtocol:
 
     def events(self, script: MockScript, model: str) -> list[tuple[str, dict[str, Any]]]:
         message = {
-            "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": model, "content": [],
+            "id": message_id(), "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": self._usage(script, 1),
         }
         out: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": message})]
@@ -100,7 +104,7 @@ class AnthropicProtocol:
         for number, call in enumerate(script.tool_calls):
             content.append({"type": "tool_use", "id": tool_id(number), "name": call.name, "input": call.arguments})
         return {
-            "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": model, "content": content,
+            "id": message_id(), "type": "message", "role": "assistant", "model": model, "content": content,
             "stop_reason": self._stop_reason(script), "stop_sequence": None,
             "usage": self._usage(script, script.output_tokens),
         }

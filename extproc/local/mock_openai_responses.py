@@ -10,13 +10,13 @@ docs/mock-upstream.md.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
 
 from extproc.local.mock_script import MockScript, MockServer, split
 
-RESPONSE_ID = "resp_mock_0001"
 REASONING_ID = "rs_mock_0001"
 MESSAGE_ID = "msg_mock_0001"
 ENCRYPTED = "mock-encrypted-reasoning"
@@ -39,9 +39,11 @@ class ResponsesProtocol:
             return "a Bearer authorization header is required"
         return None
 
-    def _response(self, script: MockScript, model: str, status: str, output: list[dict[str, Any]]) -> dict[str, Any]:
+    def _response(
+        self, response_id: str, script: MockScript, model: str, status: str, output: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         response: dict[str, Any] = {
-            "id": RESPONSE_ID, "object": "response", "created_at": CREATED_AT, "status": status, "model": model,
+            "id": response_id, "object": "response", "created_at": CREATED_AT, "status": status, "model": model,
             "output": output, "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
             "error": None, "incomplete_details": None,
         }
@@ -70,12 +72,13 @@ class ResponsesProtocol:
 
     def events(self, script: MockScript, model: str) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
+        response_id = f"resp_mock_{uuid.uuid4().hex}"
 
         def emit(name: str, **data: Any) -> None:
             out.append((name, {"type": name, "sequence_number": len(out), **data}))
 
-        emit("response.created", response=self._response(script, model, "in_progress", []))
-        emit("response.in_progress", response=self._response(script, model, "in_progress", []))
+        emit("response.created", response=self._response(response_id, script, model, "in_progress", []))
+        emit("response.in_progress", response=self._response(response_id, script, model, "in_progress", []))
         items = self._items(script)
         for position, item in enumerate(items):
             kind = item["type"]
@@ -110,7 +113,7 @@ class ResponsesProtocol:
                 emit("response.function_call_arguments.done", item_id=item["id"], output_index=position,
                      arguments=item["arguments"])
             emit("response.output_item.done", output_index=position, item=item)
-        emit("response.completed", response=self._response(script, model, "completed", items))
+        emit("response.completed", response=self._response(response_id, script, model, "completed", items))
         return out
 
     def stream_error(self, script: MockScript) -> tuple[str, dict[str, Any]]:
@@ -118,7 +121,7 @@ class ResponsesProtocol:
                          "sequence_number": 0}
 
     def document(self, script: MockScript, model: str) -> dict[str, Any]:
-        return self._response(script, model, "completed", self._items(script))
+        return self._response(f"resp_mock_{uuid.uuid4().hex}", script, model, "completed", self._items(script))
 
     def error_body(self, status: int, message: str) -> dict[str, Any]:
         return {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
