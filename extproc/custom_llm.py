@@ -24,7 +24,8 @@ from extproc.envoy_config import CUSTOM_HTTP_CLUSTER, CUSTOM_HTTPS_CLUSTER
 from extproc.settings import Provider, Settings
 from extproc.translate.chat import ChunkWriter, ProviderRequest, ResponseTranslator
 from extproc.translate.chat_to_anthropic import AnthropicTranslator, anthropic_request
-from extproc.translate.chat_to_responses import ResponsesTranslator, responses_request
+from extproc.translate.chat_to_responses import PhaseCallback, ResponsesTranslator, responses_request
+from extproc.translate.openai_phase import OPENAI_BASE_URL
 
 if TYPE_CHECKING:
     from extproc.catalogue import FreeModel
@@ -75,11 +76,16 @@ class CustomLlm:
             legacy_extension=legacy_extension,
         )
 
-    def response_translator(self, *, legacy_extension: bool) -> ResponseTranslator:
+    @property
+    def remembers_phases(self) -> bool:
+        """Contract 3.4: OpenAI's `phase` is persisted for OpenAI's own endpoint only."""
+        return self.kind == "openai" and self.base_url == OPENAI_BASE_URL
+
+    def response_translator(self, *, legacy_extension: bool, on_phase: PhaseCallback | None = None) -> ResponseTranslator:
         writer = ChunkWriter(model=self.public_id, legacy_extension=legacy_extension)
         if self.kind == "anthropic":
             return AnthropicTranslator(writer)
-        return ResponsesTranslator(writer)
+        return ResponsesTranslator(writer, on_phase)
 
 
 def martian_llm(entry: FreeModel, martian: Provider) -> CustomLlm:

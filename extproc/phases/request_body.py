@@ -34,6 +34,7 @@ from extproc.services import Services
 from extproc.shaping.provider_rules import apply_provider_specific_logic
 from extproc.shaping.transform import transform_request
 from extproc.state import ChatRequest, RequestState
+from extproc.translate.openai_phase import PhaseMemory
 
 _LIMIT_REFUSALS = {
     Admission.FREE_MODEL_LIMIT: errors.FREE_MODEL_RATE_LIMITED,
@@ -111,7 +112,12 @@ async def _admit(services: Services, state: RequestState, raw: bytes) -> Process
     data_collection_gate(chat.body, model, catalogue)  # 2.13
     extra_headers = _shape(services, state, chat, route)
     route.count()
-    return forward(settings, state, chat, route, extra_headers)  # 2.15
+    phases = None
+    if route.custom_llm is not None and route.custom_llm.remembers_phases:
+        phases = PhaseMemory(
+            services.resources.db, settings.directory_query_timeout_seconds, identity.user_id, client.task_id
+        )
+    return await forward(settings, state, chat, route, extra_headers, phases)  # 2.15
 
 
 def _shape(services: Services, state: RequestState, chat: ChatRequest, route: Route) -> dict[str, str]:

@@ -20,6 +20,7 @@ from extproc.pipeline.routing import Route
 from extproc.settings import Settings
 from extproc.state import ChatRequest, RequestState
 from extproc.translate.chat import ProviderRequest
+from extproc.translate.openai_phase import PhaseMemory
 
 # Envoy owns these: host is rewritten per route, the others are dropped by the provider
 # route on the way out (removing x-forwarded-proto here would break Envoy's re-routing).
@@ -62,14 +63,23 @@ def translated_headers(route: Route, request: ProviderRequest, body_length: int)
     return headers
 
 
-def forward(
-    settings: Settings, state: RequestState, chat: ChatRequest, route: Route, extra_headers: dict[str, str]
+async def forward(
+    settings: Settings,
+    state: RequestState,
+    chat: ChatRequest,
+    route: Route,
+    extra_headers: dict[str, str],
+    phases: PhaseMemory | None = None,
 ) -> ProcessingResponse:
+    """`phases`: the OpenAI phase memory, when the custom LLM is OpenAI's own endpoint."""
     llm = route.custom_llm
     if llm is not None and llm.kind in TRANSLATED_KINDS:
         legacy = state.client is not None and state.client.is_legacy_extension
         request = llm.provider_request(chat.body, legacy_extension=legacy)
-        state.translator = llm.response_translator(legacy_extension=legacy)
+        if phases is not None:
+            await phases.inject(request.body)
+        on_phase = phases.remember if phases is not None else None
+        state.translator = llm.response_translator(legacy_extension=legacy, on_phase=on_phase)
         state.upstream_body = body = orjson.dumps(request.body)
         headers = translated_headers(route, request, len(body))
     else:

@@ -9,6 +9,7 @@ and of a whole Response object, into chat completions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,9 +213,22 @@ def _reasoning_detail(kind: str, item_id: str | None, index: int, **values: str)
     return detail
 
 
+PhaseCallback = Callable[[list[str], str], object]
+
+
+def _remember_phase(item: dict[str, Any], on_phase: PhaseCallback | None) -> None:
+    """An assistant message's `phase` has no place in chat completions: it is handed to the
+    phase memory (contract 3.4, `extproc/translate/openai_phase.py`)."""
+    phase = item.get("phase")
+    if on_phase is not None and item.get("type") == "message" and isinstance(phase, str):
+        texts = [p.get("text") or "" for p in item.get("content") or () if p.get("type") == "output_text"]
+        on_phase(texts, phase)
+
+
 @dataclass(slots=True)
 class ResponsesTranslator:
     writer: ChunkWriter
+    on_phase: PhaseCallback | None = None
     _parser: SseParser = field(default_factory=SseParser)
     _reasoning_index: dict[str, int] = field(default_factory=dict)  # reasoning item id -> detail index
     _finished: bool = False
@@ -257,6 +271,7 @@ class ResponsesTranslator:
             return writer.tool_arguments(data.get("item_id") or "", data.get("delta") or "")
         elif kind == "response.output_item.done":
             item = data.get("item") or {}
+            _remember_phase(item, self.on_phase)
             if item.get("type") == "reasoning" and isinstance(item.get("encrypted_content"), str):
                 item_id = item.get("id") or ""
                 detail = _reasoning_detail("reasoning.encrypted", item_id, self._reasoning(item_id), data=item["encrypted_content"])
@@ -283,6 +298,7 @@ class ResponsesTranslator:
         for item in response.get("output") or ():
             kind = item.get("type")
             if kind == "message":
+                _remember_phase(item, self.on_phase)
                 text.extend(p.get("text") or "" for p in item.get("content") or () if p.get("type") == "output_text")
             elif kind == "reasoning":
                 index = self._reasoning(item.get("id") or "")
