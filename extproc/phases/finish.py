@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 def summarize(state: RequestState, aborted: bool) -> ResponseSummary | None:
     if state.stream_tap is not None:
+        if aborted and state.translator is not None and not state.buffered:
+            # A custom LLM's stream cut short: the translator's finish chunk carries the usage
+            # the provider had reported so far (contract 3.4; it never reached the client).
+            state.stream_tap.feed(state.translator.finish())
         return state.stream_tap.finish(aborted=aborted)
     if state.json_body is not None and state.status is not None:
         summary = summarize_json_body(bytes(state.json_body), state.status)
