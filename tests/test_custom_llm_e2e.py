@@ -285,3 +285,19 @@ def test_mid_stream_error_reaches_the_openai_client(setup: Setup, kind: str) -> 
             model=llm.public_id, stream=True, messages=[{"role": "user", "content": directive(script)}]
         ):
             pass
+
+
+def test_a_stream_the_client_cuts_is_charged_what_the_provider_reported(setup: Setup) -> None:
+    llm, task = setup.anthropic, f"task-{uuid.uuid4().hex}"
+    script = {k: v for k, v in SCRIPT.items() if k not in ("thinking", "tool_calls")} | {"chunks": 20, "gap_ms": 200}
+    stream = setup.client(task).chat.completions.create(
+        model=llm.public_id, stream=True, messages=[{"role": "user", "content": directive(script)}],
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break  # the first text delta: message_start (input and cache tokens) came before it
+    stream.close()
+    [row] = ledger_rows(setup.gateway, task)
+    assert row["provider"] == "custom"
+    assert (row["input_tokens"], row["cache_hit_tokens"], row["cache_write_tokens"]) == (150, 30, 20)
+    assert row["has_error"] is True  # aborted
