@@ -23,6 +23,7 @@ import openai
 import orjson
 import pytest
 
+from extproc import errors
 from extproc.local.mock_anthropic import mock_anthropic
 from extproc.local.mock_openai_responses import mock_openai_responses
 from tests.conftest import Gateway, fresh_ip
@@ -301,3 +302,19 @@ def test_a_stream_the_client_cuts_is_charged_what_the_provider_reported(setup: S
     assert row["provider"] == "custom"
     assert (row["input_tokens"], row["cache_hit_tokens"], row["cache_write_tokens"]) == (150, 30, 20)
     assert row["has_error"] is True  # aborted
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+def test_the_ssrf_guard_applies_to_translated_custom_llms(setup: Setup, kind: str) -> None:
+    public_id = f"kilo-internal/{kind}-private-{uuid.uuid4().hex[:8]}"
+    _db(
+        setup.gateway,
+        "INSERT INTO custom_llm (public_id, display_name, context_length, max_completion_tokens, internal_id,"
+        " provider, base_url, api_key, organization_ids) VALUES ($1, 'Private', 1000, 100, 'm', $2,"
+        " 'http://169.254.169.254/v1', 'k', $3::jsonb)",
+        public_id, kind, orjson.dumps([setup.org]).decode(),
+    )
+    llm = Llm(public_id=public_id, internal_id="m", api_key="k", mock=setup.anthropic.mock)
+    response = _raw(setup, llm, {}, stream=False)
+    assert response.status_code == errors.CUSTOM_LLM_URL_REFUSED.status
+    assert response.json() == errors.CUSTOM_LLM_URL_REFUSED.body
