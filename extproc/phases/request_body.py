@@ -112,12 +112,12 @@ async def _admit(services: Services, state: RequestState, raw: bytes) -> Process
     data_collection_gate(chat.body, model, catalogue)  # 2.13
     extra_headers = _shape(services, state, chat, route)
     route.count()
-    phases = None
+    phase_memory = None
     if route.custom_llm is not None and route.custom_llm.remembers_phases:
-        phases = PhaseMemory(
+        phase_memory = PhaseMemory(
             services.resources.db, settings.directory_query_timeout_seconds, identity.user_id, client.task_id
         )
-    return await forward(settings, state, chat, route, extra_headers, phases)  # 2.15
+    return await forward(settings, state, chat, route, extra_headers, phase_memory)  # 2.15
 
 
 def _shape(services: Services, state: RequestState, chat: ChatRequest, route: Route) -> dict[str, str]:

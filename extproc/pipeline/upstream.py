@@ -69,16 +69,16 @@ async def forward(
     chat: ChatRequest,
     route: Route,
     extra_headers: dict[str, str],
-    phases: PhaseMemory | None = None,
+    phase_memory: PhaseMemory | None = None,
 ) -> ProcessingResponse:
-    """`phases`: the OpenAI phase memory, when the custom LLM is OpenAI's own endpoint."""
+    """`phase_memory`: for a custom LLM at OpenAI's own endpoint (contract 3.4)."""
     llm = route.custom_llm
     if llm is not None and llm.kind in TRANSLATED_KINDS:
         legacy = state.client is not None and state.client.is_legacy_extension
         request = llm.provider_request(chat.body, legacy_extension=legacy)
-        if phases is not None:
-            await phases.inject(request.body)
-        on_phase = phases.remember if phases is not None else None
+        if phase_memory is not None:
+            await phase_memory.inject(request.body)
+        on_phase = phase_memory.remember if phase_memory is not None else None
         state.translator = llm.response_translator(legacy_extension=legacy, on_phase=on_phase)
         state.upstream_body = body = orjson.dumps(request.body)
         headers = translated_headers(route, request, len(body))
