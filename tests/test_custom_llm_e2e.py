@@ -318,3 +318,19 @@ def test_the_ssrf_guard_applies_to_translated_custom_llms(setup: Setup, kind: st
     response = _raw(setup, llm, {}, stream=False)
     assert response.status_code == errors.CUSTOM_LLM_URL_REFUSED.status
     assert response.json() == errors.CUSTOM_LLM_URL_REFUSED.body
+
+
+def test_the_legacy_extension_sees_the_obscured_reasoning_format(setup: Setup) -> None:
+    llm, task = setup.openai, f"task-{uuid.uuid4().hex}"
+    client = setup.client(task).with_options(default_headers={"user-agent": "Kilo-Code/4.0.0"})
+    stream = client.chat.completions.create(
+        model=llm.public_id, stream=True, tools=TOOLS,
+        messages=[{"role": "user", "content": directive({"thinking": "Hmm."})}],
+    )
+    formats = {
+        detail["format"]
+        for chunk in stream for choice in chunk.choices
+        for detail in (choice.delta.model_extra or {}).get("reasoning_details") or ()
+    }
+    assert formats == {"openai-responses-v1-obscured"}
+    assert last_request(llm)["body"]["parallel_tool_calls"] is False
