@@ -22,15 +22,22 @@ import orjson
 from extproc.directory import TtlCache, fetch
 from extproc.envoy_config import CUSTOM_HTTP_CLUSTER, CUSTOM_HTTPS_CLUSTER
 from extproc.settings import Provider, Settings
+from extproc.translate.chat import ChunkWriter, ProviderRequest, ResponseTranslator
+from extproc.translate.chat_to_anthropic import AnthropicTranslator, anthropic_request
+from extproc.translate.chat_to_responses import PhaseCallback, ResponsesTranslator, responses_request
+from extproc.translate.openai_phase import OPENAI_BASE_URL
 
 if TYPE_CHECKING:
+    from extproc.catalogue import FreeModel
     from extproc.pipeline.routing import Route
 
-# Only this kind is forwarded as-is; `anthropic` and `openai` (Responses) need translation.
+# This kind is forwarded as-is (with `extra_body` merged); the others are translated.
 FORWARDABLE_KIND = "openai-compatible"
+TRANSLATED_KINDS = frozenset({"anthropic", "openai"})
 
 _SQL = """
-SELECT public_id, internal_id, provider, base_url, api_key, organization_ids, extra_body
+SELECT public_id, internal_id, provider, base_url, api_key, organization_ids, extra_body,
+       max_completion_tokens, force_reasoning
 FROM custom_llm WHERE public_id = $1
 """
 
@@ -48,6 +55,52 @@ class CustomLlm:
     api_key: str
     organization_ids: tuple[str, ...]
     extra_body: dict[str, Any] | None
+    max_completion_tokens: int
+    force_reasoning: bool
+
+    def provider_request(self, body: dict[str, Any], *, legacy_extension: bool) -> ProviderRequest:
+        """The translated request for an `anthropic` or `openai` row (contract 3.4)."""
+        if self.kind == "anthropic":
+            return anthropic_request(
+                body,
+                model=self.internal_id,
+                api_key=self.api_key,
+                default_max_tokens=self.max_completion_tokens,
+                legacy_extension=legacy_extension,
+            )
+        return responses_request(
+            body,
+            model=self.internal_id,
+            api_key=self.api_key,
+            force_reasoning=self.force_reasoning,
+            legacy_extension=legacy_extension,
+        )
+
+    @property
+    def remembers_phases(self) -> bool:
+        """Contract 3.4: OpenAI's `phase` is persisted for OpenAI's own endpoint only."""
+        return self.kind == "openai" and self.base_url == OPENAI_BASE_URL
+
+    def response_translator(self, *, legacy_extension: bool, on_phase: PhaseCallback | None = None) -> ResponseTranslator:
+        writer = ChunkWriter(model=self.public_id, legacy_extension=legacy_extension)
+        if self.kind == "anthropic":
+            return AnthropicTranslator(writer)
+        return ResponsesTranslator(writer, on_phase)
+
+
+def martian_llm(entry: FreeModel, martian: Provider) -> CustomLlm:
+    """Contract 3.4: the Martian free model is a synthetic custom LLM of kind `openai`."""
+    return CustomLlm(
+        public_id=entry.public_id,
+        internal_id=entry.internal_id,
+        kind="openai",
+        base_url=martian.api_url or "",
+        api_key=martian.api_key.get_secret_value() if martian.api_key is not None else "",
+        organization_ids=(),
+        extra_body=None,
+        max_completion_tokens=entry.max_completion_tokens,
+        force_reasoning=True,
+    )
 
 
 def _json(value: Any) -> Any:
@@ -86,6 +139,8 @@ class CustomLlms:
                 api_key=row["api_key"],
                 organization_ids=tuple(str(o) for o in (_json(row["organization_ids"]) or ())),
                 extra_body=extra if isinstance(extra, dict) else None,
+                max_completion_tokens=row["max_completion_tokens"],
+                force_reasoning=row["force_reasoning"],
             )
 
         return await self._rows.get(public_id, load)

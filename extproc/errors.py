@@ -169,6 +169,3 @@ CUSTOM_LLM_URL_REFUSED = readable(
     502, "The custom model's endpoint is not reachable from this gateway (its address is not allowed)."
 )
 
-
-def custom_llm_unsupported(kind: str) -> GatewayError:
-    return readable(501, f"Custom models of type '{kind}' are not supported by this gateway yet.")

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # the pipeline's types refer back to ChatRequest
     from extproc.response.rewrite import SseRewriter
     from extproc.shaping.transform import TransformResult
     from extproc.side.abuse import Classification
+    from extproc.translate.chat import ResponseTranslator
 
 
 @dataclass(slots=True)
@@ -57,6 +58,8 @@ class RequestState:
     response_content_type: str | None = None
     buffered: bool = False  # the response body arrives whole (not SSE, or an error)
     rewriter: SseRewriter | None = None  # free-model streams (contract 6.4)
+    translator: ResponseTranslator | None = None  # custom LLMs of another protocol (3.4)
+    translated: bytes | None = None  # the last chunk's translation, for the accounting tap
     first_byte_at: float | None = None
     first_chunk_at: float | None = None
     stream_tap: StreamTap | None = None

@@ -131,8 +131,11 @@ def summarize_json_body(body: bytes, status: int) -> ResponseSummary:
     return summary
 
 
-def usage_from_summary(summary: ResponseSummary) -> Usage:
-    """Tokens and cost from an OpenRouter-format usage object; missing fields count as 0."""
+def usage_from_summary(summary: ResponseSummary, *, cache_writes: bool = False) -> Usage:
+    """Tokens and cost from an OpenRouter-format usage object; missing fields count as 0.
+
+    Contract 7.2 counts no cache writes for providers; a custom LLM's synthesized usage does
+    carry them (`cache_writes`, contract 3.4)."""
     usage = summary.usage or {}
     raw_byok = usage.get("is_byok")
     is_byok = raw_byok if isinstance(raw_byok, bool) else None
@@ -143,7 +146,7 @@ def usage_from_summary(summary: ResponseSummary) -> Usage:
         input_tokens=token_count(usage.get("prompt_tokens")),
         output_tokens=token_count(usage.get("completion_tokens")),
         cache_hit_tokens=token_count(_dig(usage, "prompt_tokens_details", "cached_tokens")),
-        cache_write_tokens=0,
+        cache_write_tokens=token_count(_dig(usage, "prompt_tokens_details", "cache_write_tokens")) if cache_writes else 0,
         cost_microdollars=usd_to_microdollars(upstream_cost if is_byok else cost),
         is_byok=is_byok,
     )

@@ -442,17 +442,6 @@ def test_custom_llm_on_a_forbidden_network_is_refused(upstream: Gateway, custom_
     refused(upstream, chat(upstream, llm["public_id"], token=member["token"], org=org), errors.CUSTOM_LLM_URL_REFUSED)
 
 
-def test_anthropic_custom_llm_is_not_supported(upstream: Gateway, custom_org: tuple) -> None:
-    member, org = custom_org
-    llm = add_custom_llm(upstream, org, base_url=f"http://127.0.0.1:{mock_port(upstream)}/custom/v1", kind="anthropic")
-    response = chat(upstream, llm["public_id"], token=member["token"], org=org)
-    refused(upstream, response, errors.custom_llm_unsupported("anthropic"))
-    assert response.json() == {
-        "error": "Custom models of type 'anthropic' are not supported by this gateway yet.",
-        "message": "Custom models of type 'anthropic' are not supported by this gateway yet.",
-    }
-
-
 # --- 2. the rules of 5.2, observed upstream -----------------------------------------------------
 
 

@@ -122,6 +122,7 @@ class UsageRecord:
     # Side services (extproc/side): the abuse service's id for this request (0: none, 8.3),
     # and for the analytics events (7.5) the user's e-mail and usage before this request.
     abuse_request_id: int = 0
+    cache_write_tokens: int = 0  # only custom LLMs report them (contract 3.4)
     posthog_distinct_id: str | None = None
     prior_microdollar_usage: int | None = None
 
@@ -131,7 +132,7 @@ class UsageRecord:
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             cache_hit_tokens=self.cache_hit_tokens,
-            cache_write_tokens=0,
+            cache_write_tokens=self.cache_write_tokens,
             cost_microdollars=self.cost_microdollars,
             is_byok=self.is_byok,
         )
@@ -163,6 +164,7 @@ def response_fields(summary: ResponseSummary, usage: Usage) -> dict[str, Any]:
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
         "cache_hit_tokens": usage.cache_hit_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
         "cost_microdollars": usage.cost_microdollars,
         "is_byok": usage.is_byok,
     }

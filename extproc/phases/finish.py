@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 def summarize(state: RequestState, aborted: bool) -> ResponseSummary | None:
     if state.stream_tap is not None:
+        if aborted and state.translator is not None and not state.buffered:
+            # A custom LLM's stream cut short: the translator's finish chunk carries the usage
+            # the provider had reported so far (contract 3.4; it never reached the client).
+            state.stream_tap.feed(state.translator.finish())
         return state.stream_tap.finish(aborted=aborted)
     if state.json_body is not None and state.status is not None:
         summary = summarize_json_body(bytes(state.json_body), state.status)
@@ -51,7 +55,7 @@ def finish_request(
     if suspicious_no_usage(summary):
         logger.warning("SUSPICIOUS: No usage chunk in stream", extra={"request_id": state.request_id})
     # Once: it also logs the contract's cost sanity warnings.
-    reported = usage_from_summary(summary)
+    reported = usage_from_summary(summary, cache_writes=state.translator is not None)
     _record_genai_metrics(state, summary, reported, provider, model)
     side.api_metrics.report(state, summary)  # 8.1: every upstream response, the 402 too
     # Contract 6.2: a provider's 402 on Kilo's own key is answered 503 and not accounted.

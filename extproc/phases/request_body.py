@@ -12,6 +12,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from extproc import errors, protocol
 from extproc.accounting.record import request_facts
 from extproc.auth.rules import is_employee
+from extproc.custom_llm import FORWARDABLE_KIND
 from extproc.directory import DirectoryUnavailable
 from extproc.limits import Admission
 from extproc.pipeline.auto_model import apply_auto_model, resolve_auto_model
@@ -33,6 +34,7 @@ from extproc.services import Services
 from extproc.shaping.provider_rules import apply_provider_specific_logic
 from extproc.shaping.transform import transform_request
 from extproc.state import ChatRequest, RequestState
+from extproc.translate.openai_phase import PhaseMemory
 
 _LIMIT_REFUSALS = {
     Admission.FREE_MODEL_LIMIT: errors.FREE_MODEL_RATE_LIMITED,
@@ -110,7 +112,12 @@ async def _admit(services: Services, state: RequestState, raw: bytes) -> Process
     data_collection_gate(chat.body, model, catalogue)  # 2.13
     extra_headers = _shape(services, state, chat, route)
     route.count()
-    return forward(settings, state, chat, route, extra_headers)  # 2.15
+    phase_memory = None
+    if route.custom_llm is not None and route.custom_llm.remembers_phases:
+        phase_memory = PhaseMemory(
+            services.resources.db, settings.directory_query_timeout_seconds, identity.user_id, client.task_id
+        )
+    return await forward(settings, state, chat, route, extra_headers, phase_memory)  # 2.15
 
 
 def _shape(services: Services, state: RequestState, chat: ChatRequest, route: Route) -> dict[str, str]:
@@ -130,8 +137,9 @@ def _shape(services: Services, state: RequestState, chat: ChatRequest, route: Ro
     apply_provider_specific_logic(
         provider.id, chat.model_lower, chat.body, extra_headers, services.settings.catalogue, list(route.user_byok) or None
     )
-    if route.custom_llm is not None:
-        # An openai-compatible custom LLM gets its own model id and extra body fields.
+    if route.custom_llm is not None and route.custom_llm.kind == FORWARDABLE_KIND:
+        # An openai-compatible custom LLM gets its own model id and extra body fields (3.4); the
+        # translated kinds take theirs from the row when the body is translated (forward).
         chat.body["model"] = route.custom_llm.internal_id
         chat.body.update(route.custom_llm.extra_body or {})
     return extra_headers

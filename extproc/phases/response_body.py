@@ -26,6 +26,7 @@ from extproc.response.readable_errors import (
 from extproc.response.rewrite import rewrite_body
 from extproc.settings import Settings
 from extproc.state import RequestState
+from extproc.translate.chat import DEFAULT_ERROR_STATUS, error_json, error_stream
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ _LOGGED_ERROR_CHARS = 4096
 
 
 def reply_to_chunk(settings: Settings, state: RequestState, message: HttpBody) -> ProcessingResponse:
+    if state.translator is not None:
+        return _translate(state, message)
     if state.rewriter is not None:
         out = state.rewriter.feed(message.body)
         if message.end_of_stream:
@@ -43,6 +46,38 @@ def reply_to_chunk(settings: Settings, state: RequestState, message: HttpBody) -
     if state.buffered and message.end_of_stream:
         return _replace_buffered(settings, state, message.body)
     return protocol.RESPONSE_BODY_CONTINUE
+
+
+def _translate(state: RequestState, message: HttpBody) -> ProcessingResponse:
+    """A custom LLM of another protocol (contract 3.4): its bytes are replaced by chat completions."""
+    translator = state.translator
+    assert translator is not None and state.chat is not None
+    if not state.buffered:
+        out = translator.feed(message.body)
+        if message.end_of_stream:
+            out += translator.finish()
+        state.translated = out
+        return protocol.response_body_replace(out)
+    if not message.end_of_stream:
+        return protocol.RESPONSE_BODY_CONTINUE
+    status = state.status or 0
+    body = message.body
+    if status < 400:
+        try:
+            out = translator.translate_json(body)
+        except (ValueError, AttributeError, TypeError):  # not a provider response document
+            logger.warning("custom LLM response is not a JSON document", extra={"request_id": state.request_id})
+            status = DEFAULT_ERROR_STATUS
+    if status >= 400:
+        _log_upstream_error(state, body)
+        out = error_stream(status, body) if state.chat.stream else error_json(status, body)
+    # Contract 3.4: a stream's error is an SSE chunk on HTTP 200; a JSON error keeps its status.
+    if state.chat.stream and status >= 400:
+        headers = {":status": "200", "content-type": "text/event-stream"}
+    else:
+        headers = {":status": str(status), "content-type": "application/json"}
+    state.translated = out
+    return protocol.response_body_replace(out, protocol.header_mutation(headers))
 
 
 def _replace_buffered(settings: Settings, state: RequestState, body: bytes) -> ProcessingResponse:
@@ -108,9 +143,13 @@ def on_response_body(state: RequestState, message: HttpBody) -> None:
         state.first_chunk_at = time.monotonic()
     if state.response_copy is not None and len(state.response_copy) < MAX_LOGGED_RESPONSE_BYTES:
         state.response_copy += message.body[: MAX_LOGGED_RESPONSE_BYTES - len(state.response_copy)]
+    body = message.body
+    if state.translator is not None:
+        # Contract 3.4: a custom LLM's usage comes from the synthesized chat stream.
+        body, state.translated = state.translated or b"", None
     if state.stream_tap is not None:
-        state.stream_tap.feed(message.body)
-    elif state.json_body is not None and len(state.json_body) + len(message.body) <= MAX_JSON_BODY_BYTES:
-        state.json_body += message.body
+        state.stream_tap.feed(body)
+    elif state.json_body is not None and len(state.json_body) + len(body) <= MAX_JSON_BODY_BYTES:
+        state.json_body += body
 
 

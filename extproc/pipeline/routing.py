@@ -11,7 +11,7 @@ from prometheus_client import Counter
 
 from extproc import errors
 from extproc.byok import ByokDecryptionError
-from extproc.custom_llm import FORWARDABLE_KIND, CustomLlm, UnsafeCustomLlmUrl
+from extproc.custom_llm import FORWARDABLE_KIND, TRANSLATED_KINDS, CustomLlm, UnsafeCustomLlmUrl, martian_llm
 from extproc.pipeline.identity import Identity
 from extproc.pipeline.rejection import Rejection
 from extproc.settings import Provider
@@ -69,6 +69,17 @@ def _table_route(provider: Provider) -> Route:
     return Route(provider=provider, cluster=provider.cluster)
 
 
+async def _custom_route(services: Services, llm: CustomLlm) -> Route:
+    if llm.kind != FORWARDABLE_KIND and llm.kind not in TRANSLATED_KINDS:
+        logger.error("custom LLM of an unknown kind", extra={"model": llm.public_id, "kind": llm.kind})
+        raise Rejection(errors.SERVICE_UNAVAILABLE)
+    try:
+        return await services.custom_llms.route(llm)
+    except UnsafeCustomLlmUrl as exc:
+        logger.error("custom LLM URL refused", extra={"model": llm.public_id, "reason": str(exc)})
+        raise Rejection(errors.CUSTOM_LLM_URL_REFUSED) from None
+
+
 async def select_route(services: Services, chat: ChatRequest, identity: Identity, task_id: str | None) -> Route:
     settings, catalogue = services.settings, services.settings.catalogue
     model = chat.model_lower
@@ -95,13 +106,7 @@ async def select_route(services: Services, chat: ChatRequest, identity: Identity
     if model.startswith(CUSTOM_LLM_PREFIX) and identity.organization_id is not None:
         llm = await services.custom_llms.get(chat.model)
         if llm is not None and identity.organization_id in llm.organization_ids:
-            if llm.kind != FORWARDABLE_KIND:
-                raise Rejection(errors.custom_llm_unsupported(llm.kind))
-            try:
-                return await services.custom_llms.route(llm)
-            except UnsafeCustomLlmUrl as exc:
-                logger.error("custom LLM URL refused", extra={"model": model, "reason": str(exc)})
-                raise Rejection(errors.CUSTOM_LLM_URL_REFUSED) from None
+            return await _custom_route(services, llm)
 
     # 3. Vercel A/B.
     if vercel_eligible(model, chat.body, catalogue, universal_routing=settings.universal_vercel_routing):
@@ -118,8 +123,7 @@ async def select_route(services: Services, chat: ChatRequest, identity: Identity
     entry = catalogue.kilo_free_model(model)
     if entry is not None and entry.gateway != "openrouter":
         if entry.gateway == "martian":
-            # A synthetic custom LLM of kind `openai` (Responses API): not translated yet.
-            raise Rejection(errors.custom_llm_unsupported("openai"))
+            return await _custom_route(services, martian_llm(entry, providers["martian"]))
         return _table_route(providers[entry.gateway])
 
     # 5. OpenRouter.

@@ -10,6 +10,7 @@ import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
 from extproc import protocol
+from extproc.custom_llm import TRANSLATED_KINDS
 from extproc.envoy_config import (
     CUSTOM_HOST_HEADER,
     ENVOY_REQUEST_HEADERS,
@@ -18,6 +19,8 @@ from extproc.envoy_config import (
 from extproc.pipeline.routing import Route
 from extproc.settings import Settings
 from extproc.state import ChatRequest, RequestState
+from extproc.translate.chat import ProviderRequest
+from extproc.translate.openai_phase import PhaseMemory
 
 # Envoy owns these: host is rewritten per route, the others are dropped by the provider
 # route on the way out (removing x-forwarded-proto here would break Envoy's re-routing).
@@ -45,11 +48,43 @@ def upstream_headers(
     return headers
 
 
-def forward(
-    settings: Settings, state: RequestState, chat: ChatRequest, route: Route, extra_headers: dict[str, str]
+def translated_headers(route: Route, request: ProviderRequest, body_length: int) -> dict[str, str]:
+    """A translated custom LLM (contract 3.4) gets only what its own API expects: its path, its
+    way of presenting the key, and the JSON body."""
+    headers = {
+        UPSTREAM_HEADER: route.cluster,
+        ":path": f"{route.provider.base_path}{request.path}",
+        "content-type": "application/json",
+        "content-length": str(body_length),
+        **request.headers,
+    }
+    if route.custom_host is not None:
+        headers[CUSTOM_HOST_HEADER] = route.custom_host
+    return headers
+
+
+async def forward(
+    settings: Settings,
+    state: RequestState,
+    chat: ChatRequest,
+    route: Route,
+    extra_headers: dict[str, str],
+    phase_memory: PhaseMemory | None = None,
 ) -> ProcessingResponse:
-    state.upstream_body = body = orjson.dumps(chat.body)
-    headers = upstream_headers(settings, route, state.query, len(body), extra_headers)
+    """`phase_memory`: for a custom LLM at OpenAI's own endpoint (contract 3.4)."""
+    llm = route.custom_llm
+    if llm is not None and llm.kind in TRANSLATED_KINDS:
+        legacy = state.client is not None and state.client.is_legacy_extension
+        request = llm.provider_request(chat.body, legacy_extension=legacy)
+        if phase_memory is not None:
+            await phase_memory.inject(request.body)
+        on_phase = phase_memory.remember if phase_memory is not None else None
+        state.translator = llm.response_translator(legacy_extension=legacy, on_phase=on_phase)
+        state.upstream_body = body = orjson.dumps(request.body)
+        headers = translated_headers(route, request, len(body))
+    else:
+        state.upstream_body = body = orjson.dumps(chat.body)
+        headers = upstream_headers(settings, route, state.query, len(body), extra_headers)
     remove = [
         name
         for name in state.headers

@@ -1,0 +1,1 @@
+"""What the local stack runs besides the gateway itself: mock upstreams and their helpers."""

@@ -1,0 +1,228 @@
+"""The chat-completions side shared by every translator: chunks, usage, errors, framing.
+
+The shapes follow what the reference re-encodes for custom LLMs (contract 3.4): `model` is the
+custom LLM's public id, reasoning is `reasoning` plus `reasoning_details`, the usage rides on
+the finish chunk, a stream ends with one `data: [DONE]`, and errors are
+`{"error":{"message","code","type":"error"}}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+DONE = b"data: [DONE]\n\n"
+# A failure without an HTTP status of its own (the reference's default).
+DEFAULT_ERROR_STATUS = 500
+
+# reasoning_details formats (OpenRouter's names), and the one the legacy extension is shown.
+FORMAT_ANTHROPIC = "anthropic-claude-v1"
+FORMAT_OPENAI_RESPONSES = "openai-responses-v1"
+FORMAT_OPENAI_RESPONSES_OBSCURED = "openai-responses-v1-obscured"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRequest:
+    """What goes upstream instead of the chat request."""
+
+    path: str  # appended to the custom LLM's base path
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class TokenUsage:
+    """Tokens as the provider reported them; input includes the cached and cache-written ones."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def to_chat(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.input_tokens,
+            "completion_tokens": self.output_tokens,
+            "total_tokens": self.input_tokens + self.output_tokens,
+        }
+        if self.cache_read_tokens is not None or self.cache_write_tokens is not None:
+            details: dict[str, int] = {"cached_tokens": self.cache_read_tokens or 0}
+            if self.cache_write_tokens is not None:
+                details["cache_write_tokens"] = self.cache_write_tokens
+            usage["prompt_tokens_details"] = details
+        if self.reasoning_tokens is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return usage
+
+
+class ResponseTranslator(Protocol):
+    """Provider response bytes in, chat-completions bytes out."""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """A streamed chunk, split anywhere: the chat SSE events it completed."""
+        ...
+
+    def finish(self) -> bytes:
+        """End of the upstream stream: whatever is still owed to the client, `[DONE]` included."""
+        ...
+
+    def translate_json(self, body: bytes) -> bytes:
+        """A whole non-streamed provider response: one chat.completion document."""
+        ...
+
+
+def sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def error_object(message: str, code: int, raw: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"message": message, "code": code, "type": "error"}
+    if raw is not None:
+        error["metadata"] = {"raw": raw}
+    return {"error": error}
+
+
+def provider_error_message(body: bytes) -> str:
+    """The provider's own error text (both APIs nest it as `error.message`), else the body."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        obj = None
+    error = obj.get("error") if isinstance(obj, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if isinstance(message, str) and message:
+        return message
+    return body.decode("utf-8", "replace")[:1000] or "Generation failed"
+
+
+def error_json(status: int, body: bytes) -> bytes:
+    """Non-streamed upstream error (contract 3.4): the client gets it with the upstream status."""
+    return orjson.dumps(error_object(provider_error_message(body), status or DEFAULT_ERROR_STATUS))
+
+
+def error_stream(status: int, body: bytes) -> bytes:
+    """Streamed upstream error (contract 3.4): one SSE chunk with an `error` object, on HTTP 200."""
+    raw = body.decode("utf-8", "replace")
+    return sse(error_object(provider_error_message(body), status or DEFAULT_ERROR_STATUS, raw))
+
+
+@dataclass(slots=True)
+class ChunkWriter:
+    """Builds the chat chunks of one response: the id once known, the public model id, the
+    tool-call indices, and the legacy extension's reasoning format."""
+
+    model: str
+    legacy_extension: bool = False
+    message_id: str | None = None
+    tool_indices: dict[str, int] = field(default_factory=dict)
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
+        if self.legacy_extension:
+            obscure(delta.get("reasoning_details"))
+        choice: dict[str, Any] = {"index": 0, "delta": delta}
+        if finish_reason is not None:
+            choice["finish_reason"] = finish_reason
+        obj: dict[str, Any] = {}
+        if self.message_id is not None:
+            obj["id"] = self.message_id
+        obj.update({"object": "chat.completion.chunk", "model": self.model, "choices": [choice]})
+        if usage is not None:
+            obj["usage"] = usage
+        return sse(obj)
+
+    def text(self, text: str) -> bytes:
+        return self.chunk({"content": text})
+
+    def reasoning(self, text: str, detail: dict[str, Any]) -> bytes:
+        return self.chunk({"reasoning": text, "reasoning_details": [detail]})
+
+    def reasoning_detail(self, detail: dict[str, Any]) -> bytes:
+        return self.chunk({"reasoning_details": [detail]})
+
+    def tool_start(self, key: str, call_id: str, name: str) -> bytes:
+        index = self.tool_indices[key] = len(self.tool_indices)
+        call = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+        return self.chunk({"tool_calls": [call]})
+
+    def tool_arguments(self, key: str, arguments: str) -> bytes:
+        index = self.tool_indices.get(key, 0)
+        return self.chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
+
+
+def completion(
+    writer: ChunkWriter,
+    message_id: str | None,
+    message: dict[str, Any],
+    finish_reason: str,
+    usage: TokenUsage,
+) -> bytes:
+    """A non-streamed chat.completion document."""
+    if writer.legacy_extension:
+        obscure(message.get("reasoning_details"))
+    obj: dict[str, Any] = {}
+    if message_id is not None:
+        obj["id"] = message_id
+    obj.update(
+        {
+            "object": "chat.completion",
+            "model": writer.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+            "usage": usage.to_chat(),
+        }
+    )
+    return orjson.dumps(obj)
+
+
+def obscure(details: object) -> None:
+    """Contract 3.4: the legacy extension is shown `openai-responses-v1` as its obscured name."""
+    if isinstance(details, list):
+        for detail in details:
+            if isinstance(detail, dict) and detail.get("format") == FORMAT_OPENAI_RESPONSES:
+                detail["format"] = FORMAT_OPENAI_RESPONSES_OBSCURED
+
+
+def unobscure_messages(messages: list[dict[str, Any]]) -> None:
+    """Contract 3.4: the obscured name the legacy extension sends back is mapped back."""
+    for message in messages:
+        details = message.get("reasoning_details") if message.get("role") == "assistant" else None
+        if isinstance(details, list):
+            for detail in details:
+                if isinstance(detail, dict) and detail.get("format") == FORMAT_OPENAI_RESPONSES_OBSCURED:
+                    detail["format"] = FORMAT_OPENAI_RESPONSES
+
+
+def text_of(content: object) -> str:
+    """A message's text: the string, or its text parts concatenated."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def parse_arguments(arguments: object) -> Any:
+    """Tool-call arguments as a JSON value (providers take objects, chat sends strings)."""
+    if not isinstance(arguments, str) or not arguments.strip():
+        return {}
+    try:
+        return orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return {}
+
+
+def data_url(url: str) -> tuple[str, str] | None:
+    """(media type, base64 data) of a `data:<type>;base64,<data>` URL."""
+    if not url.startswith("data:"):
+        return None
+    header, sep, data = url[5:].partition(",")
+    media_type, _, encoding = header.partition(";")
+    if not sep or encoding != "base64" or not media_type:
+        return None
+    return media_type, data

@@ -1,0 +1,43 @@
+"""The Martian free model (contract 3.2 step 4, 3.4): once enabled by configuration it is
+routed as a synthetic custom LLM of kind `openai` (Responses API) at Martian's URL and key."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from extproc.catalogue import DEFAULT_FREE_MODELS, FreeModel
+from extproc.custom_llm import CustomLlms
+from extproc.pipeline.identity import Identity
+from extproc.pipeline.routing import select_route
+from extproc.settings import Settings
+from extproc.state import ChatRequest
+
+MARTIAN_MODEL = "x-ai/grok-code-fast-1:optimized:free"
+
+
+async def test_enabled_martian_free_model_is_a_synthetic_openai_custom_llm() -> None:
+    models = tuple(
+        FreeModel(**{**m, "is_enabled": m["public_id"] == MARTIAN_MODEL or m["is_enabled"]}) for m in DEFAULT_FREE_MODELS
+    )
+    settings = Settings(
+        free_models=models,
+        providers={"martian": {"api_url": "http://127.0.0.1:9/martian/v1", "api_key": "martian-key"}},
+        custom_llm_allowed_networks=("127.0.0.0/8",),
+    )
+    services = SimpleNamespace(settings=settings, custom_llms=CustomLlms(None, settings), byok_key=None)  # type: ignore[arg-type]
+    chat = ChatRequest(body={"model": MARTIAN_MODEL, "messages": []}, model=MARTIAN_MODEL, model_lower=MARTIAN_MODEL,
+                       stream=True)
+    identity = Identity(user_id="anon:1.2.3.4", user=None, organization_id=None, bot_id=None, token_source=None)
+
+    route = await select_route(services, chat, identity, None)  # type: ignore[arg-type]
+
+    assert route.provider.id == "custom"
+    llm = route.custom_llm
+    assert llm is not None
+    assert (llm.kind, llm.public_id, llm.internal_id) == ("openai", MARTIAN_MODEL, "x-ai/grok-code-fast-1:optimized")
+    assert (llm.base_url, llm.api_key, llm.force_reasoning) == ("http://127.0.0.1:9/martian/v1", "martian-key", True)
+    assert route.custom_host == "127.0.0.1:9"
+    translated = llm.provider_request({"messages": [], "reasoning": {"effort": "medium"}}, legacy_extension=False)
+    assert translated.path == "/responses"
+    assert translated.headers == {"authorization": "Bearer martian-key"}
+    assert translated.body["reasoning"] == {"effort": "medium", "summary": "auto"}
