@@ -78,6 +78,11 @@ class Admission(enum.Enum):
     PROMOTION_LIMIT = "promotion_limit"
 
 
+# A zero series per decision from the start, so a rejection rate is 0 rather than absent.
+for _admission in Admission:
+    RATE_LIMIT_DECISIONS.labels(decision=_admission.value)
+
+
 # KEYS[1] free window, KEYS[2] promotion window (same hash slot).
 # ARGV: kilo_free (0/1), anonymous (0/1), member, free_limit, free_window_ms,
 #       promotion_limit, promotion_window_ms.

@@ -25,6 +25,8 @@ REFETCHES = Counter(
     "Generation endpoint lookups, by outcome (found, not_found, failed).",
     ["outcome"],
 )
+for _outcome in ("found", "not_found", "failed"):  # zero series before the first of each
+    REFETCHES.labels(_outcome)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,5 +36,5 @@ def on_request_headers(
     if message.end_of_stream:
         # No body will follow: an empty body is not valid JSON (contract 2.1).
         state.status = errors.INVALID_JSON.status
-        return protocol.immediate(errors.INVALID_JSON)
-    return protocol.request_headers_continue()
+        return protocol.with_request_id(protocol.immediate(errors.INVALID_JSON), state.request_id)
+    return protocol.with_request_id(protocol.request_headers_continue(), state.request_id)

@@ -34,6 +34,10 @@ ERRORS = Counter(
     "Side-service calls that failed, timed out or were dropped (the request went on regardless).",
     ["service"],
 )
+# A zero series per service from the start, so dashboards and rate() see a service before its
+# first failure.
+for _service in ("abuse_classify", "abuse_cost", "api_metrics", "posthog"):
+    ERRORS.labels(_service)
 
 # Calls in flight at once; past this a call is dropped (and counted) rather than queued, so a
 # side service that hangs cannot make the process hoard tasks.
