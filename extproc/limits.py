@@ -59,6 +59,8 @@ import redis.asyncio
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from extproc import logs
+
 logger = logging.getLogger(__name__)
 
 RATE_LIMIT_ERRORS = Counter(
@@ -186,7 +188,7 @@ class FreeModelLimiter:
             RATE_LIMIT_ERRORS.inc()
             logger.error(
                 "rate limiter unavailable; failing open",
-                extra={"error_type": type(exc).__name__, "request_id": request_id},
+                extra={"request_id": request_id, **logs.failure(exc, "redis EVALSHA free-model limiter")},
             )
             decision = Admission.ADMITTED
         RATE_LIMIT_DECISIONS.labels(decision=decision.value).inc()

@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -39,3 +40,32 @@ def configure(component: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def failure(exc: BaseException, operation: str | None = None) -> dict[str, str]:
+    """The `extra=` of an error log: the exception's class and own message, and the operation
+    that failed (given, or the last note added to the exception: see `extproc.accounting.outbox`).
+    Not `repr(exc)`: redis-py's shows only the class (`server:ResponseError`), hiding Redis'
+    answer."""
+    fields = {"error": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__}
+    notes = getattr(exc, "__notes__", None)
+    if operation is None and notes:
+        operation = notes[-1]
+    if operation:
+        fields["operation"] = operation
+    # Postgres errors (asyncpg) name what they hit.
+    for name in ("sqlstate", "table_name", "constraint_name", "column_name", "detail"):
+        if value := getattr(exc, name, None):
+            fields[f"pg_{name}"] = str(value)
+    return fields
+
+
+def safe_url(url: str) -> str:
+    """A URL fit for a log: no user name or password, no query string (where keys could be)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

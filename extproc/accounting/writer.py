@@ -21,6 +21,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
+from extproc import logs
 from extproc.accounting import cost, ledger
 from extproc.accounting.generation import fetch_generation
 from extproc.accounting.outbox import Outbox
@@ -106,7 +107,7 @@ class LedgerWriter:
                     await _sleep_or_stop(stop, _READ_PAUSE_SECONDS)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failures += 1
-                logger.error("outbox read failed", extra={"error": repr(exc)})
+                logger.error("outbox read failed", extra=logs.failure(exc))
                 await _sleep_or_stop(stop, self._retry_delay())
 
     def _retry_delay(self) -> float:
@@ -135,7 +136,7 @@ class LedgerWriter:
             await self.outbox.acknowledge(done)
         except (RedisError, OSError, TimeoutError) as exc:
             # Written but not acknowledged: the entries come back and are skipped as duplicates.
-            logger.error("outbox acknowledge failed", extra={"error": repr(exc)})
+            logger.error("outbox acknowledge failed", extra=logs.failure(exc))
         finally:
             self._inflight.difference_update(done)
 
@@ -157,7 +158,7 @@ class LedgerWriter:
                     if not all(results):
                         break
         except (RedisError, OSError, TimeoutError) as exc:
-            logger.error("outbox unavailable during drain", extra={"error": repr(exc)})
+            logger.error("outbox unavailable during drain", extra=logs.failure(exc))
         await self.close(deadline)
 
     async def close(self, deadline: float) -> None:
@@ -189,7 +190,10 @@ class LedgerWriter:
                         written = await ledger.write(connection, record, charge, charged, discount)
         except POSTGRES_ERRORS as exc:
             LEDGER_FAILURES.inc()
-            logger.error("ledger write failed; will retry", extra={"usage_id": record.usage_id, "error": repr(exc)})
+            operation = "ledger.write_many" if ledger.batchable(record) and not first_usage_check else "ledger.write"
+            logger.error(
+                "ledger write failed; will retry", extra={"usage_id": record.usage_id, **logs.failure(exc, operation)}
+            )
             return False
         LEDGER_ROWS.labels("inserted" if written.inserted else "duplicate").inc()
         if written.inserted and charged:

@@ -20,6 +20,8 @@ import aiohttp
 import orjson
 from prometheus_client import Counter
 
+from extproc import logs
+
 if TYPE_CHECKING:
     from extproc.settings import Settings
     from extproc.side.abuse import AbuseService
@@ -91,7 +93,7 @@ class SideClient:
                     )
                     return False, None
         except Exception as exc:  # fail-open: connection refused, timeout, TLS, anything
-            failed(service, repr(exc), url=url)
+            failed(service, logs.failure(exc)["error"], url=url)
             return False, None
         try:
             return True, orjson.loads(body) if body else None
