@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import asyncpg
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from extproc.accounting.outbox import STREAM, Outbox
@@ -44,14 +45,23 @@ def redis7_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
     )
     try:
+        url = f"redis://127.0.0.1:{port}/0"
         deadline = time.monotonic() + 30
-        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True).stdout != "PONG\n":
+        while not _answers(url):
             assert server.poll() is None and time.monotonic() < deadline, "redis-server 7 did not start"
             time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield url
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=0.5) as probe:
+            return bool(probe.ping())
+    except redis.ConnectionError:
+        return False
 
 
 @pytest.fixture

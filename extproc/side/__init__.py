@@ -88,12 +88,12 @@ class SideClient:
                     failed(
                         service,
                         f"HTTP {response.status}",
-                        url=url,
+                        url=logs.safe_url(url),
                         body=body[:_LOGGED_BODY_CHARS].decode("utf-8", "replace"),
                     )
                     return False, None
         except Exception as exc:  # fail-open: connection refused, timeout, TLS, anything
-            failed(service, logs.failure(exc)["error"], url=url)
+            failed(service, logs.failure(exc)["error"], url=logs.safe_url(url))
             return False, None
         try:
             return True, orjson.loads(body) if body else None
