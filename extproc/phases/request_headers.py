@@ -8,7 +8,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 from google.protobuf.struct_pb2 import Struct
 
-from extproc import errors, protocol
+from extproc import errors, logs, protocol
 from extproc.envoy_config import EXTPROC_FILTER
 from extproc.state import RequestState
 
@@ -32,9 +32,10 @@ def on_request_headers(
     state.method = state.headers.get(":method", "")
     state.path = state.headers.get(":path", "")
     state.request_id = state.headers.get("x-request-id", "")
+    logs.REQUEST_ID.set(state.request_id or None)
     state.client_ip = client_ip(attributes.get(EXTPROC_FILTER))
     if message.end_of_stream:
         # No body will follow: an empty body is not valid JSON (contract 2.1).
         state.status = errors.INVALID_JSON.status
-        return protocol.immediate(errors.INVALID_JSON)
-    return protocol.request_headers_continue()
+        return protocol.with_request_id(protocol.immediate(errors.INVALID_JSON), state.request_id)
+    return protocol.with_request_id(protocol.request_headers_continue(), state.request_id)

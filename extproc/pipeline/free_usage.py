@@ -9,6 +9,7 @@ import logging
 
 import asyncpg
 
+from extproc import logs
 from extproc.db import POSTGRES_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -22,4 +23,4 @@ async def log_free_model_usage(pool: asyncpg.Pool, ip: str, model_lower: str, us
             async with pool.acquire() as connection:
                 await connection.execute(_INSERT, ip, model_lower, user_id)
     except POSTGRES_ERRORS as exc:
-        logger.error("free_model_usage insert failed", extra={"model": model_lower, "error": repr(exc)})
+        logger.error("free_model_usage insert failed", extra={"model": model_lower, **logs.failure(exc, "INSERT free_model_usage")})

@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 from prometheus_client import Counter
 
-from extproc import storable
+from extproc import logs, storable
 
 if TYPE_CHECKING:
     from extproc.settings import Settings
@@ -36,6 +36,10 @@ ERRORS = Counter(
     "Side-service calls that failed, timed out or were dropped (the request went on regardless).",
     ["service"],
 )
+# A zero series per service from the start, so dashboards and rate() see a service before its
+# first failure.
+for _service in ("abuse_classify", "abuse_cost", "api_metrics", "posthog"):
+    ERRORS.labels(_service)
 
 # Calls in flight at once; past this a call is dropped (and counted) rather than queued, so a
 # side service that hangs cannot make the process hoard tasks.
@@ -86,12 +90,12 @@ class SideClient:
                     failed(
                         service,
                         f"HTTP {response.status}",
-                        url=url,
+                        url=logs.safe_url(url),
                         body=body[:_LOGGED_BODY_CHARS].decode("utf-8", "replace"),
                     )
                     return False, None
         except Exception as exc:  # fail-open: connection refused, timeout, TLS, anything
-            failed(service, repr(exc), url=url)
+            failed(service, logs.failure(exc)["error"], url=logs.safe_url(url))
             return False, None
         try:
             return True, orjson.loads(body) if body else None
