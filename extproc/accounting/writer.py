@@ -49,6 +49,8 @@ DEAD_LETTERS = Counter(
     "Usage records the ledger refused for their data, moved to the dead-letter stream.",
     ["charged"],
 )
+for _charged in ("true", "false"):  # both series exist from the start: rates and alerts read 0
+    DEAD_LETTERS.labels(_charged)
 # One writer sets these; under the stack's multiprocess metrics, a dead writer's value is dropped.
 OUTBOX_DEPTH = Gauge(
     "llm_gateway_outbox_depth", "Usage records waiting for the ledger.", multiprocess_mode="livemax"
