@@ -83,9 +83,19 @@ class Child:
         logger.info(f"stopped {self.name}", extra={"returncode": self.process.returncode})
 
 
-def wait_until(what: str, ready: Callable[[], bool], child: Child, timeout: float = 60.0) -> None:
+def wait_until(
+    what: str,
+    ready: Callable[[], bool],
+    child: Child,
+    timeout: float = 60.0,
+    abort: Callable[[], bool] = lambda: False,
+) -> None:
+    """Polls `ready` until it holds; raises if the child exits, after `timeout`, or once `abort`
+    holds (the supervisor was told to stop meanwhile)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if abort():
+            raise RuntimeError(f"stopped while waiting for {what}")
         if not child.alive:
             raise RuntimeError(f"{child.name} exited with {child.process.returncode} before {what}")
         try:

@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +77,8 @@ class Stack:
         self.state_file: Path | None = None
         self.state: dict[str, object] = {}
         self.children: list[Child] = []
-        self.stopping = threading.Event()
+        # The stop signal received, if any (see `_on_stop_signal`).
+        self.stop_signal: int | None = None
         self.stop_metrics: Callable[[], None] | None = None
 
     def _export(self, **values: str) -> None:
@@ -194,7 +195,11 @@ class Stack:
             env={**os.environ, "LLM_GATEWAY_EXTPROC_PORT": str(port)},
             stop_timeout=settings.extproc_drain_seconds + 10,
         )
-        wait_until("ext_proc", lambda: port_open(settings.extproc_host, port), child)
+        try:
+            wait_until("ext_proc", lambda: port_open(settings.extproc_host, port), child, abort=self._stopping)
+        except (RuntimeError, TimeoutError):
+            child.stop()
+            raise
         self.restart[child.name] = lambda: self._extproc_worker(settings, worker)
         return child
 
@@ -211,6 +216,9 @@ class Stack:
                 "--drain-time-s", "5",
                 "--parent-shutdown-time-s", "10",
             ],
+            # Envoy exits at once on SIGTERM (its drain applies to hot restarts and to
+            # /drain_listeners, not to SIGTERM); nothing of it is worth waiting longer for.
+            stop_timeout=5,
         )
         self.children.append(child)
         wait_until("envoy", lambda: _envoy_ready(settings.envoy_admin_port), child)
@@ -229,10 +237,13 @@ class Stack:
         ext_proc worker or ledger writer that crashes (killed, or a non-zero exit) is started
         again: the writer's replacement resumes the accounting it had in flight."""
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.stopping.set())
-        while not self.stopping.wait(0.2):
+            signal.signal(sig, self._on_stop_signal)
+        while not self._stopping():
+            time.sleep(0.2)
             for index, child in enumerate(self.children):
-                if child.alive:
+                # A signal sent to every process (systemd's default, `kill 0`) also stops the
+                # children: their exits are then part of the shutdown, not crashes to restart.
+                if child.alive or self._stopping():
                     continue
                 code = child.process.returncode
                 if code != 0 and child.name in self.restart:
@@ -241,6 +252,8 @@ class Stack:
                     try:
                         self.children[index] = self.restart[child.name]()
                     except (RuntimeError, TimeoutError) as exc:
+                        if self._stopping():
+                            return 0
                         logger.error(f"{child.name} could not be restarted", extra={"error": str(exc)})
                         return 1
                     self._write_state()
@@ -248,6 +261,16 @@ class Stack:
                 logger.error(f"{child.name} exited", extra={"returncode": code})
                 return 1
         return 0
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        # Only an assignment. The handler runs in the main thread between two bytecodes, maybe
+        # while that thread holds a lock: threading.Event.set() here (as this code once did)
+        # deadlocks when the signal lands inside Event.wait() holding the Event's own lock,
+        # and the supervisor then hangs, never stopping its children.
+        self.stop_signal = signum
+
+    def _stopping(self) -> bool:
+        return self.stop_signal is not None
 
 
 def _local_secret(path: Path) -> str:
