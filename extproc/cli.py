@@ -74,7 +74,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     parser = _Parser(prog="llm-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="the whole stack in the foreground (embedded defaults)").set_defaults(
+    commands.add_parser("run", help="the whole stack in the foreground (embedded defaults; needs the local extra)").set_defaults(
         handler=_run
     )
     commands.add_parser("serve", help="the ext_proc gRPC server only").set_defaults(handler=_serve)
