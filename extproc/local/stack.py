@@ -263,10 +263,10 @@ class Stack:
         return 0
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
-        # Only an assignment. The handler runs in the main thread between two bytecodes, maybe
-        # while that thread holds a lock: threading.Event.set() here (as this code once did)
-        # deadlocks when the signal lands inside Event.wait() holding the Event's own lock,
-        # and the supervisor then hangs, never stopping its children.
+        # Only an assignment: a handler runs in the main thread between two bytecodes, maybe
+        # while that thread holds a lock. threading.Event.set() here can deadlock: a second
+        # signal (make forwards SIGTERM to its child) landing inside the first handler's set(),
+        # or a signal inside Event.wait(), finds the Event's lock held by the same thread.
         self.stop_signal = signum
 
     def _stopping(self) -> bool:
