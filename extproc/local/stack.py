@@ -139,7 +139,10 @@ class Stack:
     def _write_state(self) -> None:
         assert self.state_file is not None
         self.state["children"] = {child.name: child.process.pid for child in self.children}
-        self.state_file.write_text(json.dumps(self.state, indent=2))
+        # Written aside, then renamed: readers polling for the file never see it half written.
+        partial = self.state_file.with_suffix(".partial")
+        partial.write_text(json.dumps(self.state, indent=2))
+        partial.replace(self.state_file)
 
     def _start_mock(self, port: int) -> None:
         child = Child.start(
