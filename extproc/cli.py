@@ -11,7 +11,7 @@ from extproc import logs
 
 
 def _run(args: argparse.Namespace) -> int:
-    from extproc import stack
+    from extproc.local import stack
 
     logs.configure("stack")
     return stack.run()
@@ -36,7 +36,7 @@ def _ledger_writer(args: argparse.Namespace) -> int:
 
 
 def _mock_upstream(args: argparse.Namespace) -> int:
-    from extproc import mock_upstream
+    from extproc.local import mock_upstream
 
     logs.configure("mock_upstream")
     try:
@@ -74,7 +74,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     parser = _Parser(prog="llm-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="the whole stack in the foreground (embedded defaults)").set_defaults(
+    commands.add_parser("run", help="the whole stack in the foreground (embedded defaults; needs the local extra)").set_defaults(
         handler=_run
     )
     commands.add_parser("serve", help="the ext_proc gRPC server only").set_defaults(handler=_serve)
@@ -86,7 +86,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     mock = commands.add_parser("mock-upstream", help="the OpenRouter-compatible mock upstream")
     if command not in admin.COMMAND_GROUPS:
-        from extproc import mock_upstream
+        from extproc.local import mock_upstream
 
         mock_upstream.add_cli_arguments(mock)
     mock.set_defaults(handler=_mock_upstream)

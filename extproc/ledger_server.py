@@ -14,7 +14,7 @@ import signal
 from extproc import metrics
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.writer import LedgerWriter
-from extproc.processes import run_event_loop
+from extproc.event_loop import run_event_loop
 from extproc.resources import Resources
 from extproc.settings import Settings
 from extproc.side import SideServices

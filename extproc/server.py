@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from extproc import metrics
-from extproc.processes import run_event_loop
+from extproc.event_loop import run_event_loop
 from extproc.processor import Processor
 from extproc.resources import Resources
 from extproc.services import Services

@@ -189,10 +189,14 @@ class Settings(BaseSettings):
     # Envoy waits this long for each ext_proc reply before failing the request closed.
     extproc_message_timeout_ms: int = Field(default=5000, gt=0)
     extproc_max_message_bytes: int = Field(default=64 * MIB, gt=0)
-    extproc_drain_seconds: float = Field(default=30.0, ge=0)
-    # On shutdown, time given to write what is waiting in the accounting outbox (the rest is
-    # written by the next start or another replica).
-    accounting_drain_seconds: float = Field(default=25.0, ge=0)
+    # Shutdown (SIGTERM), sized to fit Kubernetes' default terminationGracePeriodSeconds (30)
+    # with room to spare; README "Deploying" maps them to Envoy's and Docker's timeouts.
+    # The ext_proc: streams in flight get this long to finish after health turns NOT_SERVING.
+    extproc_drain_seconds: float = Field(default=20.0, ge=0)
+    # Then the ext_proc hands its last usage records over, and the ledger writer finishes the
+    # writes it has started, within this; records still waiting on a generation lookup stay in
+    # the outbox for the next writer (or another replica).
+    accounting_drain_seconds: float = Field(default=5.0, ge=0)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     # The ledger writer process (`llm-gateway ledger-writer`): its outbox consumer name, kept

@@ -25,8 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from extproc.embedded import start_postgres
-from extproc.processes import free_port
+from extproc.local.embedded import start_postgres
+from extproc.local.processes import free_port
 
 STARTUP_TIMEOUT = 120
 

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import orjson
 
-from extproc.mock_upstream import MockOptions, expected_usage
+from extproc.local.mock_upstream import MockOptions, expected_usage
 from extproc.money import usd_to_microdollars
 from tests.conftest import Gateway, fresh_ip
 

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from extproc.mock_upstream import MockOptions, expected_usage
+from extproc.local.mock_upstream import MockOptions, expected_usage
 from extproc.money import usd_to_microdollars
 from tests.conftest import Gateway, fresh_ip
 from tests.test_accounting_e2e import _message_id, db, wait_for_rows

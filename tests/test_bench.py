@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import report
-from extproc.processes import Child, free_port, port_open, wait_until
+from extproc.local.processes import Child, free_port, port_open, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -43,11 +43,11 @@ from extproc.envoy_config import (
     UPSTREAM_HEADER,
     render_bootstrap,
 )
-from extproc.mock_upstream import MockOptions, expected_usage
+from extproc.local.mock_upstream import MockOptions, expected_usage
+from extproc.local.processes import Child, free_port, wait_until
+from extproc.local.stack import envoy_binary
 from extproc.money import usd_to_microdollars
-from extproc.processes import Child, free_port, wait_until
 from extproc.settings import Settings, load_settings
-from extproc.stack import envoy_binary
 from tests.bodies import FREE_LIMIT
 from tests.conftest import Gateway, running_stack
 from tests.test_accounting_e2e import db, wait_for_rows

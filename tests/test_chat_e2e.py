@@ -9,7 +9,7 @@ import openai
 import orjson
 import pytest
 
-from extproc.mock_upstream import MockOptions, expected_text, expected_usage
+from extproc.local.mock_upstream import MockOptions, expected_text, expected_usage
 from tests.conftest import Gateway
 
 MESSAGES = [

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from extproc.envoy_config import UPSTREAM_HEADER, render_bootstrap, render_bootstrap_yaml
+from extproc.local.stack import envoy_binary
 from extproc.settings import Settings, load_settings
-from extproc.stack import envoy_binary
 
 
 def _validate(settings: Settings, tmp_path: Path) -> None:

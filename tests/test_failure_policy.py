@@ -18,8 +18,8 @@ import httpx
 import orjson
 import pytest
 
-from extproc.embedded import start_postgres, start_redis
-from extproc.processes import Child, free_port
+from extproc.local.embedded import start_postgres, start_redis
+from extproc.local.processes import Child, free_port
 from tests.bodies import FREE_LIMIT, SERVICE_UNAVAILABLE
 from tests.conftest import Gateway, fresh_ip, running_stack
 

@@ -32,8 +32,8 @@ from extproc.accounting.outbox import DEAD_LETTERS, Outbox
 from extproc.accounting.record import PromptInfo, UsageRecord
 from extproc.accounting.writer import LedgerWriter
 from extproc.db.migrate import migrate
-from extproc.embedded import start_redis
-from extproc.processes import free_port
+from extproc.local.embedded import start_redis
+from extproc.local.processes import free_port
 from extproc.settings import load_settings
 
 COST = 1234  # what the upstream billed, in microdollars

@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
-from extproc.embedded import start_redis
 from extproc.limits import Admission, FreeModelLimiter
-from extproc.processes import free_port
+from extproc.local.embedded import start_redis
+from extproc.local.processes import free_port
 
 IP = "203.0.113.7"
 

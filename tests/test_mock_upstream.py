@@ -1,4 +1,4 @@
-"""Behaviour of the OpenRouter-compatible mock upstream (extproc/mock_upstream.py)."""
+"""Behaviour of the OpenRouter-compatible mock upstream (extproc/local/mock_upstream.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from extproc import mock_upstream
-from extproc.mock_upstream import (
+from extproc.local import mock_upstream
+from extproc.local.mock_upstream import (
     MockOptions,
     MockRequestError,
     add_cli_arguments,
@@ -429,7 +429,7 @@ def test_cli_options() -> None:
 async def test_serve(caplog: pytest.LogCaptureFixture) -> None:
     """serve() applies its defaults, and (with handler cancellation) records an
     aborted stream as soon as the client hangs up, without waiting out the delay."""
-    caplog.set_level(logging.INFO, logger="extproc.mock_upstream")
+    caplog.set_level(logging.INFO, logger="extproc.local.mock_upstream")
     task = asyncio.create_task(serve("127.0.0.1", 0, MockOptions(chunks=3)))
     try:
         deadline = time.monotonic() + 5

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from extproc.accounting.outbox import STREAM, Outbox
 from extproc.accounting.writer import LedgerWriter
-from extproc.processes import free_port
+from extproc.local.processes import free_port
 from extproc.settings import Settings
 from tests.test_side_services import record
 

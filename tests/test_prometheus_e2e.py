@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from extproc.processes import free_port
+from extproc.local.processes import free_port
 from tests.conftest import Gateway, running_stack
 from tests.observability import ALERT_RULES, DASHBOARD, tool
 

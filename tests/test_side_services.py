@@ -27,9 +27,9 @@ from extproc.accounting.cost import Charge
 from extproc.accounting.record import UsageRecord, request_facts
 from extproc.accounting.writer import LedgerWriter
 from extproc.directory import User
+from extproc.local.processes import free_port
 from extproc.pipeline.client_headers import extract_client_info
 from extproc.pipeline.identity import Identity
-from extproc.processes import free_port
 from extproc.settings import Provider, Settings, load_settings
 from extproc.shaping.transform import TransformResult
 from extproc.side import SideServices

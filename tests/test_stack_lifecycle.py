@@ -13,7 +13,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from extproc.processes import port_open
+from extproc.local.processes import port_open
 from tests.conftest import Gateway, start_stack, stop_stack
 
 

@@ -116,7 +116,13 @@ class UsageSubmitter:
         self.unsent.extend(self.pending)
         self.pending = []
         while self.unsent and time.monotonic() < deadline:
-            if not await self.fallback.write(self.unsent[0]):
+            # A generation lookup alone may retry for 20 s: the deadline bounds each write too.
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    written = await self.fallback.write(self.unsent[0])
+            except TimeoutError:
+                break
+            if not written:
                 break
             self.unsent.popleft()
         if self.unsent:

