@@ -253,6 +253,7 @@ def main() -> None:
         print("wrk is not installed: the wrk runs are skipped (make bench-tools installs it from Debian as root)")
     if args.report_only:
         stored = json.loads((args.out / "results.json").read_text())
+        stored["targets"] = report.targets(stored)  # as the current targets read it
         (args.out / "results.md").write_text(report.markdown(stored))
         return
 
