@@ -1,10 +1,11 @@
-"""`make bench`: the gateway side by side with Envoy alone and LiteLLM's proxy, in one run.
+"""`make bench`: the gateway beside Envoy alone, two ext_proc floors and LiteLLM's proxy, in one run.
 
 Starts the upstream (bench/systems.py), then each system in turn, and drives it from a separate
-load-generator process (bench/load.py) at several concurrencies, for JSON responses and for
-streams. Every figure of a system is compared with Envoy alone measured in the same run. The
-gateway's ext_proc CPU and memory are read from /proc (psutil), and after its runs the ledger
-must hold exactly one row per request it served. Results: bench/results/results.{json,md}.
+load-generator process at several concurrencies: JSON responses with bench/load.py and with wrk
+(bench/wrk.py), streams with bench/load.py. Every figure of a system is compared with Envoy alone
+and the minimal floor measured in the same run. The CPU and memory of every process involved are
+read by role (ProcessWatch), and after the gateway's runs the ledger must hold one row per
+request served (report.ledger_verdict). Results: bench/results/results.{json,md}.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
   responses (never the bottleneck), and routing `?mode=sse` (or the `/sse/` prefix, for clients
   that cannot add a query string) to the lean streaming mock (bench/sse_upstream.py);
 - Envoy alone: the same Envoy build routing the gateway's path straight to the upstream;
+- the floors: the no-op ext_proc (bench/noop_extproc.py) behind a minimal Envoy configuration
+  with the gateway's processing modes, and behind the gateway's own rendered configuration;
 - the gateway: `llm-gateway run` with OpenRouter pointed at the upstream, a real user with credits;
 - LiteLLM's proxy (optional `bench-peers` extra), with the same upstream behind it.
 """
