@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/llm-gateway run
 
-test: $(STAMP) test-tools
+test: $(STAMP) test-tools bench-tools
 	$(BIN)/ruff check extproc tests bench
 	$(BIN)/python -m pytest
 

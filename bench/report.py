@@ -184,7 +184,9 @@ def markdown(results: dict[str, Any]) -> str:
                 if not cpu:
                     continue
                 parts = {role: value for role, value in cpu.items() if role not in ("ext_proc", "accounting")}
-                by_role = " · ".join(f"{role} {value:.3f}" for role, value in sorted(cpu.items()))
+                # The sums first, then each process.
+                order = sorted(cpu, key=lambda role: (role in parts, role))
+                by_role = " · ".join(f"{role} {cpu[role]:.3f}" for role in order)
                 lines.append(f"| {name} | {kind} | {concurrency} | {sum(parts.values()):.3f} | {by_role} |")
     lines += [
         "",

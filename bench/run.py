@@ -174,7 +174,8 @@ def run_system(system: System, work: Path, args: argparse.Namespace, upstream: d
             else:
                 outcome = load(system, work, concurrency=concurrency, duration=args.duration, warmup=args.warmup,
                                stream=kind == "stream")
-        figures[kind][str(concurrency)] = {**outcome, **extra}
+        run = figures[kind][str(concurrency)] = {**outcome, **extra}
+        run["cpu_ms_per_request"] = report.cpu_per_request(run)
         timing = (f"ttft p50 {outcome['ttft_ms']['p50']} ms, gap p50 {outcome['chunk_gap_ms']['p50']} ms"
                   if kind == "stream" else f"{outcome['rps']:.0f} req/s, p50 {outcome['latency_ms']['p50']} ms")
         print(f"  {system.name} {kind} c={concurrency}: {timing}, errors {outcome['errors']}", flush=True)
@@ -184,6 +185,7 @@ def run_system(system: System, work: Path, args: argparse.Namespace, upstream: d
             outcome = load(system, work, concurrency=args.held_streams, duration=120, warmup=0, stream=True,
                            requests=args.held_streams, query="&chunks=10&interval_ms=1000")
         figures["held_streams"] = {**outcome, **extra}
+        figures["held_streams"]["cpu_ms_per_request"] = report.cpu_per_request(figures["held_streams"])
         print(f"  {system.name} {args.held_streams} held streams: {outcome['requests']} done, "
               f"errors {outcome['errors']}", flush=True)
     return figures
