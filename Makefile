@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-tools bench bench-peers envoy-config clean
+.PHONY: run test test-tools bench bench-peers bench-tools envoy-config clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/llm-gateway run
 
-test: $(STAMP) test-tools
+test: $(STAMP) test-tools bench-tools
 	$(BIN)/ruff check extproc tests bench
 	$(BIN)/python -m pytest
 
@@ -33,12 +33,23 @@ test-tools:
 			--no-install-recommends prometheus redis-server >/dev/null; \
 	else echo "test-tools: apt-get as root is unavailable; Prometheus and Redis 7 tests will skip"; fi
 
-# The benchmark (bench/README.md): Envoy alone, the gateway, and LiteLLM when installed.
-bench: $(STAMP)
+# The benchmark (bench/README.md): Envoy alone, both ext_proc floors, the gateway, and LiteLLM
+# when installed.
+bench: $(STAMP) bench-tools
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-bench-peers: $(STAMP)
+# `wrk` from Debian: the C load generator for the JSON throughput runs, so that the generator's
+# own CPU does not skew the systems against each other. Without it those runs are skipped.
+bench-tools:
+	@if command -v wrk >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends wrk >/dev/null; \
+	else echo "bench-tools: wrk is missing and apt-get as root is unavailable; install wrk" \
+		"(Debian/Ubuntu: apt-get install wrk) or the wrk runs are skipped"; fi
+
+bench-peers: $(STAMP) bench-tools
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench-peers]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

@@ -3,10 +3,10 @@
 `python -m bench.noop_extproc --port P --cluster C --path /api/v1/chat/completions` answers each
 Envoy message with the least the gateway's own Envoy configuration needs to work: the request
 body is routed to the provider cluster (the routing header, path and content length the real
-ext_proc sets), the response is streamed, every chunk passes unchanged (the query string is kept, as the gateway
-keeps it). Same gRPC stack, same
-server options, same Envoy configuration as the gateway: what it costs is what the protocol
-costs, and the gateway's figures above it are what its own work costs.
+ext_proc sets), the response is streamed, every chunk passes unchanged (the query string is
+kept, as the gateway keeps it). Same gRPC stack and server options as the gateway. Behind a minimal Envoy configuration it measures what the protocol
+costs; behind the gateway's own, what that configuration adds; the gateway's figures above the
+latter are what its own work costs.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
   responses (never the bottleneck), and routing `?mode=sse` (or the `/sse/` prefix, for clients
   that cannot add a query string) to the lean streaming mock (bench/sse_upstream.py);
 - Envoy alone: the same Envoy build routing the gateway's path straight to the upstream;
+- the floors: the no-op ext_proc (bench/noop_extproc.py) behind a minimal Envoy configuration
+  with the gateway's processing modes, and behind the gateway's own rendered configuration;
 - the gateway: `llm-gateway run` with OpenRouter pointed at the upstream, a real user with credits;
 - LiteLLM's proxy (optional `bench-peers` extra), with the same upstream behind it.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from extproc.envoy_config import UPSTREAM_HEADER
 from extproc.local.processes import Child, free_port, port_open, wait_until
 from extproc.local.stack import envoy_binary
 
@@ -205,7 +208,8 @@ def start_envoy_alone(work: Path, upstream: str) -> System:
     }]
     bootstrap = _bootstrap(admin, port, routes, [_cluster("upstream", upstream_port)])
     envoy = _envoy("envoy-alone", _json_file(work, "envoy-alone", bootstrap), admin)
-    return System("envoy-alone", f"http://127.0.0.1:{port}{GATEWAY_PATH}", {}, [envoy])
+    return System("envoy-alone", f"http://127.0.0.1:{port}{GATEWAY_PATH}", {}, [envoy],
+                  measured={"envoy": [envoy.process.pid]})
 
 
 def _gateway_environment(data: Path, upstream: str, workers: int) -> dict[str, str]:
@@ -231,24 +235,95 @@ def start_extproc_floor(work: Path, upstream: str, workers: int) -> System:
     config = data / "envoy.yaml"
     config.write_text(subprocess.run([sys.executable, "-m", "extproc.cli", "envoy-config"], env=env, check=True,
                                      capture_output=True, text=True).stdout)
-    first = int(env["LLM_GATEWAY_EXTPROC_PORT"])
-    children = []
-    for port in range(first, first + workers):
-        child = Child.start(
-            f"noop-ext_proc-{port - first}",
-            [sys.executable, "-m", "bench.noop_extproc", "--port", str(port), "--cluster", "provider_openrouter",
-             "--path", "/api/v1/chat/completions"],
-            env=env,
-        )
-        wait_until("no-op ext_proc", lambda: port_open("127.0.0.1", port), child)
-        children.append(child)
+    children = _noop_extprocs(env, int(env["LLM_GATEWAY_EXTPROC_PORT"]), workers)
     envoy = _envoy("envoy", config, int(env["LLM_GATEWAY_ENVOY_ADMIN_PORT"]))
     return System(
         "ext_proc-floor",
         f"http://127.0.0.1:{env['LLM_GATEWAY_LISTEN_PORT']}{GATEWAY_PATH}",
         {},
         [*children, envoy],
-        measured={"ext_proc": [child.process.pid for child in children]},
+        measured={"envoy": [envoy.process.pid],
+                  **{f"ext_proc_{i}": [child.process.pid] for i, child in enumerate(children)}},
+    )
+
+
+# The gateway's processing modes (extproc/envoy_config.py), the per-response override included.
+PROCESSING_MODE = {
+    "request_header_mode": "SEND",
+    "request_body_mode": "BUFFERED",
+    "request_trailer_mode": "SKIP",
+    "response_header_mode": "SEND",
+    "response_body_mode": "STREAMED",
+    "response_trailer_mode": "SKIP",
+}
+FLOOR_CLUSTER = "provider_openrouter"
+
+
+def minimal_floor_bootstrap(admin_port: int, listen_port: int, extproc_ports: list[int], upstream_port: int) -> dict[str, Any]:
+    """Envoy with nothing but the ext_proc filter (the gateway's four processing modes) and the
+    router: the route picks the cluster the no-op ext_proc names in its routing header, after it
+    cleared the route cache, as the gateway's configuration does."""
+    bootstrap = _bootstrap(admin_port, listen_port, [{
+        "match": {"prefix": "/"},
+        "route": {"cluster_header": UPSTREAM_HEADER, "timeout": "0s"},
+    }], [_cluster(FLOOR_CLUSTER, upstream_port)])
+    extproc = {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "extproc"}},
+            "processing_mode": PROCESSING_MODE,
+            "allow_mode_override": True,
+        },
+    }
+    manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    manager["http_filters"].insert(0, extproc)
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    bootstrap["static_resources"]["clusters"].append({
+        **_cluster("extproc", extproc_ports[0]),
+        "load_assignment": {"cluster_name": "extproc", "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": _address(port)}} for port in extproc_ports]}]},
+        "typed_extension_protocol_options": {options: {
+            "@type": f"type.googleapis.com/{options}",
+            "explicit_http_config": {"http2_protocol_options": {"max_concurrent_streams": 100_000}},
+        }},
+    })
+    return bootstrap
+
+
+def _noop_extprocs(env: dict[str, str], first: int, workers: int) -> list[Child]:
+    children = []
+    for port in range(first, first + workers):
+        child = Child.start(
+            f"noop-ext_proc-{port - first}",
+            [sys.executable, "-m", "bench.noop_extproc", "--port", str(port), "--cluster", FLOOR_CLUSTER,
+             "--path", "/api/v1/chat/completions"],
+            env=env,
+        )
+        wait_until("no-op ext_proc", lambda: port_open("127.0.0.1", port), child)
+        children.append(child)
+    return children
+
+
+def start_minimal_floor(work: Path, upstream: str, workers: int) -> System:
+    """A minimal Envoy configuration (`minimal_floor_bootstrap`) with the same no-op ext_proc
+    processes as the gateway-configuration floor: what the protocol alone costs."""
+    data = work / "minimal-floor"
+    data.mkdir()
+    env = _gateway_environment(data, upstream, workers)
+    first = int(env["LLM_GATEWAY_EXTPROC_PORT"])
+    children = _noop_extprocs(env, first, workers)
+    port, admin = free_port(), free_port()
+    bootstrap = minimal_floor_bootstrap(admin, port, list(range(first, first + workers)),
+                                        int(upstream.rsplit(":", 1)[1]))
+    envoy = _envoy("minimal-floor-envoy", _json_file(work, "minimal-floor-envoy", bootstrap), admin)
+    return System(
+        "minimal-floor",
+        f"http://127.0.0.1:{port}{GATEWAY_PATH}",
+        {},
+        [*children, envoy],
+        measured={"envoy": [envoy.process.pid],
+                  **{f"ext_proc_{i}": [child.process.pid] for i, child in enumerate(children)}},
     )
 
 
@@ -278,12 +353,17 @@ def start_gateway(work: Path, upstream: str, workers: int) -> System:
         f"{state['gateway_url']}{GATEWAY_PATH}",
         {"authorization": f"Bearer {user['token']}"},
         [stack],
-        measured={
-            "ext_proc": [pid for name, pid in children.items() if name.startswith("ext_proc")],
-            "ledger_writer": [children["ledger-writer"]],
-        },
+        measured={**{gateway_role(name): [pid] for name, pid in children.items()}, "supervisor": [state["pid"]]},
         ledger=Ledger(state["database_url"], user["id"], state["metrics_url"]),
     )
+
+
+def gateway_role(child: str) -> str:
+    """The role a process of `llm-gateway run` is reported under: "ext_proc" and "ext_proc-N"
+    are the workers ext_proc_0 and ext_proc_N, as the floors' no-op processes are."""
+    if child == "ext_proc":
+        return "ext_proc_0"
+    return child.replace("-", "_")
 
 
 def litellm_available() -> bool:
@@ -323,4 +403,5 @@ def start_litellm(work: Path, upstream: str, workers: int) -> System:
         [child],
         stream_query="",
         stream_model="bench-sse",
+        measured={"litellm": [child.process.pid]},
     )

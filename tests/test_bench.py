@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import report
+from bench import report, wrk
+from bench.run import ProcessWatch
+from bench.systems import System, start_minimal_floor, start_upstream
 from extproc.local.processes import Child, free_port, port_open, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +69,7 @@ def _results(gateway_rps: float, envoy_rps: float, gateway_p50: float, held_erro
                 "json": {"1": run(500, gateway_p50), "64": run(gateway_rps, 20)},
                 "stream": {},
                 "held_streams": {"concurrency": 1000, "errors": {"timeout": held_errors} if held_errors else {},
-                                 "processes": {"ext_proc": {"peak_rss_mb": 120.0}}},
+                                 "processes": {"ext_proc_0": {"peak_rss_mb": 120.0}}},
             },
         }
     }
@@ -86,3 +88,103 @@ def test_targets_compare_the_gateway_with_envoy_alone_from_the_same_run() -> Non
     assert missed["throughput at c=64, share of Envoy alone"]["met"] is False
     assert missed["added latency c=1 JSON, p50"]["met"] is False
     assert missed["1000 concurrent streams, errors"]["met"] is False
+
+
+@pytest.fixture(scope="module")
+def minimal_floor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[System, dict[str, list[int]]]]:
+    """The bench upstream with the minimal-configuration floor in front: Envoy, the no-op ext_proc."""
+    work = tmp_path_factory.mktemp("bench")
+    upstream, upstream_children = start_upstream(work, chunks=2, interval_ms=5)
+    try:
+        system = start_minimal_floor(work, upstream, workers=1)
+        try:
+            yield system, {child.name.replace("-", "_"): [child.process.pid] for child in upstream_children}
+        finally:
+            system.stop()
+    finally:
+        for child in reversed(upstream_children):
+            child.stop()
+
+
+def test_the_minimal_floor_routes_through_the_noop_ext_proc_and_every_process_is_charged(
+    minimal_floor: tuple[System, dict[str, list[int]]], tmp_path: Path
+) -> None:
+    system, upstream = minimal_floor
+    body = tmp_path / "body.json"
+    body.write_text('{"model": "openai/gpt-4o-mini", "messages": []}')
+    watch = ProcessWatch({**system.measured, **upstream})
+    result = _load("--url", system.url, "--concurrency", "4", "--requests", "200", "--warmup", "0",
+                   "--body-file", str(body))
+    processes = watch.finish()
+    # The route names no cluster: only the no-op's routing header, set on the buffered body, gets
+    # a request to the upstream's direct response.
+    assert result["completed"] == 200
+    assert result["errors"] == {}
+    assert set(processes) == {"envoy", "ext_proc_0", "sse_upstream", "upstream_envoy", "load_generator"}
+    for role in ("envoy", "ext_proc_0", "upstream_envoy", "load_generator"):
+        assert processes[role]["cpu_seconds"] > 0, role
+    assert processes["ext_proc_0"]["peak_rss_mb"] > 10
+
+
+@pytest.mark.skipif(wrk.wrk_binary() is None, reason="wrk is not installed (make bench-tools)")
+def test_wrk_drives_the_json_runs_and_bounds_what_it_cuts(
+    minimal_floor: tuple[System, dict[str, list[int]]], tmp_path: Path
+) -> None:
+    system, _ = minimal_floor
+    body = tmp_path / "body.json"
+    body.write_text('{"model": "openai/gpt-4o-mini", "messages": []}')
+    result = wrk.run(system.url, system.headers, body, concurrency=8, duration=1, warmup=1, work=tmp_path)
+    assert result["errors"] == {} and result["warmup_errors"] == {}
+    assert result["requests"] > 0 and result["completed"] > result["requests"]  # the warm-up's count too
+    assert result["cut_bound"] == 2 * 8  # each of the two wrk runs may leave 8 in flight
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+
+
+def test_the_ledger_may_hold_what_wrk_cut_and_nothing_more() -> None:
+    python_run = {"completed": 100, "errors": {}}
+    wrk_run = {"completed": 500, "errors": {}, "cut_bound": 16, "warmup_errors": {}}
+    assert report.ledger_verdict([python_run], 100)["ok"] is True
+    assert report.ledger_verdict([python_run], 101)["ok"] is False  # counted twice
+    assert report.ledger_verdict([python_run], 99)["ok"] is False  # lost
+    assert report.ledger_verdict([python_run, wrk_run], 600)["ok"] is True
+    assert report.ledger_verdict([python_run, wrk_run], 616)["ok"] is True
+    assert report.ledger_verdict([python_run, wrk_run], 617)["ok"] is False
+    assert report.ledger_verdict([python_run, wrk_run], 599)["ok"] is False
+    refused = {**wrk_run, "warmup_errors": {"status": 1}}
+    assert report.ledger_verdict([python_run, refused], 600)["ok"] is False
+
+
+def test_cpu_per_request_is_charged_by_process_with_the_sums_the_targets_read() -> None:
+    run = {"completed": 2000, "processes": {
+        "envoy": {"cpu_seconds": 0.5}, "ext_proc_0": {"cpu_seconds": 1.0}, "ext_proc_1": {"cpu_seconds": 0.6},
+        "ledger_writer": {"cpu_seconds": 0.2}, "postgres": {"cpu_seconds": 0.3}, "redis": {"cpu_seconds": 0.1},
+    }}
+    cpu = report.cpu_per_request(run)
+    assert cpu["envoy"] == 0.25
+    assert cpu["ext_proc"] == 0.8
+    assert cpu["accounting"] == 0.3
+
+
+def test_issue_16_targets_read_the_wrk_runs_against_the_minimal_floor_and_litellm() -> None:
+    def run(rps: float, p50: float, ext_proc_cpu: float) -> dict[str, object]:
+        return {"rps": rps, "completed": 1000, "latency_ms": {"p50": p50, "p99": p50 * 2},
+                "processes": {"ext_proc_0": {"cpu_seconds": ext_proc_cpu}, "ledger_writer": {"cpu_seconds": 0.1},
+                              "postgres": {"cpu_seconds": 0.2}, "redis": {"cpu_seconds": 0.05}}}
+
+    results = {"systems": {
+        "envoy-alone": {"json_wrk": {"1": run(3000, 0.3, 0), "64": run(6000, 10, 0)}},
+        "minimal-floor": {"json_wrk": {"1": run(900, 1.2, 0.1), "64": run(3000, 20, 0.3)}},
+        "gateway": {"json": {"64": run(100, 50, 1)},
+                    "json_wrk": {"1": run(450, 1.7, 0.2), "64": run(1900, 30, 0.4)}},
+        "litellm": {"json_wrk": {"1": run(60, 13, 0), "64": run(180, 300, 0)}},
+    }}
+    verdicts = {t["target"]: t for t in report.targets(results)}
+    assert verdicts["throughput at c=64, share of the minimal floor"]["value"] == 0.633
+    assert verdicts["throughput at c=64, share of the minimal floor"]["met"] is True
+    assert verdicts["c=1 JSON p50 over the minimal floor"]["value"] == 0.5
+    assert verdicts["ext_proc CPU per request at c=64, times the no-op's"]["value"] == 1.333
+    assert verdicts["accounting CPU per request at c=64"]["value"] == 0.35
+    assert verdicts["throughput vs LiteLLM at c=1"]["value"] == 7.5
+    assert verdicts["throughput vs LiteLLM at c=1"]["met"] is True  # 6x at c=1
+    assert verdicts["throughput vs LiteLLM at c=64"]["value"] == 10.556
+    assert verdicts["throughput vs LiteLLM at c=64"]["met"] is True  # 10x at c=64
