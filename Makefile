@@ -18,6 +18,7 @@ run: $(STAMP)
 
 test: $(STAMP) test-tools
 	$(BIN)/ruff check extproc tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # What the observability tests run beside the stack, from Debian: `prometheus` (the server the

@@ -28,6 +28,7 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from extproc.db import Connection
 from extproc.directory import TtlCache, fetch
 from extproc.settings import Settings
 from extproc.shaping.provider_rules import ByokKey
@@ -304,6 +305,7 @@ class ByokDirectory:
         wanted = frozenset(provider_ids) & frozenset(BYOK_PROVIDER_IDS)
         if not wanted:
             return []
+        arg: uuid.UUID | str
         if organization_id is not None:
             try:
                 org = uuid.UUID(organization_id)
@@ -348,7 +350,7 @@ class ByokDirectory:
 
 
 async def upsert_key(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     provider_id: str,
     encrypted: Mapping[str, str],

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
+from pydantic import SecretStr
 
 from extproc.directory import TtlCache, fetch
 from extproc.envoy_config import CUSTOM_HTTP_CLUSTER, CUSTOM_HTTPS_CLUSTER
@@ -149,7 +150,7 @@ class CustomLlms:
         from extproc.pipeline.routing import Route
 
         try:
-            provider = Provider(id="custom", api_url=llm.base_url, api_key=llm.api_key)
+            provider = Provider(id="custom", api_url=llm.base_url, api_key=SecretStr(llm.api_key))
         except ValueError as exc:
             raise UnsafeCustomLlmUrl(f"invalid base URL: {exc}") from None
         if not await self._hosts.get(provider.host, lambda: self._host_is_safe(provider.host)):

@@ -373,7 +373,7 @@ def _provider_cluster(settings: Settings, provider: Provider) -> dict[str, Any]:
                 },
             ),
         }
-        protocol = {"auto_config": {"http2_protocol_options": {}, "http_protocol_options": {}}}
+        protocol: dict[str, Any] = {"auto_config": {"http2_protocol_options": {}, "http_protocol_options": {}}}
     else:
         protocol = {"explicit_http_config": {"http_protocol_options": {}}}
     cluster["typed_extension_protocol_options"] = {options: _typed(options, **protocol)}

@@ -14,13 +14,14 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from extproc import logs
+from extproc.db import Connection
 from extproc.db.migrate import migrate
 from extproc.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-async def _keep_session(connection: asyncpg.Connection) -> None:
+async def _keep_session(connection: Connection) -> None:
     return None
 
 

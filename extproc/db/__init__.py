@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+# A connection of its own or one lent by a pool (`async with pool.acquire()`): what takes a
+# connection uses only what both offer.
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 # A refused or dropped connection, a timeout, or a server-side failure: each caller's failure
 # policy applies (a stale cache entry, a retry, a 503), never an unhandled 500.
-POSTGRES_ERRORS: tuple[type[BaseException], ...] = (
+POSTGRES_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresError,

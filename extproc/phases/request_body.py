@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpBody,
@@ -146,7 +147,7 @@ def _shape(services: Services, state: RequestState, chat: ChatRequest, route: Ro
 
 
 async def _check_balance_and_organization(
-    services: Services, identity: Identity, body: dict, model: str, *, byok: bool
+    services: Services, identity: Identity, body: dict[str, Any], model: str, *, byok: bool
 ) -> None:
     settings, directory = services.settings, services.directory
     assert identity.user is not None
