@@ -21,7 +21,6 @@ import orjson
 from pydantic import SecretStr
 
 from extproc.directory import TtlCache, fetch
-from extproc.envoy_config import CUSTOM_HTTP_CLUSTER, CUSTOM_HTTPS_CLUSTER
 from extproc.settings import Provider, Settings
 from extproc.translate.chat import ChunkWriter, ProviderRequest, ResponseTranslator
 from extproc.translate.chat_to_anthropic import AnthropicTranslator, anthropic_request
@@ -30,7 +29,6 @@ from extproc.translate.openai_phase import OPENAI_BASE_URL
 
 if TYPE_CHECKING:
     from extproc.catalogue import FreeModel
-    from extproc.pipeline.routing import Route
 
 # This kind is forwarded as-is (with `extra_body` merged); the others are translated.
 FORWARDABLE_KIND = "openai-compatible"
@@ -146,17 +144,15 @@ class CustomLlms:
 
         return await self._rows.get(public_id, load)
 
-    async def route(self, llm: CustomLlm) -> Route:
-        from extproc.pipeline.routing import Route
-
+    async def upstream(self, llm: CustomLlm) -> Provider:
+        """The row as a provider, once its host is known to be one the gateway may reach."""
         try:
             provider = Provider(id="custom", api_url=llm.base_url, api_key=SecretStr(llm.api_key))
         except ValueError as exc:
             raise UnsafeCustomLlmUrl(f"invalid base URL: {exc}") from None
         if not await self._hosts.get(provider.host, lambda: self._host_is_safe(provider.host)):
             raise UnsafeCustomLlmUrl(f"{provider.host} resolves to an address that is not allowed")
-        cluster = CUSTOM_HTTPS_CLUSTER if provider.tls else CUSTOM_HTTP_CLUSTER
-        return Route(provider=provider, cluster=cluster, custom_host=f"{provider.host}:{provider.port}", custom_llm=llm)
+        return provider
 
     async def _host_is_safe(self, host: str) -> bool:
         try:

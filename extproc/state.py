@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from extproc.pipeline.parse import ChatRequest
 from extproc.settings import Provider
 from extproc.usage import ResponseSummary, StreamTap
 
-if TYPE_CHECKING:  # the pipeline's types refer back to ChatRequest
+if TYPE_CHECKING:
     from extproc.accounting.record import RequestFacts
     from extproc.pipeline.client_headers import ClientInfo
     from extproc.pipeline.identity import Identity
@@ -17,16 +18,6 @@ if TYPE_CHECKING:  # the pipeline's types refer back to ChatRequest
     from extproc.shaping.transform import TransformResult
     from extproc.side.abuse import Classification
     from extproc.translate.chat import ResponseTranslator
-
-
-@dataclass(slots=True)
-class ChatRequest:
-    """The parsed client request after contract 2.1 (body already normalised)."""
-
-    body: dict[str, Any]
-    model: str  # as sent, for the upstream body
-    model_lower: str  # trimmed and lowercased, for every lookup (contract 2.1)
-    stream: bool
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ from extproc.pipeline.client_headers import extract_client_info
 from extproc.pipeline.free_usage import log_free_model_usage
 from extproc.pipeline.identity import Identity, admit_anonymous, authenticate
 from extproc.pipeline.organization import apply_organization_rules, data_collection_gate
-from extproc.pipeline.parse import parse_chat_request
+from extproc.pipeline.parse import ChatRequest, parse_chat_request
 from extproc.pipeline.rejection import Rejection
 from extproc.pipeline.routing import Route, select_route
 from extproc.pipeline.upstream import forward
@@ -34,7 +34,7 @@ from extproc.pipeline.validation import validate_request
 from extproc.services import Services
 from extproc.shaping.provider_rules import apply_provider_specific_logic
 from extproc.shaping.transform import transform_request
-from extproc.state import ChatRequest, RequestState
+from extproc.state import RequestState
 from extproc.translate.openai_phase import PhaseMemory
 
 _LIMIT_REFUSALS = {

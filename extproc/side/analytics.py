@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from extproc.db import Connection
-from extproc.side import SideClient, failed
+from extproc.side.client import SideClient, failed
 
 if TYPE_CHECKING:
     from extproc.accounting.record import UsageRecord

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from extproc.catalogue import normalize_model_id
-from extproc.side import SideClient
+from extproc.side.client import SideClient
 
 if TYPE_CHECKING:
     from extproc.settings import Settings
