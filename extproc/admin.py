@@ -24,7 +24,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -35,9 +34,9 @@ from pydantic import SecretStr
 from redis.exceptions import RedisError
 
 from extproc.accounting.outbox import Outbox
-from extproc.db import POSTGRES_ERRORS, Connection
+from extproc.db import POSTGRES_ERRORS, Connection, init_connection
 from extproc.db.migrate import migrate
-from extproc.money import parse_usd
+from extproc.money import MICRODOLLARS_PER_USD, parse_usd
 from extproc.settings import Settings, load_settings
 
 __all__ = [
@@ -78,7 +77,6 @@ NO_SECRET = (
     "no token signing secret: set NEXTAUTH_SECRET or start the stack with `make run` "
     "(it writes <data_dir>/nextauth_secret)"
 )
-_MICRO = Decimal(1_000_000)
 _PLAIN_DECIMAL = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII)
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.][^@\s]*\.[^@\s.][^@\s]*")
 
@@ -106,7 +104,7 @@ def usd_to_exact_microdollars(text: str, *, what: str = "USD amount", allow_zero
         raise AdminError(f"{what} is too large for a microdollar amount, got {text!r}")
     if negative and amount != 0:
         raise AdminError(f"{what} must not be negative, got {text!r}")
-    micro = amount * _MICRO  # exact: at most 19 significant digits
+    micro = amount * MICRODOLLARS_PER_USD  # exact: at most 19 significant digits
     if micro != micro.to_integral_value():
         raise AdminError(f"{what} has more than 6 decimals (1 microdollar = 0.000001 USD), got {text!r}")
     if micro == 0 and not allow_zero:
@@ -219,6 +217,7 @@ async def open_database(settings: Settings) -> AsyncIterator[Connection]:
             f"cannot connect to the database (from {source}): {type(error).__name__}: {error}"
         ) from None
     try:
+        await init_connection(connection)
         await migrate(connection)
         yield connection
     finally:

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import orjson
 from pydantic import SecretStr
 
-from extproc.directory import TtlCache, fetch
+from extproc.db.cache import TtlCache, fetch
 from extproc.settings import Provider, Settings
 from extproc.translate.chat import ChunkWriter, ProviderRequest, ResponseTranslator
 from extproc.translate.chat_to_anthropic import AnthropicTranslator, anthropic_request
@@ -102,10 +101,6 @@ def martian_llm(entry: FreeModel, martian: Provider) -> CustomLlm:
     )
 
 
-def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str) else value
-
-
 def address_allowed(address: str, allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     ip = ipaddress.ip_address(address)
     if any(ip in network for network in allowed):
@@ -129,14 +124,14 @@ class CustomLlms:
             if not rows:
                 return None
             row = rows[0]
-            extra = _json(row["extra_body"])
+            extra = row["extra_body"]
             return CustomLlm(
                 public_id=row["public_id"],
                 internal_id=row["internal_id"],
                 kind=row["provider"],
                 base_url=row["base_url"],
                 api_key=row["api_key"],
-                organization_ids=tuple(str(o) for o in (_json(row["organization_ids"]) or ())),
+                organization_ids=tuple(str(o) for o in (row["organization_ids"] or ())),
                 extra_body=extra if isinstance(extra, dict) else None,
                 max_completion_tokens=row["max_completion_tokens"],
                 force_reasoning=row["force_reasoning"],

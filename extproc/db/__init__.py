@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TypeAlias
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 # A connection of its own or one lent by a pool (`async with pool.acquire()`): what takes a
@@ -36,3 +37,14 @@ def refuses_data(error: BaseException) -> bool:
         return state.startswith(("22", "23"))
     # asyncpg's client-side DataError (also a ValueError), and what its encoders raise.
     return isinstance(error, (asyncpg.exceptions._base.DataError, UnicodeEncodeError, OverflowError))
+
+
+def _json_text(value: str) -> str:
+    """Parameters stay JSON text: each writer serialises its value itself (made storable)."""
+    return value
+
+
+async def init_connection(connection: asyncpg.Connection) -> None:
+    """For every connection (a pool's `init`): jsonb columns arrive as Python values, decoded
+    here once rather than by each reader."""
+    await connection.set_type_codec("jsonb", schema="pg_catalog", encoder=_json_text, decoder=orjson.loads)

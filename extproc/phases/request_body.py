@@ -14,7 +14,7 @@ from extproc import errors, protocol
 from extproc.accounting.record import request_facts
 from extproc.auth.rules import is_employee
 from extproc.custom_llm import FORWARDABLE_KIND
-from extproc.directory import DirectoryUnavailable
+from extproc.db.cache import DirectoryUnavailable
 from extproc.limits import Admission
 from extproc.pipeline.auto_model import apply_auto_model, resolve_auto_model
 from extproc.pipeline.balance import (
