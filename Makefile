@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-tools bench bench-peers envoy-config clean
+.PHONY: run test test-unit test-tools bench bench-peers envoy-config clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
@@ -20,6 +20,13 @@ test: $(STAMP) test-tools
 	$(BIN)/ruff check extproc tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The quick loop: lint, types, and every test that starts no stack, database or other process
+# (tests/conftest.py marks the others `e2e`).
+test-unit: $(STAMP)
+	$(BIN)/ruff check extproc tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -m "not e2e" -q
 
 # What the observability tests run beside the stack, from Debian: `prometheus` (the server the
 # e2e suite scrapes the stack with, and `promtool` for the alert rules) and `redis-server` (7.0,
