@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TypeAlias
 
 import asyncpg
-import orjson
 from asyncpg.pool import PoolConnectionProxy
+
+from extproc import js
 
 # A connection of its own or one lent by a pool (`async with pool.acquire()`): what takes a
 # connection uses only what both offer.
@@ -46,5 +47,6 @@ def _json_text(value: str) -> str:
 
 async def init_connection(connection: asyncpg.Connection) -> None:
     """For every connection (a pool's `init`): jsonb columns arrive as Python values, decoded
-    here once rather than by each reader."""
-    await connection.set_type_codec("jsonb", schema="pg_catalog", encoder=_json_text, decoder=orjson.loads)
+    here once rather than by each reader. Through `js.loads`: jsonb holds numbers beyond double
+    range (1e400), which orjson alone refuses."""
+    await connection.set_type_codec("jsonb", schema="pg_catalog", encoder=_json_text, decoder=js.loads)
