@@ -27,7 +27,6 @@ from extproc.accounting.cost import Charge
 from extproc.accounting.record import UsageRecord, request_facts
 from extproc.accounting.writer import LedgerWriter
 from extproc.directory import User
-from extproc.phases.finish import answered_request
 from extproc.pipeline.client_headers import extract_client_info
 from extproc.pipeline.identity import Identity
 from extproc.processes import free_port
@@ -414,7 +413,7 @@ async def test_cost_report_fails_open(stand_in: StandIn, answer: dict[str, Any])
 def finished_state(
     *, status: int = 200, auto_model: str | None = None, organization_id: str | None = None
 ) -> AnsweredRequest:
-    answered = answered_request(ended_state(status=status, auto_model=auto_model, organization_id=organization_id))
+    answered = ended_state(status=status, auto_model=auto_model, organization_id=organization_id).answered_request()
     assert answered is not None
     return answered
 
@@ -462,7 +461,7 @@ def test_api_metrics_params() -> None:
     assert plain["requestedModel"] == "anthropic/claude-sonnet-4:exacto" and plain["statusCode"] == 402
     never_answered = ended_state(status=200, auto_model=None, organization_id=None)
     never_answered.first_byte_at = None
-    assert answered_request(never_answered) is None
+    assert never_answered.answered_request() is None
 
 
 async def test_api_metrics_are_posted_with_the_admin_token(stand_in: StandIn) -> None:

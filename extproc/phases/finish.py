@@ -17,7 +17,6 @@ from extproc.accounting.record import UsageRecord, response_fields
 from extproc.accounting.submit import UsageSubmitter
 from extproc.settings import Settings
 from extproc.side import SideServices
-from extproc.side.api_metrics import AnsweredRequest
 from extproc.state import RequestState
 from extproc.usage import (
     ResponseSummary,
@@ -44,31 +43,6 @@ def summarize(state: RequestState, aborted: bool) -> ResponseSummary | None:
     return None
 
 
-def answered_request(state: RequestState) -> AnsweredRequest | None:
-    """The API metrics' view of the request; None when nothing reached the upstream."""
-    chat, identity, provider, status = state.chat, state.identity, state.provider, state.status
-    if chat is None or identity is None or provider is None or state.first_byte_at is None:
-        return None
-    if status is None or not 100 <= status <= 599:
-        return None
-    return AnsweredRequest(
-        user_id=identity.user_id,
-        anonymous=identity.anonymous,
-        organization_id=identity.organization_id,
-        streaming=chat.stream,
-        user_byok=state.user_byok,
-        provider_id=provider.id,
-        requested_model=state.auto_model or chat.model_lower,
-        model_lower=chat.model_lower,
-        tools_available=tuple(state.tools.tools_available) if state.tools is not None else (),
-        tools_used=tuple(state.tools.tools_used) if state.tools is not None else (),
-        mode=state.client.mode if state.client is not None else None,
-        started=state.started,
-        first_byte_at=state.first_byte_at,
-        status=status,
-    )
-
-
 def finish_request(
     settings: Settings, usage: UsageSubmitter, side: SideServices, state: RequestState, aborted: bool
 ) -> None:
@@ -83,7 +57,7 @@ def finish_request(
     # Once: it also logs the contract's cost sanity warnings.
     reported = usage_from_summary(summary, cache_writes=state.translator is not None)
     _record_genai_metrics(state, summary, reported, provider, model)
-    answered = answered_request(state)
+    answered = state.answered_request()
     if answered is not None:
         side.api_metrics.report(answered, summary)  # 8.1: every upstream response, the 402 too
     # Contract 6.2: a provider's 402 on Kilo's own key is answered 503 and not accounted.
