@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit test-tools bench bench-peers envoy-config clean
+.PHONY: run test test-tools bench bench-peers envoy-config clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
@@ -23,6 +23,7 @@ test: $(STAMP) test-tools
 
 # The quick loop: lint, types, and every test that starts no stack, database or other process
 # (tests/conftest.py marks the others `e2e`).
+.PHONY: test-unit
 test-unit: $(STAMP)
 	$(BIN)/ruff check extproc tests bench
 	$(BIN)/mypy
