@@ -226,8 +226,9 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 # ---------------------------------------------------------------------------------------
 # `e2e` marker (issue 15, part 7): a test is end-to-end when it, one of its fixtures, or a
-# function of theirs module reaches one of these names, i.e. starts a stack, a database, a
-# Redis or any other process. `make test-unit` runs the rest (`-m "not e2e"`).
+# function of their modules that they call refers to one of these names, i.e. starts a stack,
+# a database, a Redis or any other process. `make test-unit` runs the rest (`-m "not e2e"`).
+# Found from the code rather than listed by hand, so a new test is classified without a marker.
 _PROCESS_STARTERS = frozenset(
     {"running_stack", "start_stack", "start_postgres", "start_redis", "subprocess", "Popen", "run_many"}
 )
