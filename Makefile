@@ -30,7 +30,16 @@ run: $(STAMP)
 
 test: $(STAMP) test-tools bench-tools
 	$(BIN)/ruff check extproc tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The quick loop: lint, types, and every test that starts no stack, database or other process
+# (tests/conftest.py marks the others `e2e`).
+.PHONY: test-unit
+test-unit: $(STAMP)
+	$(BIN)/ruff check extproc tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -m "not e2e" -q
 
 # What the observability tests run beside the stack, from Debian: `prometheus` (the server the
 # e2e suite scrapes the stack with, and `promtool` for the alert rules) and `redis-server` (7.0,

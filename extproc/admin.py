@@ -22,11 +22,10 @@ import json
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 import orjson
@@ -35,9 +34,9 @@ from pydantic import SecretStr
 from redis.exceptions import RedisError
 
 from extproc.accounting.outbox import Outbox
-from extproc.db import POSTGRES_ERRORS
+from extproc.db import POSTGRES_ERRORS, Connection, init_connection
 from extproc.db.migrate import migrate
-from extproc.money import parse_usd
+from extproc.money import MICRODOLLARS_PER_USD, parse_usd
 from extproc.settings import Settings, load_settings
 
 __all__ = [
@@ -78,7 +77,6 @@ NO_SECRET = (
     "no token signing secret: set NEXTAUTH_SECRET or start the stack with `make run` "
     "(it writes <data_dir>/nextauth_secret)"
 )
-_MICRO = Decimal(1_000_000)
 _PLAIN_DECIMAL = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII)
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.][^@\s]*\.[^@\s.][^@\s]*")
 
@@ -106,7 +104,7 @@ def usd_to_exact_microdollars(text: str, *, what: str = "USD amount", allow_zero
         raise AdminError(f"{what} is too large for a microdollar amount, got {text!r}")
     if negative and amount != 0:
         raise AdminError(f"{what} must not be negative, got {text!r}")
-    micro = amount * _MICRO  # exact: at most 19 significant digits
+    micro = amount * MICRODOLLARS_PER_USD  # exact: at most 19 significant digits
     if micro != micro.to_integral_value():
         raise AdminError(f"{what} has more than 6 decimals (1 microdollar = 0.000001 USD), got {text!r}")
     if micro == 0 and not allow_zero:
@@ -209,7 +207,7 @@ class DatabaseUnavailable(Exception):
 
 
 @asynccontextmanager
-async def open_database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+async def open_database(settings: Settings) -> AsyncIterator[Connection]:
     """One migrated connection to the resolved database."""
     url, source = resolve_database_url(settings)
     try:
@@ -219,6 +217,7 @@ async def open_database(settings: Settings) -> AsyncIterator[asyncpg.Connection]
             f"cannot connect to the database (from {source}): {type(error).__name__}: {error}"
         ) from None
     try:
+        await init_connection(connection)
         await migrate(connection)
         yield connection
     finally:
@@ -229,7 +228,7 @@ async def open_database(settings: Settings) -> AsyncIterator[asyncpg.Connection]
 # Operations: each takes a connection and validated values; multi-row writes are one transaction.
 
 
-async def _require_user(conn: asyncpg.Connection, user_id: str, *, lock: bool = False) -> asyncpg.Record:
+async def _require_user(conn: Connection, user_id: str, *, lock: bool = False) -> asyncpg.Record:
     row = await conn.fetchrow(
         "SELECT id, google_user_email, api_token_pepper, blocked_reason, microdollars_used,"
         " total_microdollars_acquired FROM kilocode_users WHERE id = $1" + (" FOR UPDATE" if lock else ""),
@@ -240,7 +239,14 @@ async def _require_user(conn: asyncpg.Connection, user_id: str, *, lock: bool = 
     return row
 
 
-async def _require_org(conn: asyncpg.Connection, org_id: str) -> asyncpg.Record:
+def _returned(row: asyncpg.Record | None) -> asyncpg.Record:
+    """The row a statement always returns (INSERT or aggregate, or an UPDATE of a locked row)."""
+    if row is None:
+        raise RuntimeError("the statement returned no row")
+    return row
+
+
+async def _require_org(conn: Connection, org_id: str) -> asyncpg.Record:
     row = await conn.fetchrow("SELECT id, name, plan FROM organizations WHERE id = $1::uuid", org_id)
     if row is None:
         raise AdminError(f"unknown organization id: {org_id!r}")
@@ -248,7 +254,7 @@ async def _require_org(conn: asyncpg.Connection, org_id: str) -> asyncpg.Record:
 
 
 async def create_user(
-    conn: asyncpg.Connection,
+    conn: Connection,
     email: str,
     *,
     credits_microdollars: int = 0,
@@ -286,12 +292,13 @@ async def create_user(
     return {"id": user_id, "email": email, "credits_microdollars": credits_microdollars}
 
 
-async def user_pepper(conn: asyncpg.Connection, user_id: str) -> str | None:
-    return (await _require_user(conn, user_id))["api_token_pepper"]
+async def user_pepper(conn: Connection, user_id: str) -> str | None:
+    pepper: str | None = (await _require_user(conn, user_id))["api_token_pepper"]
+    return pepper
 
 
 async def add_credits(
-    conn: asyncpg.Connection,
+    conn: Connection,
     user_id: str,
     amount_microdollars: int,
     *,
@@ -310,13 +317,13 @@ async def add_credits(
             is_free,
             description,
         )
-        row = await conn.fetchrow(
+        row = _returned(await conn.fetchrow(
             "UPDATE kilocode_users SET total_microdollars_acquired = total_microdollars_acquired + $2,"
             " updated_at = now() WHERE id = $1"
             " RETURNING total_microdollars_acquired, microdollars_used",
             user_id,
             amount_microdollars,
-        )
+        ))
     return {
         "user_id": user_id,
         "transaction_id": str(transaction_id),
@@ -326,7 +333,7 @@ async def add_credits(
     }
 
 
-async def set_blocked(conn: asyncpg.Connection, user_id: str, reason: str | None) -> dict[str, Any]:
+async def set_blocked(conn: Connection, user_id: str, reason: str | None) -> dict[str, Any]:
     """Block (non-empty reason) or unblock (None) a user."""
     async with conn.transaction():
         await _require_user(conn, user_id, lock=True)
@@ -338,7 +345,7 @@ async def set_blocked(conn: asyncpg.Connection, user_id: str, reason: str | None
     return {"user_id": user_id, "blocked_reason": reason}
 
 
-async def rotate_pepper(conn: asyncpg.Connection, user_id: str) -> str:
+async def rotate_pepper(conn: Connection, user_id: str) -> str:
     """A new random `api_token_pepper`: every token minted before it stops authenticating."""
     pepper = str(uuid.uuid4())
     async with conn.transaction():
@@ -352,17 +359,17 @@ async def rotate_pepper(conn: asyncpg.Connection, user_id: str) -> str:
 
 
 async def create_org(
-    conn: asyncpg.Connection, name: str, *, plan: str = "teams", credits_microdollars: int = 0
+    conn: Connection, name: str, *, plan: str = "teams", credits_microdollars: int = 0
 ) -> dict[str, Any]:
     org_id = str(uuid.uuid4())
-    row = await conn.fetchrow(
+    row = _returned(await conn.fetchrow(
         "INSERT INTO organizations (id, name, plan, total_microdollars_acquired, microdollars_balance)"
         " VALUES ($1::uuid, $2, $3, $4, $4) RETURNING name, plan, total_microdollars_acquired",
         org_id,
         name,
         plan,
         credits_microdollars,
-    )
+    ))
     return {
         "id": org_id,
         "name": row["name"],
@@ -371,7 +378,7 @@ async def create_org(
     }
 
 
-async def add_member(conn: asyncpg.Connection, org_id: str, user_id: str, role: str = "member") -> dict[str, Any]:
+async def add_member(conn: Connection, org_id: str, user_id: str, role: str = "member") -> dict[str, Any]:
     async with conn.transaction():
         await _require_org(conn, org_id)
         await _require_user(conn, user_id)
@@ -387,7 +394,7 @@ async def add_member(conn: asyncpg.Connection, org_id: str, user_id: str, role: 
     return {"organization_id": org_id, "user_id": user_id, "role": role}
 
 
-async def set_org_settings(conn: asyncpg.Connection, org_id: str, settings: dict[str, Any]) -> dict[str, Any]:
+async def set_org_settings(conn: Connection, org_id: str, settings: dict[str, Any]) -> dict[str, Any]:
     async with conn.transaction():
         await _require_org(conn, org_id)
         stored = await conn.fetchval(
@@ -400,7 +407,7 @@ async def set_org_settings(conn: asyncpg.Connection, org_id: str, settings: dict
 
 
 async def set_daily_limit(
-    conn: asyncpg.Connection, org_id: str, user_id: str, limit_microdollars: int
+    conn: Connection, org_id: str, user_id: str, limit_microdollars: int
 ) -> dict[str, Any]:
     async with conn.transaction():
         await _require_org(conn, org_id)
@@ -428,7 +435,7 @@ def _mint(user_id: str, secret: str, *, pepper: str | None) -> str:
 
     return mint(user_id, secret, pepper=pepper)
 
-Command = Callable[[argparse.Namespace, Settings], Awaitable[dict[str, Any]]]
+Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, dict[str, Any]]]
 
 
 async def _user_create(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -530,7 +537,7 @@ async def _byok_add(args: argparse.Namespace, settings: Settings) -> dict[str, A
         async with conn.transaction():
             if user_id is not None:
                 await _require_user(conn, user_id)
-            else:
+            elif org_id is not None:
                 await _require_org(conn, org_id)
             row_id = await byok.upsert_key(
                 conn, provider_id=provider, encrypted=encrypted, user_id=user_id, organization_id=org_id
@@ -554,11 +561,11 @@ FROM microdollar_usage WHERE kilo_user_id = $1
 """
 
 
-async def usage_report(conn: asyncpg.Connection, user_id: str, limit: int) -> dict[str, Any]:
+async def usage_report(conn: Connection, user_id: str, limit: int) -> dict[str, Any]:
     """The ledger as a user's bill shows it: totals over every row, and the newest rows."""
     user = await _require_user(conn, user_id)
-    totals = dict(await conn.fetchrow(_USAGE_TOTALS, user_id))
-    rows = [
+    totals = dict(_returned(await conn.fetchrow(_USAGE_TOTALS, user_id)))
+    rows: list[dict[str, Any]] = [
         {key: (str(value) if key in ("id", "organization_id") and value is not None else value) for key, value in row.items()}
         for row in await conn.fetch(_USAGE_ROWS, user_id, limit)
     ]
@@ -653,17 +660,22 @@ def _handler(command: Command) -> Callable[[argparse.Namespace], int]:
     return lambda args: run(command, args)
 
 
-def add_subcommands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+# cli.py's parser class: `add_subparsers` makes parsers of the caller's class. The `json_errors`
+# flag set below is that class's attribute, which mypy cannot see through this bound.
+_Parser = TypeVar("_Parser", bound=argparse.ArgumentParser)
+
+
+def add_subcommands(commands: argparse._SubParsersAction[_Parser]) -> None:
     """Register `user`, `token`, `credits`, `org` and `byok` on the `llm-gateway` parser."""
 
-    def group(name: str, help_text: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    def group(name: str, help_text: str) -> argparse._SubParsersAction[_Parser]:
         parser = commands.add_parser(name, help=help_text)
         parser.json_errors = True  # type: ignore[attr-defined]
         return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(
-        sub: argparse._SubParsersAction, name: str, help_text: str, command: Command  # type: ignore[type-arg]
-    ) -> argparse.ArgumentParser:
+        sub: argparse._SubParsersAction[_Parser], name: str, help_text: str, command: Command
+    ) -> _Parser:
         parser = sub.add_parser(name, help=help_text, description=help_text)
         parser.json_errors = True  # type: ignore[attr-defined]
         parser.set_defaults(handler=_handler(command))

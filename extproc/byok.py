@@ -28,9 +28,10 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from extproc.directory import TtlCache, fetch
+from extproc.db import Connection
+from extproc.db.cache import TtlCache, fetch
 from extproc.settings import Settings
-from extproc.shaping.provider_rules import ByokKey
+from extproc.shaping.provider_rules import AWS_CREDENTIALS_ERROR, ByokKey, valid_aws_credentials
 
 __all__ = [
     "BYOK_PROVIDER_IDS",
@@ -72,7 +73,6 @@ ENCRYPTION_KEY_ENV = "BYOK_ENCRYPTION_KEY"
 _KEY_BYTES = 32  # AES-256
 _IV_BYTES = 12
 _TAG_BYTES = 16
-_AWS_FIELDS = ("accessKeyId", "secretAccessKey", "region")
 
 
 class ByokDecryptionError(Exception):
@@ -166,9 +166,9 @@ def parse_aws_credentials(plaintext: str) -> dict[str, Any]:
     try:
         parsed = orjson.loads(plaintext)
     except orjson.JSONDecodeError:
-        raise ByokDecryptionError("Failed to parse AWS credentials") from None
-    if not isinstance(parsed, dict) or not all(isinstance(parsed.get(name), str) for name in _AWS_FIELDS):
-        raise ByokDecryptionError("Failed to parse AWS credentials")
+        raise ByokDecryptionError(AWS_CREDENTIALS_ERROR) from None
+    if not valid_aws_credentials(parsed):
+        raise ByokDecryptionError(AWS_CREDENTIALS_ERROR)
     return parsed
 
 
@@ -195,11 +195,6 @@ _ORG_KEYS_SQL = """
 SELECT provider_id, encrypted_api_key FROM byok_api_keys
 WHERE organization_id = $1 AND is_enabled ORDER BY created_at, id
 """
-
-
-def _json(value: Any) -> Any:
-    """A jsonb column as asyncpg returns it without a codec (text), or already decoded."""
-    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 def _byok_tags(entry: Any) -> tuple[str, ...]:
@@ -280,11 +275,7 @@ class ByokDirectory:
 
         async def load() -> dict[str, tuple[str, ...]]:
             rows = await self._fetch(_NEWEST_VERCEL_SQL)
-            try:
-                vercel = _json(rows[0]["vercel"]) if rows else None
-            except orjson.JSONDecodeError:
-                vercel = None
-            return _providers_by_model(vercel)
+            return _providers_by_model(rows[0]["vercel"] if rows else None)
 
         return list((await self._models.get("vercel", load)).get(vercel_model_id, ()))
 
@@ -304,6 +295,7 @@ class ByokDirectory:
         wanted = frozenset(provider_ids) & frozenset(BYOK_PROVIDER_IDS)
         if not wanted:
             return []
+        arg: uuid.UUID | str
         if organization_id is not None:
             try:
                 org = uuid.UUID(organization_id)
@@ -324,11 +316,7 @@ class ByokDirectory:
             if row.provider_id not in wanted:
                 continue
             try:
-                try:
-                    payload = _json(row.encrypted)
-                except orjson.JSONDecodeError:
-                    payload = None  # rejected below as "not a JSON object"
-                keys.append(to_byok_key(row.provider_id, decrypt_api_key(payload, encryption_key)))
+                keys.append(to_byok_key(row.provider_id, decrypt_api_key(row.encrypted, encryption_key)))
             except ByokDecryptionError as error:
                 logger.error(
                     "a stored BYOK key cannot be decrypted",
@@ -348,7 +336,7 @@ class ByokDirectory:
 
 
 async def upsert_key(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     provider_id: str,
     encrypted: Mapping[str, str],

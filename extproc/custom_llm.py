@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import orjson
+from pydantic import SecretStr
 
-from extproc.directory import TtlCache, fetch
-from extproc.envoy_config import CUSTOM_HTTP_CLUSTER, CUSTOM_HTTPS_CLUSTER
+from extproc.db.cache import TtlCache, fetch
 from extproc.settings import Provider, Settings
 from extproc.translate.chat import ChunkWriter, ProviderRequest, ResponseTranslator
 from extproc.translate.chat_to_anthropic import AnthropicTranslator, anthropic_request
@@ -29,7 +28,6 @@ from extproc.translate.openai_phase import OPENAI_BASE_URL
 
 if TYPE_CHECKING:
     from extproc.catalogue import FreeModel
-    from extproc.pipeline.routing import Route
 
 # This kind is forwarded as-is (with `extra_body` merged); the others are translated.
 FORWARDABLE_KIND = "openai-compatible"
@@ -103,10 +101,6 @@ def martian_llm(entry: FreeModel, martian: Provider) -> CustomLlm:
     )
 
 
-def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str) else value
-
-
 def address_allowed(address: str, allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
     ip = ipaddress.ip_address(address)
     if any(ip in network for network in allowed):
@@ -130,14 +124,14 @@ class CustomLlms:
             if not rows:
                 return None
             row = rows[0]
-            extra = _json(row["extra_body"])
+            extra = row["extra_body"]
             return CustomLlm(
                 public_id=row["public_id"],
                 internal_id=row["internal_id"],
                 kind=row["provider"],
                 base_url=row["base_url"],
                 api_key=row["api_key"],
-                organization_ids=tuple(str(o) for o in (_json(row["organization_ids"]) or ())),
+                organization_ids=tuple(str(o) for o in (row["organization_ids"] or ())),
                 extra_body=extra if isinstance(extra, dict) else None,
                 max_completion_tokens=row["max_completion_tokens"],
                 force_reasoning=row["force_reasoning"],
@@ -145,17 +139,15 @@ class CustomLlms:
 
         return await self._rows.get(public_id, load)
 
-    async def route(self, llm: CustomLlm) -> Route:
-        from extproc.pipeline.routing import Route
-
+    async def upstream(self, llm: CustomLlm) -> Provider:
+        """The row as a provider, once its host is known to be one the gateway may reach."""
         try:
-            provider = Provider(id="custom", api_url=llm.base_url, api_key=llm.api_key)
+            provider = Provider(id="custom", api_url=llm.base_url, api_key=SecretStr(llm.api_key))
         except ValueError as exc:
             raise UnsafeCustomLlmUrl(f"invalid base URL: {exc}") from None
         if not await self._hosts.get(provider.host, lambda: self._host_is_safe(provider.host)):
             raise UnsafeCustomLlmUrl(f"{provider.host} resolves to an address that is not allowed")
-        cluster = CUSTOM_HTTPS_CLUSTER if provider.tls else CUSTOM_HTTP_CLUSTER
-        return Route(provider=provider, cluster=cluster, custom_host=f"{provider.host}:{provider.port}", custom_llm=llm)
+        return provider
 
     async def _host_is_safe(self, host: str) -> bool:
         try:

@@ -10,35 +10,17 @@ gets the contract's 503), never hangs longer than `directory_query_timeout_secon
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import asyncpg
-import orjson
-from prometheus_client import Counter
 
-from extproc import logs
 from extproc.db import POSTGRES_ERRORS
+from extproc.db.cache import DirectoryUnavailable, TtlCache, fetch
 from extproc.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-LOOKUPS = Counter(
-    "llm_gateway_directory_lookups",
-    "User, membership and balance lookups, by kind and how they were answered.",
-    ["kind", "source"],  # source: cache, postgres, stale, failed
-)
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class DirectoryUnavailable(Exception):
-    """Postgres could not answer and no cached answer is usable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,63 +50,6 @@ class OrganizationAccount:
     today_usage_microdollars: int
 
 
-class TtlCache(Generic[K, V]):
-    """Fresh for `ttl`, then reloaded; a failed reload serves the old value up to `stale`.
-
-    Concurrent misses for one key share a single load, so a burst of requests from one user
-    costs one query, not one each.
-    """
-
-    def __init__(self, kind: str, ttl: float, stale: float, max_entries: int = 100_000) -> None:
-        self.kind = kind
-        self.ttl = ttl
-        self.stale = stale
-        self.max_entries = max_entries
-        self._entries: dict[K, tuple[float, V]] = {}
-        self._loading: dict[K, asyncio.Task[V]] = {}
-
-    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
-        entry = self._entries.get(key)
-        if entry is not None and time.monotonic() - entry[0] < self.ttl:
-            LOOKUPS.labels(self.kind, "cache").inc()
-            return entry[1]
-        task = self._loading.get(key)
-        if task is None:
-            # The load runs as its own task: a request that goes away does not cancel it for
-            # the others waiting on the same key.
-            task = asyncio.ensure_future(self._refresh(key, load, entry))
-            self._loading[key] = task
-            task.add_done_callback(lambda done: self._loaded(key, done))
-        return await asyncio.shield(task)
-
-    def _loaded(self, key: K, task: asyncio.Task[V]) -> None:
-        self._loading.pop(key, None)
-        if not task.cancelled():
-            task.exception()  # mark retrieved: every waiter may have gone
-
-    async def _refresh(self, key: K, load: Callable[[], Awaitable[V]], entry: tuple[float, V] | None) -> V:
-        try:
-            value = await load()
-        except POSTGRES_ERRORS as exc:
-            if entry is not None and time.monotonic() - entry[0] < self.ttl + self.stale:
-                LOOKUPS.labels(self.kind, "stale").inc()
-                logger.warning(
-                    "postgres unavailable; serving a cached entry",
-                    extra={"kind": self.kind, **logs.failure(exc, f"SELECT {self.kind}")},
-                )
-                return entry[1]
-            LOOKUPS.labels(self.kind, "failed").inc()
-            logger.error(
-                "postgres unavailable and nothing cached", extra={"kind": self.kind, **logs.failure(exc, f"SELECT {self.kind}")}
-            )
-            raise DirectoryUnavailable(self.kind) from exc
-        LOOKUPS.labels(self.kind, "postgres").inc()
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()  # crude but bounded; entries live seconds anyway
-        self._entries[key] = (time.monotonic(), value)
-        return value
-
-
 _USER_SQL = """
 SELECT id, google_user_email, api_token_pepper, blocked_reason, microdollars_used, total_microdollars_acquired
 FROM kilocode_users WHERE id = $1
@@ -151,17 +76,6 @@ SELECT EXISTS (
     AND NOT EXISTS (SELECT 1 FROM kilo_pass_issuance_items k WHERE k.credit_transaction_id = ct.id)
 )
 """
-
-
-async def fetch(pool: asyncpg.Pool, timeout: float, sql: str, *args: Any) -> list[asyncpg.Record]:
-    """One query on the request path, given up after `timeout` (the caller's failure policy
-    then decides: a stale cache entry, or DirectoryUnavailable)."""
-
-    async def query() -> list[asyncpg.Record]:
-        async with pool.acquire() as connection:
-            return await connection.fetch(sql, *args)
-
-    return await asyncio.wait_for(query(), timeout)
 
 
 class Directory:
@@ -204,12 +118,11 @@ class Directory:
             row = await self._fetchrow(_ACCOUNT_SQL, organization_id, user_id)
             if row is None:
                 return None
-            settings = row["settings"]
             return OrganizationAccount(
                 total_microdollars_acquired=row["total_microdollars_acquired"],
                 microdollars_used=row["microdollars_used"],
                 plan=row["plan"],
-                settings=orjson.loads(settings) if isinstance(settings, str) else settings,
+                settings=row["settings"],
                 require_seats=row["require_seats"],
                 daily_limit_microdollars=row["microdollar_limit"],
                 today_usage_microdollars=row["today_usage"],

@@ -17,33 +17,24 @@ from typing import Any
 import yaml
 
 from extproc import errors
+from extproc.envoy_names import (
+    CHAT_PATHS,
+    CUSTOM_HOST_HEADER,
+    CUSTOM_HTTP_CLUSTER,
+    CUSTOM_HTTPS_CLUSTER,
+    ENVOY_REQUEST_HEADERS,
+    EXTPROC_FILTER,
+    IMMEDIATE_DETAILS,
+    LOG_NAMESPACE,
+    UPSTREAM_HEADER,
+)
 from extproc.errors import GatewayError
 from extproc.settings import Provider, Settings
 
-UPSTREAM_HEADER = "x-gateway-upstream"
-# The authority of a custom LLM, for Envoy's dynamic forward proxy (set by the ext_proc only).
-CUSTOM_HOST_HEADER = "x-gateway-custom-host"
-CHAT_PATHS = ("/api/gateway/chat/completions", "/api/openrouter/chat/completions")
 GATEWAY_PREFIXES = ("/api/gateway/", "/api/openrouter/")
 EXTPROC_CLUSTER = "extproc"
-EXTPROC_FILTER = "envoy.filters.http.ext_proc"
-# The `details` of every ext_proc immediate response (see protocol.immediate).
-IMMEDIATE_DETAILS = "gateway_"
-# The dynamic-metadata namespace the ext_proc writes for Envoy's access log.
-LOG_NAMESPACE = "llm_gateway"
 DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
-CUSTOM_HTTPS_CLUSTER = "custom_https"
-CUSTOM_HTTP_CLUSTER = "custom_http"
 _DNS_CACHE = {"name": "custom_llm", "dns_lookup_family": "V4_PREFERRED", "max_hosts": 1024}
-# Headers the HCM adds or keeps for itself; they stay during routing (Envoy's route lookup
-# needs x-forwarded-proto) and are removed on the way to a provider, which sees none of them.
-ENVOY_REQUEST_HEADERS = (
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-request-id",
-    "x-envoy-external-address",
-    "x-envoy-internal",
-)
 
 _HIGH_LIMITS = {
     "thresholds": [
@@ -373,7 +364,7 @@ def _provider_cluster(settings: Settings, provider: Provider) -> dict[str, Any]:
                 },
             ),
         }
-        protocol = {"auto_config": {"http2_protocol_options": {}, "http_protocol_options": {}}}
+        protocol: dict[str, Any] = {"auto_config": {"http2_protocol_options": {}, "http_protocol_options": {}}}
     else:
         protocol = {"explicit_http_config": {"http_protocol_options": {}}}
     cluster["typed_extension_protocol_options"] = {options: _typed(options, **protocol)}

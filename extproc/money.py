@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-__all__ = ["parse_usd", "usd_to_microdollars"]
+__all__ = ["MICRODOLLARS_PER_USD", "parse_usd", "usd_to_microdollars"]
 
-_MICRO = Decimal(1_000_000)
+MICRODOLLARS_PER_USD = Decimal(1_000_000)
 # Largest USD amount whose microdollars still fit the ledger's bigint columns; anything larger
 # is garbage from upstream and must not reach an insert (or build a gigantic int).
 _MAX_USD = Decimal((2**63 - 1) // 1_000_000)
@@ -38,4 +38,4 @@ def usd_to_microdollars(value: object) -> int:
     amount = parse_usd(value)
     if amount is None:
         return 0
-    return int((amount * _MICRO).to_integral_value(rounding=ROUND_HALF_UP))
+    return int((amount * MICRODOLLARS_PER_USD).to_integral_value(rounding=ROUND_HALF_UP))

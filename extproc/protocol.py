@@ -22,7 +22,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 from envoy.type.v3.http_status_pb2 import HttpStatus
 
-from extproc.envoy_config import IMMEDIATE_DETAILS, LOG_NAMESPACE
+from extproc.envoy_names import IMMEDIATE_DETAILS, LOG_NAMESPACE
 from extproc.errors import GatewayError
 
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD

@@ -14,13 +14,14 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from extproc import logs
+from extproc.db import Connection, init_connection
 from extproc.db.migrate import migrate
 from extproc.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
-async def _keep_session(connection: asyncpg.Connection) -> None:
+async def _keep_session(connection: Connection) -> None:
     return None
 
 
@@ -42,6 +43,7 @@ class Resources:
             # advisory unlock...). Ours leave no session state behind (no LISTEN, SET or
             # session-level lock), so the reset is skipped.
             reset=_keep_session,
+            init=init_connection,
         )
         # A blocking pool: past its size requests wait for a connection instead of failing
         # (redis-py's default pool raises, which the limiter would count as "Redis down").

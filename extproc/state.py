@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from extproc.pipeline.parse import ChatRequest
 from extproc.settings import Provider
+from extproc.side.api_metrics import AnsweredRequest
 from extproc.usage import ResponseSummary, StreamTap
 
-if TYPE_CHECKING:  # the pipeline's types refer back to ChatRequest
+if TYPE_CHECKING:
     from extproc.accounting.record import RequestFacts
     from extproc.pipeline.client_headers import ClientInfo
     from extproc.pipeline.identity import Identity
@@ -17,16 +19,6 @@ if TYPE_CHECKING:  # the pipeline's types refer back to ChatRequest
     from extproc.shaping.transform import TransformResult
     from extproc.side.abuse import Classification
     from extproc.translate.chat import ResponseTranslator
-
-
-@dataclass(slots=True)
-class ChatRequest:
-    """The parsed client request after contract 2.1 (body already normalised)."""
-
-    body: dict[str, Any]
-    model: str  # as sent, for the upstream body
-    model_lower: str  # trimmed and lowercased, for every lookup (contract 2.1)
-    stream: bool
 
 
 @dataclass(slots=True)
@@ -71,3 +63,27 @@ class RequestState:
         """The original query string with its '?', forwarded verbatim (contract 1)."""
         index = self.path.find("?")
         return self.path[index:] if index >= 0 else ""
+
+    def answered_request(self) -> AnsweredRequest | None:
+        """The API metrics' view of the request; None when nothing reached the upstream."""
+        chat, identity, provider, status = self.chat, self.identity, self.provider, self.status
+        if chat is None or identity is None or provider is None or self.first_byte_at is None:
+            return None
+        if status is None or not 100 <= status <= 599:
+            return None
+        return AnsweredRequest(
+            user_id=identity.user_id,
+            anonymous=identity.anonymous,
+            organization_id=identity.organization_id,
+            streaming=chat.stream,
+            user_byok=self.user_byok,
+            provider_id=provider.id,
+            requested_model=self.auto_model or chat.model_lower,
+            model_lower=chat.model_lower,
+            tools_available=tuple(self.tools.tools_available) if self.tools is not None else (),
+            tools_used=tuple(self.tools.tools_used) if self.tools is not None else (),
+            mode=self.client.mode if self.client is not None else None,
+            started=self.started,
+            first_byte_at=self.first_byte_at,
+            status=status,
+        )

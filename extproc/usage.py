@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .money import parse_usd, usd_to_microdollars
+from .money import MICRODOLLARS_PER_USD, parse_usd, usd_to_microdollars
 from .sse import SseEvent, SseParser
 
 __all__ = [
@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 # OpenRouter bills BYOK requests 5 % of the upstream cost, so cost × 20 ≈ upstream cost.
 _BYOK_COST_MULTIPLIER = 20
 _BYOK_TOLERANCE_MICRODOLLARS = Decimal("1.1")
-_MICRO = Decimal(1_000_000)
 
 
 @dataclass(slots=True)
@@ -223,7 +222,7 @@ def _warn_on_cost_anomaly(
         )
     # A BYOK cost of exactly 0 is an OpenRouter promotion, not an accounting error.
     elif is_byok and cost_usd != 0:
-        error = abs((cost_usd or 0) * _BYOK_COST_MULTIPLIER - upstream_usd) * _MICRO
+        error = abs((cost_usd or 0) * _BYOK_COST_MULTIPLIER - upstream_usd) * MICRODOLLARS_PER_USD
         if error > _BYOK_TOLERANCE_MICRODOLLARS:
             logger.warning(
                 "SUSPICIOUS: BYOK cost %s is not 5%% of upstream cost %s (model %s, id %s)",

@@ -7,6 +7,7 @@ the ext_proc server and a real Envoy. Tests talk to Envoy like any client would.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -220,3 +222,51 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         child.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# `e2e` marker (issue 15, part 7): a test is end-to-end when it, one of its fixtures, or a
+# function of their modules that they call refers to one of these names, i.e. starts a stack,
+# a database, a Redis or any other process. `make test-unit` runs the rest (`-m "not e2e"`).
+# Found from the code rather than listed by hand, so a new test is classified without a marker.
+_PROCESS_STARTERS = frozenset(
+    {"running_stack", "start_stack", "start_postgres", "start_redis", "subprocess", "Popen", "run_many"}
+)
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """Every global or attribute name the code (and the functions nested in it) refers to."""
+    names: set[str] = set()
+    pending = [code]
+    while pending:
+        current = pending.pop()
+        names.update(current.co_names)
+        pending.extend(const for const in current.co_consts if isinstance(const, types.CodeType))
+    return names
+
+
+def _starts_processes(function: Any, seen: set[Any]) -> bool:
+    function = getattr(function, "__func__", function)
+    if not inspect.isfunction(function):
+        return False
+    function = inspect.unwrap(function)
+    if function in seen:
+        return False
+    seen.add(function)
+    names = _names(function.__code__)
+    if names & _PROCESS_STARTERS:
+        return True
+    module_globals = function.__globals__
+    return any(_starts_processes(module_globals[name], seen) for name in names if name in module_globals)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        seen: set[Any] = set()
+        fixtures = [
+            definition.func for definitions in item._fixtureinfo.name2fixturedefs.values() for definition in definitions
+        ]
+        if any(_starts_processes(function, seen) for function in [item.obj, *fixtures]):
+            item.add_marker(pytest.mark.e2e)

@@ -25,6 +25,7 @@ from extproc.byok import (
     parse_encryption_key,
     to_byok_key,
 )
+from extproc.db import init_connection
 from extproc.db.migrate import migrate
 from extproc.settings import load_settings
 from extproc.shaping.provider_rules import ByokKey
@@ -148,7 +149,7 @@ def test_bedrock_and_plain_keys() -> None:
 
 @pytest.fixture(scope="module")
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(database_url, min_size=0, max_size=4)
+    pool = await asyncpg.create_pool(database_url, min_size=0, max_size=4, init=init_connection)
     async with pool.acquire() as connection:
         await migrate(connection)
     try:
@@ -323,7 +324,7 @@ async def test_cli_stores_keys_that_decrypt(pool: asyncpg.Pool, database_url: st
     ]
     row = await pool.fetchrow("SELECT * FROM byok_api_keys WHERE id = $1::uuid", user_key.json["id"])
     assert row["kilo_user_id"] == user and row["organization_id"] is None and row["is_enabled"]
-    assert set(orjson.loads(row["encrypted_api_key"])) == {"iv", "data", "authTag"}
+    assert set(row["encrypted_api_key"]) == {"iv", "data", "authTag"}
 
     # Adding again replaces the key in place and re-enables it.
     await pool.execute("UPDATE byok_api_keys SET is_enabled = false WHERE id = $1::uuid", user_key.json["id"])

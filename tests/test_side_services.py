@@ -34,7 +34,7 @@ from extproc.settings import Provider, Settings, load_settings
 from extproc.shaping.transform import TransformResult
 from extproc.side import SideServices
 from extproc.side.abuse import classification_payload
-from extproc.side.api_metrics import api_metrics_params
+from extproc.side.api_metrics import AnsweredRequest, api_metrics_params
 from extproc.state import ChatRequest, RequestState
 from extproc.usage import ResponseSummary, Usage
 from tests.conftest import Gateway, fresh_ip, start_stack, stop_stack
@@ -412,7 +412,13 @@ async def test_cost_report_fails_open(stand_in: StandIn, answer: dict[str, Any])
 
 def finished_state(
     *, status: int = 200, auto_model: str | None = None, organization_id: str | None = None
-) -> RequestState:
+) -> AnsweredRequest:
+    answered = ended_state(status=status, auto_model=auto_model, organization_id=organization_id).answered_request()
+    assert answered is not None
+    return answered
+
+
+def ended_state(*, status: int, auto_model: str | None, organization_id: str | None) -> RequestState:
     state = RequestState(request_id="req-1")
     state.started = 100.0
     state.first_byte_at = 100.25
@@ -453,9 +459,9 @@ def test_api_metrics_params() -> None:
     assert plain is not None
     assert "organizationId" not in plain and plain["inferenceProvider"] == ""
     assert plain["requestedModel"] == "anthropic/claude-sonnet-4:exacto" and plain["statusCode"] == 402
-    never_answered = finished_state()
+    never_answered = ended_state(status=200, auto_model=None, organization_id=None)
     never_answered.first_byte_at = None
-    assert api_metrics_params(never_answered, summary(), 101.0) is None
+    assert never_answered.answered_request() is None
 
 
 async def test_api_metrics_are_posted_with_the_admin_token(stand_in: StandIn) -> None:

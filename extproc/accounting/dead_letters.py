@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
-
 from extproc.accounting import ledger
 from extproc.accounting.cost import charge_from_dict
 from extproc.accounting.outbox import DeadLetter, Outbox
 from extproc.accounting.record import UsageRecord
-from extproc.db import POSTGRES_ERRORS
+from extproc.db import POSTGRES_ERRORS, Connection
+
+# What fails one letter's replay without stopping the others: Postgres, or a record it refuses.
+_REPLAY_ERRORS: tuple[type[Exception], ...] = (*POSTGRES_ERRORS, ValueError, TypeError, KeyError)
 
 
-async def replay(connection: asyncpg.Connection, letter: DeadLetter) -> None:
+async def replay(connection: Connection, letter: DeadLetter) -> None:
     """Raises what Postgres raises when the cause is not fixed yet; ValueError for an entry
     that holds no record this version can read."""
     if letter.priced is None:
@@ -38,7 +39,7 @@ async def replay(connection: asyncpg.Connection, letter: DeadLetter) -> None:
     )
 
 
-async def replay_all(outbox: Outbox, connection: asyncpg.Connection, entry_ids: list[str] | None) -> dict[str, Any]:
+async def replay_all(outbox: Outbox, connection: Connection, entry_ids: list[str] | None) -> dict[str, Any]:
     """Replays the dead letters (those of `entry_ids`, or all); each one written leaves the
     stream, each one that fails stays, with what failed."""
     letters = await outbox.dead_letters()
@@ -51,7 +52,7 @@ async def replay_all(outbox: Outbox, connection: asyncpg.Connection, entry_ids: 
     for letter in letters:
         try:
             await replay(connection, letter)
-        except (*POSTGRES_ERRORS, ValueError, TypeError, KeyError) as exc:
+        except _REPLAY_ERRORS as exc:
             failed.append({**letter.summary(), "replay_error": f"{type(exc).__name__}: {exc}"})
             continue
         await outbox.forget_dead_letter(letter.entry_id)

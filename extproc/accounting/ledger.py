@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import orjson
 
 from extproc import storable
 from extproc.accounting.cost import Charge
 from extproc.accounting.record import UsageRecord
+from extproc.db import Connection
 from extproc.money import usd_to_microdollars
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def _values(
 
 
 async def write(
-    connection: asyncpg.Connection,
+    connection: Connection,
     record: UsageRecord,
     charge: Charge,
     cost: int,
@@ -296,7 +296,7 @@ async def write(
     return written
 
 
-async def _log_request(connection: asyncpg.Connection, record: UsageRecord) -> None:
+async def _log_request(connection: Connection, record: UsageRecord) -> None:
     """Contract 8.2: an employee's final request and the upstream's response, made storable."""
     if record.request_log is None:
         return
@@ -330,7 +330,7 @@ def batchable(record: UsageRecord) -> bool:
     return record.organization_id is None and record.request_log is None
 
 
-async def write_many(connection: asyncpg.Connection, items: list[Item]) -> list[Written]:
+async def write_many(connection: Connection, items: list[Item]) -> list[Written]:
     """`write` for many batchable records in one statement (one commit). A usage id that
     appears twice in `items` is written once; the later copies are duplicates."""
     assert all(batchable(record) for record, _, _, _ in items)
@@ -338,7 +338,7 @@ async def write_many(connection: asyncpg.Connection, items: list[Item]) -> list[
 
 
 async def _write_usage(
-    connection: asyncpg.Connection,
+    connection: Connection,
     items: list[Item],
     *,
     emptied: frozenset[str] = frozenset(),
@@ -353,8 +353,8 @@ async def _write_usage(
     for record, charge, cost, discount in unique:
         columns, lookups = _values(record, charge, cost, discount, emptied)
         user_charge = cost if charge_users and record.organization_id is None else 0
-        row = [*(columns[n] for n, _ in _COLUMNS), *(lookups[n] for n in LOOKUPS), user_charge]
-        for array, value in zip(arrays, row, strict=True):
+        values = [*(columns[n] for n, _ in _COLUMNS), *(lookups[n] for n in LOOKUPS), user_charge]
+        for array, value in zip(arrays, values, strict=True):
             array.append(value)
     rows = await connection.fetch(_WRITE_USAGE, *arrays)
     inserted = {row["usage_id"] for row in rows if row["usage_id"] is not None}

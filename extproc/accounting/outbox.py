@@ -21,11 +21,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
+from redis.typing import EncodableT, FieldT
 
 from extproc import logs
 from extproc.accounting.record import UsageRecord
@@ -49,6 +50,17 @@ def _command(name: str, key: str = STREAM) -> Iterator[None]:
     except RedisError as exc:
         exc.add_note(f"redis {name} {key}")
         raise
+
+
+# A stream entry as this client receives it (RESP2, bytes). redis-py annotates its replies for
+# every protocol and decoding at once (str or bytes, RESP3's dicts), so they are narrowed here.
+_Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _read_entries(reply: object) -> list[_Entry]:
+    """XREADGROUP's reply for one stream: [[stream, entries]], or nothing."""
+    streams = cast(list[tuple[bytes, list[_Entry]]], reply)
+    return streams[0][1] if streams else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,19 +137,19 @@ class Outbox:
     async def _read(self, count: int, block_ms: int, *, pending: bool) -> list[tuple[bytes, UsageRecord]]:
         if pending:
             with _command("XREADGROUP 0"):
-                replies = await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: "0"}, count=count)
-            entries = replies[0][1] if replies else []
+                entries = _read_entries(await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: "0"}, count=count))
             if not entries:
                 # Redis 6.2 answers [cursor, entries], 7+ adds the deleted ids.
                 with _command("XAUTOCLAIM"):
                     claimed = await self.redis.xautoclaim(
                         STREAM, GROUP, self.consumer, min_idle_time=self.claim_idle_ms, start_id="0", count=count
                     )
-                entries = claimed[1]
+                entries = cast(list[_Entry], claimed[1])
         else:
             with _command("XREADGROUP >"):
-                replies = await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=count, block=block_ms)
-            entries = replies[0][1] if replies else []
+                entries = _read_entries(
+                    await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=count, block=block_ms)
+                )
         # An entry deleted while pending has no fields left: nothing to write, just release it.
         done = [entry_id for entry_id, fields in entries if not fields]
         records: list[tuple[bytes, UsageRecord]] = []
@@ -172,7 +184,7 @@ class Outbox:
         charged: bool = False,
         priced: dict[str, Any] | None = None,
     ) -> None:
-        fields = {
+        fields: dict[FieldT, EncodableT] = {
             _FIELD: record,
             b"error": error,
             b"columns": orjson.dumps(columns or []),
@@ -181,7 +193,7 @@ class Outbox:
             b"at": repr(time.time()),
         }
         with _command("XADD", DEAD_LETTERS):
-            await self.redis.xadd(DEAD_LETTERS, fields)  # type: ignore[arg-type]
+            await self.redis.xadd(DEAD_LETTERS, fields)
 
     async def dead_letters(self, count: int = 10_000) -> list[DeadLetter]:
         return [
@@ -197,9 +209,9 @@ class Outbox:
             for entry_id, fields in await self._dead_letter_entries(count)
         ]
 
-    async def _dead_letter_entries(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    async def _dead_letter_entries(self, count: int) -> list[_Entry]:
         with _command("XRANGE", DEAD_LETTERS):
-            return await self.redis.xrange(DEAD_LETTERS, count=count)
+            return cast(list[_Entry], await self.redis.xrange(DEAD_LETTERS, count=count))
 
     async def forget_dead_letter(self, entry_id: str) -> None:
         with _command("XDEL", DEAD_LETTERS):
@@ -210,7 +222,7 @@ class Outbox:
         with _command("XLEN"):
             depth = await self.redis.xlen(STREAM)
         with _command("XRANGE"):
-            oldest = await self.redis.xrange(STREAM, count=1)
+            oldest = cast(list[_Entry], await self.redis.xrange(STREAM, count=1))
         if not oldest:
             return depth, 0.0
         millis = int(oldest[0][0].split(b"-")[0])

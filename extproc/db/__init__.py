@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from extproc import js
+
+# A connection of its own or one lent by a pool (`async with pool.acquire()`): what takes a
+# connection uses only what both offer.
+Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 
 # A refused or dropped connection, a timeout, or a server-side failure: each caller's failure
 # policy applies (a stale cache entry, a retry, a 503), never an unhandled 500.
-POSTGRES_ERRORS: tuple[type[BaseException], ...] = (
+POSTGRES_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresError,
@@ -29,3 +38,15 @@ def refuses_data(error: BaseException) -> bool:
         return state.startswith(("22", "23"))
     # asyncpg's client-side DataError (also a ValueError), and what its encoders raise.
     return isinstance(error, (asyncpg.exceptions._base.DataError, UnicodeEncodeError, OverflowError))
+
+
+def _json_text(value: str) -> str:
+    """Parameters stay JSON text: each writer serialises its value itself (made storable)."""
+    return value
+
+
+async def init_connection(connection: asyncpg.Connection) -> None:
+    """For every connection (a pool's `init`): jsonb columns arrive as Python values, decoded
+    here once rather than by each reader. Through `js.loads`: jsonb holds numbers beyond double
+    range (1e400), which orjson alone refuses."""
+    await connection.set_type_codec("jsonb", schema="pg_catalog", encoder=_json_text, decoder=js.loads)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from importlib import resources
 
-import asyncpg
+from extproc.db import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def migration_files() -> list[tuple[str, str]]:
     return sorted((f.name, f.read_text()) for f in folder.iterdir() if f.name.endswith(".sql"))
 
 
-async def migrate(connection: asyncpg.Connection) -> list[str]:
+async def migrate(connection: Connection) -> list[str]:
     """Apply the migrations this database has not seen; returns their names."""
     applied: list[str] = []
     async with connection.transaction():

@@ -57,7 +57,9 @@ def finish_request(
     # Once: it also logs the contract's cost sanity warnings.
     reported = usage_from_summary(summary, cache_writes=state.translator is not None)
     _record_genai_metrics(state, summary, reported, provider, model)
-    side.api_metrics.report(state, summary)  # 8.1: every upstream response, the 402 too
+    answered = state.answered_request()
+    if answered is not None:
+        side.api_metrics.report(answered, summary)  # 8.1: every upstream response, the 402 too
     # Contract 6.2: a provider's 402 on Kilo's own key is answered 503 and not accounted.
     if state.status == 402 and not state.user_byok:
         return
@@ -88,7 +90,7 @@ def build_record(
         kilo_user_id=identity.user_id,
         organization_id=identity.organization_id,
         provider=provider.id,
-        requested_model=chat.model_lower,
+        requested_model=state.auto_model or chat.model_lower,
         auto_model=state.auto_model,
         status_code=state.status or 0,
         streamed=chat.stream,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     HttpBody,
@@ -13,7 +14,7 @@ from extproc import errors, protocol
 from extproc.accounting.record import request_facts
 from extproc.auth.rules import is_employee
 from extproc.custom_llm import FORWARDABLE_KIND
-from extproc.directory import DirectoryUnavailable
+from extproc.db.cache import DirectoryUnavailable
 from extproc.limits import Admission
 from extproc.pipeline.auto_model import apply_auto_model, resolve_auto_model
 from extproc.pipeline.balance import (
@@ -25,7 +26,7 @@ from extproc.pipeline.client_headers import extract_client_info
 from extproc.pipeline.free_usage import log_free_model_usage
 from extproc.pipeline.identity import Identity, admit_anonymous, authenticate
 from extproc.pipeline.organization import apply_organization_rules, data_collection_gate
-from extproc.pipeline.parse import parse_chat_request
+from extproc.pipeline.parse import ChatRequest, parse_chat_request
 from extproc.pipeline.rejection import Rejection
 from extproc.pipeline.routing import Route, select_route
 from extproc.pipeline.upstream import forward
@@ -33,7 +34,7 @@ from extproc.pipeline.validation import validate_request
 from extproc.services import Services
 from extproc.shaping.provider_rules import apply_provider_specific_logic
 from extproc.shaping.transform import transform_request
-from extproc.state import ChatRequest, RequestState
+from extproc.state import RequestState
 from extproc.translate.openai_phase import PhaseMemory
 
 _LIMIT_REFUSALS = {
@@ -146,7 +147,7 @@ def _shape(services: Services, state: RequestState, chat: ChatRequest, route: Ro
 
 
 async def _check_balance_and_organization(
-    services: Services, identity: Identity, body: dict, model: str, *, byok: bool
+    services: Services, identity: Identity, body: dict[str, Any], model: str, *, byok: bool
 ) -> None:
     settings, directory = services.settings, services.directory
     assert identity.user is not None

@@ -9,7 +9,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from google.protobuf.struct_pb2 import Struct
 
 from extproc import errors, logs, protocol
-from extproc.envoy_config import EXTPROC_FILTER
+from extproc.envoy_names import EXTPROC_FILTER
 from extproc.state import RequestState
 
 

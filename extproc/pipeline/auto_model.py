@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from extproc.state import ChatRequest
+from extproc.pipeline.parse import ChatRequest
 
 AUTO_FREE_MODEL = "minimax/minimax-m2.5:free"
 AUTO_SMALL_MODEL = "openai/gpt-5-nano"

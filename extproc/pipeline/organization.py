@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from extproc import errors
+from extproc import errors, js
 from extproc.catalogue import Catalogue, normalize_model_id
 from extproc.pipeline.rejection import Rejection
 
@@ -68,15 +68,10 @@ def data_collection_gate(body: dict[str, Any], model_lower: str, catalogue: Cata
     if not isinstance(provider, dict):
         # The reference reads fields off whatever `provider` is: on a non-object both are absent.
         return
-    if provider.get("data_collection") == "deny" or _js_truthy(provider.get("zdr")):
+    if provider.get("data_collection") == "deny" or js.truthy(provider.get("zdr")):
         raise Rejection(errors.DATA_COLLECTION_REQUIRED)
 
 
 def _list(value: Any) -> list[Any]:
     """Settings are JSON from the database: anything but an array is treated as no list."""
     return list(value) if isinstance(value, list | tuple) else []
-
-
-def _js_truthy(value: Any) -> bool:
-    """The reference's truthiness: unlike Python's, an empty array or object is true."""
-    return value is not None and value is not False and value != 0 and value != ""

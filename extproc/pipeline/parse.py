@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from extproc import errors
 from extproc.pipeline.rejection import Rejection
-from extproc.state import ChatRequest
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """The parsed client request after contract 2.1 (body already normalised)."""
+
+    body: dict[str, Any]
+    model: str  # as sent, for the upstream body
+    model_lower: str  # trimmed and lowercased, for every lookup (contract 2.1)
+    stream: bool
 
 
 def parse_chat_request(raw: bytes) -> ChatRequest:

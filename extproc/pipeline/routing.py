@@ -12,7 +12,9 @@ from prometheus_client import Counter
 from extproc import errors
 from extproc.byok import ByokDecryptionError
 from extproc.custom_llm import FORWARDABLE_KIND, TRANSLATED_KINDS, CustomLlm, UnsafeCustomLlmUrl, martian_llm
+from extproc.envoy_names import CUSTOM_HTTP_CLUSTER, CUSTOM_HTTPS_CLUSTER
 from extproc.pipeline.identity import Identity
+from extproc.pipeline.parse import ChatRequest
 from extproc.pipeline.rejection import Rejection
 from extproc.settings import Provider
 from extproc.shaping.provider_rules import ByokKey
@@ -22,7 +24,6 @@ from extproc.shaping.vercel import (
     vercel_eligible,
     vercel_percentage,
 )
-from extproc.state import ChatRequest
 
 if TYPE_CHECKING:
     from extproc.services import Services
@@ -74,10 +75,12 @@ async def _custom_route(services: Services, llm: CustomLlm) -> Route:
         logger.error("custom LLM of an unknown kind", extra={"model": llm.public_id, "kind": llm.kind})
         raise Rejection(errors.SERVICE_UNAVAILABLE)
     try:
-        return await services.custom_llms.route(llm)
+        provider = await services.custom_llms.upstream(llm)
     except UnsafeCustomLlmUrl as exc:
         logger.error("custom LLM URL refused", extra={"model": llm.public_id, "reason": str(exc)})
         raise Rejection(errors.CUSTOM_LLM_URL_REFUSED) from None
+    cluster = CUSTOM_HTTPS_CLUSTER if provider.tls else CUSTOM_HTTP_CLUSTER
+    return Route(provider=provider, cluster=cluster, custom_host=f"{provider.host}:{provider.port}", custom_llm=llm)
 
 
 async def select_route(services: Services, chat: ChatRequest, identity: Identity, task_id: str | None) -> Route:

@@ -11,14 +11,15 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
 from extproc import protocol
 from extproc.custom_llm import TRANSLATED_KINDS
-from extproc.envoy_config import (
+from extproc.envoy_names import (
     CUSTOM_HOST_HEADER,
     ENVOY_REQUEST_HEADERS,
     UPSTREAM_HEADER,
 )
+from extproc.pipeline.parse import ChatRequest
 from extproc.pipeline.routing import Route
 from extproc.settings import Settings
-from extproc.state import ChatRequest, RequestState
+from extproc.state import RequestState
 from extproc.translate.chat import ProviderRequest
 from extproc.translate.openai_phase import PhaseMemory
 

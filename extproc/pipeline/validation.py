@@ -6,8 +6,8 @@ from typing import Any
 
 from extproc import errors
 from extproc.catalogue import Catalogue
+from extproc.pipeline.parse import ChatRequest
 from extproc.pipeline.rejection import Rejection
-from extproc.state import ChatRequest
 
 # Far above any real model: a request past it is probing, so it gets a generic 503.
 MAX_TOKENS_LIMIT = 99_999_999_999

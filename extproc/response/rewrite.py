@@ -14,12 +14,11 @@ Usage accounting must read the original upstream bytes, never these (contract 6.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import orjson
 
-from extproc import errors
+from extproc import errors, js
 from extproc.sse import DEFAULT_MAX_EVENT_BYTES, SseComment, SseItem, SseParser
 
 __all__ = [
@@ -102,13 +101,13 @@ class SseRewriter:
 
     def _rewrite_event(self, data: str) -> bytes | None:
         try:
-            chunk = _loads(data)
+            chunk = js.loads(data)
             if not isinstance(chunk, dict):
                 return None
             if self._generation_id is None and isinstance(chunk.get("id"), str):
                 self._generation_id = chunk["id"]
             _rewrite_chunk(chunk, self._model)
-            return _dumps(chunk)
+            return js.dumps(chunk)
         except ValueError:
             return None
 
@@ -129,16 +128,16 @@ def rewrite_json_body(body: bytes, public_model_id: str) -> bytes:
     upstream error readable.
     """
     try:
-        completion = _loads(body)
+        completion = js.loads(body)
         if not isinstance(completion, dict):
             return body
-        if _truthy(completion.get("model")):
+        if js.truthy(completion.get("model")):
             completion["model"] = public_model_id
         message = _first_choice_field(completion, "message")
         if message is not None:
             _convert_reasoning(message)
         _rewrite_usage(completion)
-        return _dumps(completion)
+        return js.dumps(completion)
     except ValueError:
         return body
 
@@ -156,7 +155,7 @@ def rewrite_body(body: bytes, content_type: str | None, public_model_id: str) ->
 
 
 def _rewrite_chunk(chunk: dict[str, Any], model: str) -> None:
-    if _truthy(chunk.get("model")):
+    if js.truthy(chunk.get("model")):
         chunk["model"] = model
     delta = _first_choice_field(chunk, "delta")
     if delta is not None:
@@ -164,7 +163,7 @@ def _rewrite_chunk(chunk: dict[str, Any], model: str) -> None:
         if "role" in delta and delta["role"] is None:
             del delta["role"]
         _convert_reasoning(delta)
-    if not _truthy(chunk.get("choices")):
+    if not js.truthy(chunk.get("choices")):
         # Usage-only chunks may omit `choices`; OpenCode requires it.
         chunk["choices"] = []
     _rewrite_usage(chunk)
@@ -181,11 +180,11 @@ def _first_choice_field(obj: dict[str, Any], name: str) -> dict[str, Any] | None
 def _convert_reasoning(message: dict[str, Any]) -> None:
     """`reasoning_content` (DeepSeek style) to OpenRouter's `reasoning` + `reasoning_details`."""
     content = message.get("reasoning_content")
-    if not _truthy(content):
+    if not js.truthy(content):
         return
-    if not _truthy(message.get("reasoning")):
+    if not js.truthy(message.get("reasoning")):
         message["reasoning"] = content
-    if not _truthy(message.get("reasoning_details")):
+    if not js.truthy(message.get("reasoning_details")):
         message["reasoning_details"] = [{"type": "reasoning.text", "text": content}]
     del message["reasoning_content"]
 
@@ -197,47 +196,3 @@ def _rewrite_usage(obj: dict[str, Any]) -> None:
         usage.pop("cost", None)
         usage.pop("cost_details", None)
         usage.pop("is_byok", None)
-
-
-def _truthy(value: Any) -> bool:
-    """JavaScript truthiness, which the reference's checks use (`[]` and `{}` are truthy)."""
-    if value is None or value is False:
-        return False
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return value == value and value != 0  # NaN and 0 are falsy
-    if isinstance(value, str):
-        return value != ""
-    return True
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"not JSON: {name}")
-
-
-def _loads(data: str | bytes) -> Any:
-    """Parse like `JSON.parse` (ValueError when it would throw). orjson refuses two things JS
-    accepts: escaped lone surrogates (a provider can split an escaped surrogate pair across
-    chunks) and numbers beyond double range (Infinity, which `_dumps` writes as `null`, as
-    `JSON.stringify` does). The standard library parses those, kept strict about NaN."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(data, parse_constant=_reject_constant)
-    except RecursionError as error:
-        raise ValueError("JSON nested too deeply") from error
-
-
-def _dumps(obj: Any) -> bytes:
-    """Serialize compactly like `JSON.stringify` (orjson's float text may differ: `1.0` for
-    JS `1`). What orjson cannot encode (lone surrogates, integers beyond 64 bits, both only
-    from the standard-library parse) is written ASCII-escaped, which parsers read the same."""
-    try:
-        return orjson.dumps(obj)
-    except orjson.JSONEncodeError:
-        pass
-    try:
-        return json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode()
-    except (ValueError, RecursionError) as error:  # Infinity next to a lone surrogate
-        raise ValueError("not representable as JSON") from error

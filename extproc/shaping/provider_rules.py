@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
+from extproc import js
 from extproc.catalogue import Catalogue
 from extproc.shaping.tools import (
     drop_tool_strict_properties,
@@ -26,6 +27,12 @@ from extproc.shaping.vercel import (
 
 _AWS_CREDENTIAL_FIELDS = ("accessKeyId", "secretAccessKey", "region")
 AWS_CREDENTIALS_ERROR = "Failed to parse AWS credentials"
+
+
+def valid_aws_credentials(value: object) -> TypeGuard[dict[str, Any]]:
+    """A bedrock key: an object with string accessKeyId, secretAccessKey and region (Vercel
+    needs all three to sign Bedrock requests; a key without them can never work)."""
+    return isinstance(value, dict) and all(isinstance(value.get(field), str) for field in _AWS_CREDENTIAL_FIELDS)
 
 FINE_GRAINED_TOOL_STREAMING = "fine-grained-tool-streaming-2025-05-14"
 _ANTHROPIC_BETA_HEADERS = ("anthropic-beta", "x-anthropic-beta")
@@ -51,12 +58,7 @@ class ByokKey:
     bedrock: dict[str, Any] | None  # {accessKeyId, secretAccessKey, region} for bedrock
 
     def __post_init__(self) -> None:
-        # Vercel needs all three to sign Bedrock requests; a key without them can never work.
-        # (extproc.byok parses and checks stored keys before building this.)
-        if self.provider_id == "bedrock" and not (
-            isinstance(self.bedrock, dict)
-            and all(isinstance(self.bedrock.get(field), str) for field in _AWS_CREDENTIAL_FIELDS)
-        ):
+        if self.provider_id == "bedrock" and not valid_aws_credentials(self.bedrock):
             raise ValueError(AWS_CREDENTIALS_ERROR)
 
 
@@ -94,16 +96,6 @@ def apply_provider_specific_logic(
         _apply_mistral_model(body)
     if provider_id == "vercel":
         _apply_vercel(model_lower, body, catalogue, user_byok)
-
-
-def _truthy(value: Any) -> bool:
-    """JavaScript truthiness, which the reference's `if (x)` checks use: empty lists and objects
-    count as present."""
-    if value is None or value is False or value == "":
-        return False
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return value == value and value != 0  # NaN is falsy too
-    return True
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -223,9 +215,9 @@ def _apply_preferred_provider_order(model_lower: str, body: dict[str, Any]) -> N
     if not order:
         return
     provider = body.get("provider")
-    if not _truthy(provider):
+    if not js.truthy(provider):
         body["provider"] = {"order": order}
-    elif isinstance(provider, dict) and not _truthy(provider.get("order")):
+    elif isinstance(provider, dict) and not js.truthy(provider.get("order")):
         provider["order"] = order
 
 
@@ -268,7 +260,7 @@ def _make_line_ranges_nullable(body: dict[str, Any]) -> None:
         None,
     )
     line_ranges = _dict_path(read_file, "parameters", "properties", "files", "items", "properties", "line_ranges")
-    if line_ranges is None or not (_truthy(line_ranges.get("type")) and _truthy(line_ranges.get("items"))):
+    if line_ranges is None or not (js.truthy(line_ranges.get("type")) and js.truthy(line_ranges.get("items"))):
         return
     line_ranges["anyOf"] = [{"type": "null"}, {"type": "array", "items": line_ranges["items"]}]
     del line_ranges["type"], line_ranges["items"]
@@ -281,7 +273,7 @@ def _clamp_qwen_output_tokens(body: dict[str, Any]) -> None:
     # OpenRouter lists a larger maximum output than the Qwen hosts accept.
     for field in ("max_tokens", "max_completion_tokens"):
         value = body.get(field)
-        if isinstance(value, int | float) and not isinstance(value, bool) and _truthy(value):
+        if isinstance(value, int | float) and not isinstance(value, bool) and js.truthy(value):
             body[field] = min(value, QWEN_MAX_OUTPUT_TOKENS)
 
 
@@ -298,7 +290,7 @@ def _apply_giga_potato(model_lower: str, body: dict[str, Any]) -> None:
             messages.insert(0, {"role": "system", "content": [rule]})
         elif isinstance(system.get("content"), list):
             system["content"].append(rule)
-        elif _truthy(system.get("content")):
+        elif js.truthy(system.get("content")):
             system["content"] = [{"type": "text", "text": system["content"]}, rule]
         else:
             system["content"] = [rule]
@@ -403,7 +395,7 @@ def _apply_vercel(
     # Set even when empty (decision 13): it replaces whatever providerOptions the client sent.
     provider_options: dict[str, Any] = {"gateway": gateway}
     verbosity = body.get("verbosity")
-    if _truthy(verbosity):
+    if js.truthy(verbosity):
         # Vercel's Anthropic provider takes OpenAI's verbosity as its effort setting.
         provider_options["anthropic"] = {"effort": verbosity}
     body["providerOptions"] = provider_options

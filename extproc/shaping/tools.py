@@ -32,9 +32,8 @@ def _tool_calls(message: dict[str, Any]) -> list[Any]:
 
 def _call_id(tool_call: Any) -> str | None:
     # Only string ids can be paired with results; anything else is passed through untouched.
-    if isinstance(tool_call, dict) and isinstance(tool_call.get("id"), str):
-        return tool_call["id"]
-    return None
+    call_id = tool_call.get("id") if isinstance(tool_call, dict) else None
+    return call_id if isinstance(call_id, str) else None
 
 
 def _result_id(message: Any) -> str | None:

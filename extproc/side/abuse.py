@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from extproc.side import ERRORS, SideClient, failed
+from extproc.side.client import ERRORS, SideClient, failed
 
 if TYPE_CHECKING:
     from extproc.accounting.record import RequestFacts, UsageRecord
     from extproc.pipeline.client_headers import ClientInfo
     from extproc.pipeline.identity import Identity
+    from extproc.pipeline.parse import ChatRequest
     from extproc.settings import Settings
-    from extproc.state import ChatRequest
     from extproc.usage import Usage
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from extproc.side import SideClient, failed
+from extproc.db import Connection
+from extproc.side.client import SideClient, failed
 
 if TYPE_CHECKING:
     from extproc.accounting.record import UsageRecord
@@ -42,11 +43,11 @@ def first_usage_candidate(record: UsageRecord) -> bool:
     return bool(record.posthog_distinct_id) and record.prior_microdollar_usage == 0 and record.organization_id is None
 
 
-async def has_earlier_usage(connection: asyncpg.Connection, user_id: str) -> bool:
+async def has_earlier_usage(connection: Connection, user_id: str) -> bool:
     return bool(await connection.fetchval(_HAS_EARLIER_USAGE, user_id))
 
 
-async def microdollars_used(connection: asyncpg.Connection, user_id: str) -> int | None:
+async def microdollars_used(connection: Connection, user_id: str) -> int | None:
     value = await connection.fetchval(_MICRODOLLARS_USED, user_id)
     return int(value) if value is not None else None
 

@@ -5,18 +5,38 @@ Off while the URL or the client secret is unset."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from extproc.catalogue import normalize_model_id
-from extproc.side import SideClient
+from extproc.side.client import SideClient
 
 if TYPE_CHECKING:
     from extproc.settings import Settings
-    from extproc.state import RequestState
     from extproc.usage import ResponseSummary
 
 INGEST_PATH = "/ingest/api-metrics"
 TOKEN_HEADER = "X-O11Y-ADMIN-TOKEN"
+
+
+@dataclass(frozen=True, slots=True)
+class AnsweredRequest:
+    """What 8.1 reports of a request the upstream answered (built when the request ends)."""
+
+    user_id: str
+    anonymous: bool
+    organization_id: str | None
+    streaming: bool
+    user_byok: bool
+    provider_id: str
+    requested_model: str  # what the client asked for (a kilo/auto id before it was resolved)
+    model_lower: str  # the model as routed
+    tools_available: tuple[str, ...]
+    tools_used: tuple[str, ...]
+    mode: str | None
+    started: float  # monotonic
+    first_byte_at: float  # monotonic
+    status: int
 
 
 def _millis(start: float, end: float) -> int:
@@ -24,35 +44,29 @@ def _millis(start: float, end: float) -> int:
 
 
 def api_metrics_params(
-    state: RequestState, summary: ResponseSummary | None, finished_at: float | None = None
-) -> dict[str, Any] | None:
-    """The params of one response, or None when nothing reached the upstream (no status)."""
-    chat, identity, provider = state.chat, state.identity, state.provider
-    status = state.status
-    if chat is None or identity is None or provider is None or state.first_byte_at is None:
-        return None
-    if status is None or not 100 <= status <= 599:
-        return None
+    request: AnsweredRequest, summary: ResponseSummary | None, finished_at: float | None = None
+) -> dict[str, Any]:
+    """The params of one response."""
     finished_at = time.monotonic() if finished_at is None else finished_at
     params: dict[str, Any] = {
-        "kiloUserId": identity.user_id,
-        "isAnonymous": identity.anonymous,
-        "isStreaming": chat.stream,
-        "userByok": state.user_byok,
-        "provider": provider.id,
+        "kiloUserId": request.user_id,
+        "isAnonymous": request.anonymous,
+        "isStreaming": request.streaming,
+        "userByok": request.user_byok,
+        "provider": request.provider_id,
         "inferenceProvider": (summary.inference_provider if summary is not None else None) or "",
-        "requestedModel": state.auto_model or chat.model_lower,
-        "resolvedModel": normalize_model_id(chat.model_lower),
-        "toolsAvailable": list(state.tools.tools_available) if state.tools is not None else [],
-        "toolsUsed": list(state.tools.tools_used) if state.tools is not None else [],
-        "ttfbMs": _millis(state.started, state.first_byte_at),
-        "completeRequestMs": _millis(state.started, finished_at),
-        "statusCode": status,
+        "requestedModel": request.requested_model,
+        "resolvedModel": normalize_model_id(request.model_lower),
+        "toolsAvailable": list(request.tools_available),
+        "toolsUsed": list(request.tools_used),
+        "ttfbMs": _millis(request.started, request.first_byte_at),
+        "completeRequestMs": _millis(request.started, finished_at),
+        "statusCode": request.status,
     }
-    if identity.organization_id is not None:
-        params["organizationId"] = identity.organization_id
-    if state.client is not None and state.client.mode is not None:
-        params["mode"] = state.client.mode
+    if request.organization_id is not None:
+        params["organizationId"] = request.organization_id
+    if request.mode is not None:
+        params["mode"] = request.mode
     return params
 
 
@@ -68,13 +82,11 @@ class ApiMetrics:
     def enabled(self) -> bool:
         return self.url is not None and self.secret is not None
 
-    def report(self, state: RequestState, summary: ResponseSummary | None) -> None:
+    def report(self, request: AnsweredRequest, summary: ResponseSummary | None) -> None:
         """Called when the request ends; never awaited."""
         if self.url is None or self.secret is None:
             return
-        params = api_metrics_params(state, summary)
-        if params is None:
-            return
+        params = api_metrics_params(request, summary)
         # As the reference does, the secret is also in the body.
         body = {**params, "clientSecret": self.secret}
         self.client.spawn("api_metrics", self.client.post("api_metrics", self.url, body, {TOKEN_HEADER: self.secret}))

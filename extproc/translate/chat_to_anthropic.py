@@ -135,6 +135,7 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
 
 
 def _user_blocks(content: object, cache_control: object) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]]
     if isinstance(content, str):
         blocks = [{"type": "text", "text": content}]
     elif isinstance(content, list):
@@ -274,7 +275,6 @@ class AnthropicTranslator:
     writer: ChunkWriter
     _parser: SseParser = field(default_factory=SseParser)
     _usage: TokenUsage = field(default_factory=TokenUsage)
-    _blocks: dict[int, str] = field(default_factory=dict)  # content block index -> type
     _reasoning_index: dict[int, int] = field(default_factory=dict)  # block index -> detail index
     _stop_reason: str | None = None
     _started: bool = False
@@ -320,15 +320,15 @@ class AnthropicTranslator:
         elif kind == "error":
             self._finished = True
             error = data.get("error") or {}
-            message = error.get("message") if isinstance(error.get("message"), str) else "Stream error"
-            return sse(error_object(message, ERROR_STATUS.get(error.get("type"), 500), event.data))
+            message = error.get("message")
+            status = ERROR_STATUS.get(error.get("type") or "", 500)
+            return sse(error_object(message if isinstance(message, str) else "Stream error", status, event.data))
         return b""
 
     def _block_start(self, data: dict[str, Any]) -> bytes:
         index = data.get("index", 0)
         block = data.get("content_block") or {}
         kind = block.get("type")
-        self._blocks[index] = kind
         if kind == "tool_use":
             return self.writer.tool_start(str(index), block.get("id") or "", block.get("name") or "")
         if kind in ("thinking", "redacted_thinking"):

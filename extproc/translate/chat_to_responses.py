@@ -285,8 +285,8 @@ class ResponsesTranslator:
             self._finished = True
             error = (data.get("response") or {}).get("error") if kind == "response.failed" else data
             error = error if isinstance(error, dict) else {}
-            message = error.get("message") if isinstance(error.get("message"), str) else "Stream error"
-            return sse(error_object(message, 500, event.data))
+            message = error.get("message")
+            return sse(error_object(message if isinstance(message, str) else "Stream error", 500, event.data))
         return b""
 
     def translate_json(self, body: bytes) -> bytes:
