@@ -67,7 +67,7 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> _Parser:
     """The whole command line; `command`, the first word when known, lets the operator commands
     skip importing the mock upstream (aiohttp) just to describe its options."""
     from extproc import admin

@@ -29,7 +29,7 @@ from extproc.accounting import cost, ledger
 from extproc.accounting.generation import fetch_generation
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.record import UsageRecord
-from extproc.db import POSTGRES_ERRORS, refuses_data
+from extproc.db import POSTGRES_ERRORS, Connection, refuses_data
 from extproc.settings import Settings
 from extproc.side import analytics
 
@@ -59,6 +59,8 @@ OUTBOX_AGE = Gauge(
     "llm_gateway_outbox_oldest_seconds", "Age of the oldest record waiting for the ledger.", multiprocess_mode="livemax"
 )
 
+# What failing to reach Postgres or Redis raises: the record is retried later.
+_STORE_ERRORS: tuple[type[BaseException], ...] = (*POSTGRES_ERRORS, RedisError)
 _BATCH = 100
 _RESCAN_SECONDS = 30.0
 _GAUGE_SECONDS = 1.0
@@ -140,7 +142,7 @@ class LedgerWriter:
             lookup.cancel()
 
     def _retry_delay(self) -> float:
-        return min(10.0, 0.5 * 2 ** min(self._failures, 5))
+        return min(10.0, 0.5 * 2.0 ** min(self._failures, 5))
 
     async def _write_entry(self, entry_id: bytes, record: UsageRecord) -> None:
         written = False
@@ -280,7 +282,7 @@ class LedgerWriter:
                 charged=written is not None,
                 priced={"charge": charge, "cost": charged, "discount": discount},
             )
-        except (*POSTGRES_ERRORS, RedisError) as exc:
+        except _STORE_ERRORS as exc:
             LEDGER_FAILURES.inc()
             logger.error(
                 "dead-lettering a usage record failed; will retry",
@@ -429,7 +431,7 @@ _QUOTED_ARGUMENT = re.compile(r"(query argument \$\d+): .*( \([^()]*\))$", re.DO
 
 
 async def _write_checking_first_usage(
-    connection: asyncpg.Connection, record: UsageRecord, charge: cost.Charge, charged: int, discount: int | None
+    connection: Connection, record: UsageRecord, charge: cost.Charge, charged: int, discount: int | None
 ) -> tuple[ledger.Written, bool, int | None]:
     """Decision 22: `ledger.write` inside a transaction that first looks for an earlier usage
     row of the user (before the insert, as the reference does) and afterwards reads the usage

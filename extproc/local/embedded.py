@@ -46,6 +46,8 @@ def _postgres_system_user(data_dir: Path) -> str | None:
     ensure_folder_permissions(bin_path, readable | stat.S_IXGRP | stat.S_IXOTH)
     ensure_folder_permissions(bin_path.parent / "lib", readable)
     ensure_folder_permissions(bin_path.parent / "share", readable)
+    if entry is None:
+        raise RuntimeError(f"the system user {POSTGRES_SYSTEM_USER} could not be created")
     os.chown(data_dir, entry.pw_uid, entry.pw_gid)
     data_dir.chmod(0o700)
     return POSTGRES_SYSTEM_USER

@@ -59,7 +59,7 @@ class AnthropicProtocol:
         return "tool_use" if script.tool_calls else "end_turn"
 
     def events(self, script: MockScript, model: str) -> list[tuple[str, dict[str, Any]]]:
-        message = {
+        message: dict[str, Any] = {
             "id": message_id(), "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": self._usage(script, 1),
         }

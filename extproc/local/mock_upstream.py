@@ -427,7 +427,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     record = state.record_request(request, body)
     response = await _respond(request, state, body, started, record)
     if isinstance(response, web.Response) and response.body is not None:
-        record["response"] = bytes(response.body).decode()[:MAX_RECORDED_RESPONSE_CHARS]
+        record["response"] = (response.text or "")[:MAX_RECORDED_RESPONSE_CHARS]
     return response
 
 

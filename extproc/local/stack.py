@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, multiprocess
 
 from extproc import metrics
-from extproc.envoy_config import CHAT_PATHS, render_bootstrap_yaml
+from extproc.envoy_config import render_bootstrap_yaml
+from extproc.envoy_names import CHAT_PATHS
 from extproc.local.embedded import start_postgres, start_redis
 from extproc.local.processes import Child, free_port, port_open, wait_until
 from extproc.settings import (
@@ -66,7 +67,7 @@ def envoy_binary() -> str:
 
 def _envoy_ready(admin_port: int) -> bool:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as response:
-        return response.status == 200
+        return bool(response.status == 200)
 
 
 class Stack:
@@ -174,7 +175,7 @@ class Stack:
         directory.mkdir(parents=True)
         self._export(PROMETHEUS_MULTIPROC_DIR=str(directory))
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(directory))
+        multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
         self.stop_metrics = metrics.start_server(settings.metrics_host, settings.metrics_port, registry)
 
     def _ledger_writer(self, settings: Settings) -> Child:
@@ -251,7 +252,7 @@ class Stack:
                 code = child.process.returncode
                 if code != 0 and child.name in self.restart:
                     logger.error(f"{child.name} crashed; starting it again", extra={"returncode": code})
-                    multiprocess.mark_process_dead(child.process.pid)
+                    multiprocess.mark_process_dead(child.process.pid)  # type: ignore[no-untyped-call]  # unannotated upstream
                     try:
                         self.children[index] = self.restart[child.name]()
                     except (RuntimeError, TimeoutError) as exc:
@@ -288,7 +289,8 @@ def _cli(*args: str) -> dict[str, str]:
     result = subprocess.run(
         [sys.executable, "-m", "extproc.cli", *args], check=True, capture_output=True, text=True
     )
-    return json.loads(result.stdout)
+    created: dict[str, str] = json.loads(result.stdout)
+    return created
 
 
 def _demo_account(path: Path) -> dict[str, str]:
