@@ -189,7 +189,7 @@ def test_an_upstream_402_on_the_gateways_key_is_not_charged(gateway: Gateway) ->
     )
     assert response.status_code == 503
     # A later request of the same user, accounted normally: once its row is written, the
-    # writer has got past the 402 (records are written in order).
+    # writer has read past where a record of the 402 would be (the outbox is a stream, read in order).
     marker = httpx.post(
         gateway.chat_url,
         json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
