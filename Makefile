@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-peers envoy-config clean
+.PHONY: run test fuzz bench bench-peers envoy-config clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
@@ -19,6 +19,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check extproc tests bench
 	$(BIN)/python -m pytest
+
+# Hostile input through real Envoy beyond the default suite's 10,000 fixed cases: FUZZ_CASES
+# new ones, from a random FUZZ_SEED (printed; set it to replay a run).
+FUZZ_CASES ?= 100000
+fuzz: $(STAMP)
+	@seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; echo "FUZZ_SEED=$$seed"; \
+		FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$$seed $(BIN)/python -m pytest tests/test_hostile_e2e.py -x -q
 
 # The benchmark (bench/README.md): Envoy alone, the gateway, and LiteLLM when installed.
 bench: $(STAMP)

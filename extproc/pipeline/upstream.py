@@ -9,12 +9,13 @@ from __future__ import annotations
 import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
-from extproc import protocol
+from extproc import errors, protocol
 from extproc.envoy_config import (
     CUSTOM_HOST_HEADER,
     ENVOY_REQUEST_HEADERS,
     UPSTREAM_HEADER,
 )
+from extproc.pipeline.rejection import Rejection
 from extproc.pipeline.routing import Route
 from extproc.settings import Settings
 from extproc.state import ChatRequest, RequestState
@@ -48,7 +49,12 @@ def upstream_headers(
 def forward(
     settings: Settings, state: RequestState, chat: ChatRequest, route: Route, extra_headers: dict[str, str]
 ) -> ProcessingResponse:
-    state.upstream_body = body = orjson.dumps(chat.body)
+    try:
+        state.upstream_body = body = orjson.dumps(chat.body)
+    except orjson.JSONEncodeError:
+        # orjson reads 1024 levels of nesting but writes only 254: a body nested deeper than
+        # can be sent on is refused as unparseable, not failed with a 500 (issue 14 fuzzing).
+        raise Rejection(errors.INVALID_JSON) from None
     headers = upstream_headers(settings, route, state.query, len(body), extra_headers)
     remove = [
         name
