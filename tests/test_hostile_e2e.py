@@ -451,6 +451,8 @@ def test_no_secret_reaches_logs_metrics_error_bodies_or_the_request_log(stack: G
     for body, headers in exchanges:
         response = httpx.post(stack.chat_url, json=body, headers={**headers, "x-kilocode-taskid": f"secrets-{uuid.uuid4().hex}"}, timeout=30)
         bodies.append(response.content)
+    # The customer's key was used: the provider's 401 came back with the BYOK text (6.3).
+    assert orjson.loads(bodies[0])["error"].startswith("[BYOK]"), bodies[0]
     # The employee's rows and request log are written: the outbox and the ledger settle.
     deadline = time.monotonic() + 120
     while True:
