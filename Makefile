@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-tools bench bench-peers bench-tools envoy-config clean
+.PHONY: run test test-tools fuzz bench bench-peers bench-tools envoy-config clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
@@ -40,6 +40,13 @@ test-unit: $(STAMP)
 	$(BIN)/ruff check extproc tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -m "not e2e" -q
+
+# Hostile input through real Envoy beyond the default suite's 10,000 fixed cases: FUZZ_CASES
+# new ones, from a random FUZZ_SEED (printed; set it to replay a run).
+FUZZ_CASES ?= 100000
+fuzz: $(STAMP)
+	@seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; echo "FUZZ_SEED=$$seed"; \
+		FUZZ_CASES=$(FUZZ_CASES) FUZZ_SEED=$$seed $(BIN)/python -m pytest tests/test_hostile_e2e.py -x -q
 
 # What the observability tests run beside the stack, from Debian: `prometheus` (the server the
 # e2e suite scrapes the stack with, and `promtool` for the alert rules) and `redis-server` (7.0,

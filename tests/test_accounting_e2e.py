@@ -188,7 +188,8 @@ def test_an_upstream_402_on_the_gateways_key_is_not_charged(gateway: Gateway) ->
         timeout=30,
     )
     assert response.status_code == 503
-    # An error that is accounted, as a marker that the writer got past this request.
+    # A later request of the same user, accounted normally: once its row is written, the
+    # writer has read past where a record of the 402 would be (the outbox is a stream, read in order).
     marker = httpx.post(
         gateway.chat_url,
         json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},

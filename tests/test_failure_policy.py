@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import orjson
 import pytest
+import redis
 
 from extproc.local.embedded import start_postgres, start_redis
 from extproc.local.processes import Child, free_port
@@ -153,7 +154,13 @@ def test_postgres_down_keeps_cached_users_and_refuses_unknown_ones_in_time(
     assert services.postgres is not None
     services.postgres.stop()
     try:
-        time.sleep(1.5)  # past the 1 s freshness: the cache must now survive a failed refresh
+        # Past the 1 s freshness a refresh fails and the stale entry answers: wait for that
+        # to be counted (every answer meanwhile must be a 200), then ask some more.
+        stale_before = _stale_lookups(replicas)
+        deadline = time.monotonic() + 30
+        while _stale_lookups(replicas) == stale_before:
+            assert time.monotonic() < deadline, "no stale answer counted"
+            assert paid(known["token"]).status_code == 200
         for _ in range(4):
             assert paid(known["token"]).status_code == 200
         started = time.monotonic()
@@ -166,6 +173,14 @@ def test_postgres_down_keeps_cached_users_and_refuses_unknown_ones_in_time(
     finally:
         services.start_postgres()
     assert paid(unknown["token"]).status_code == 200
+
+
+def _stale_lookups(gateway: Gateway) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in gateway.metrics().splitlines()
+        if line.startswith("llm_gateway_directory_lookups_total{") and 'source="stale"' in line
+    )
 
 
 # --- Accounting under failure -----------------------------------------------------------------
@@ -218,6 +233,17 @@ def _rows_by_message(services: Services, message_ids: list[str], timeout: float 
         if len(found) >= len(message_ids) or time.monotonic() > deadline:
             return found
         time.sleep(0.5)
+
+
+def _pending_in_outbox(services: Services) -> int:
+    """Outbox entries the ledger writer has read and not acknowledged (the stream's group)."""
+    client = redis.Redis.from_url(services.redis_url)
+    try:
+        return int(client.xpending("gw:usage", "ledger")["pending"])
+    except redis.ResponseError:  # the group does not exist yet
+        return 0
+    finally:
+        client.close()
 
 
 def _median(values: list[float]) -> float:
@@ -276,11 +302,16 @@ def test_killed_workers_and_writer_resume_pending_rows_without_duplicates(replic
     body = {"model": PAID, "messages": [{"role": "user", "content": "pending"}], "mock": {"generation_delay_ms": 6000}}
     headers = {"authorization": f"Bearer {user['token']}"}
     message_ids = []
+    pending_before = _pending_in_outbox(services)
     for _ in range(12):
         response = httpx.post(replicas.chat_url, json=body, headers={**headers, "x-forwarded-for": fresh_ip()}, timeout=30)
         assert response.status_code == 200
         message_ids.append(response.json()["id"])
-    time.sleep(1.0)  # the records are in the outbox, read by the writer, not yet written
+    # The records are in the outbox, read by the writer (pending in its group), not yet written.
+    deadline = time.monotonic() + 30
+    while _pending_in_outbox(services) < pending_before + len(message_ids):
+        assert time.monotonic() < deadline, "the writer did not read the records"
+        time.sleep(0.05)
     assert _rows_by_message(services, message_ids, timeout=0) == Counter()
 
     state = orjson.loads((replicas.data_dir / "stack.json").read_bytes())

@@ -105,13 +105,15 @@ async def test_limit_per_ip_and_decision_metrics(client: aioredis.Redis) -> None
 
 
 async def test_window_slides(client: aioredis.Redis) -> None:
-    limiter = FreeModelLimiter(client, free_limit=5, free_window_seconds=1)
-    assert await admit_many(limiter, 3, prefix="early") == [Admission.ADMITTED] * 3
-    await asyncio.sleep(0.5)
-    assert await admit_many(limiter, 3, prefix="late") == [Admission.ADMITTED] * 2 + [Admission.FREE_MODEL_LIMIT]
-    await asyncio.sleep(0.65)
-    # The three early ones left the window, the two late ones did not: a sliding window, not
-    # a fixed bucket that would have emptied completely.
+    """Requests placed in the window by their Redis timestamps (the limiter's clock), far from
+    its edges, so the outcome does not depend on how fast this machine runs."""
+    limiter = FreeModelLimiter(client, free_limit=5, free_window_seconds=60)
+    seconds, micros = await client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    await client.zadd(limiter.free_key(IP), {f"old-{n}": now_ms - 120_000 for n in range(3)})
+    await client.zadd(limiter.free_key(IP), {f"recent-{n}": now_ms - 10_000 for n in range(2)})
+    # The three old ones left the window, the two recent ones did not: a sliding window, not
+    # a bucket that keeps (or drops) everything at once.
     assert await admit_many(limiter, 4, prefix="again") == [Admission.ADMITTED] * 3 + [Admission.FREE_MODEL_LIMIT]
 
 
@@ -162,7 +164,9 @@ async def test_retry_keeps_first_timestamp(client: aioredis.Redis) -> None:
     limiter = FreeModelLimiter(client, free_limit=5)
     await limiter.admit(IP, kilo_free=True, anonymous=False, request_id="r")
     first = await client.zscore(limiter.free_key(IP), "r")
-    await asyncio.sleep(0.01)
+    # Until the limiter's clock (Redis TIME, in ms) has moved on, a retry could not tell.
+    while (lambda t: t[0] * 1000 + t[1] // 1000)(await client.time()) <= first:
+        await asyncio.sleep(0.001)
     await limiter.admit(IP, kilo_free=True, anonymous=False, request_id="r")
     assert await client.zscore(limiter.free_key(IP), "r") == first
 

@@ -308,31 +308,33 @@ async def test_classification_fails_open(stand_in: StandIn, failure: str) -> Non
 
 
 async def test_classification_is_abandoned_when_slower_than_its_budget(stand_in: StandIn) -> None:
-    stand_in.set(CLASSIFY, delay=2.0)
+    # The answer (request id 4242) would come after 30 s: getting 0 shows it was not awaited.
+    stand_in.set(CLASSIFY, delay=30.0)
     side = SideServices.build(side_settings(stand_in.url, abuse_classify_budget_seconds=0.3))
     before = errors("abuse_classify")
     classification = _classify(side)
     responded_at = time.monotonic()
     started = time.monotonic()
     assert await classification.request_id(responded_at) == 0
-    assert 0.2 < time.monotonic() - started < 1.0
+    assert time.monotonic() - started >= 0.29  # the budget was given in full (timers never fire early)
     assert errors("abuse_classify") == before + 1  # counted once: the call was abandoned
     await side.close(5)
     assert errors("abuse_classify") == before + 1
 
 
 async def test_the_budget_runs_from_the_upstream_response_and_defaults_to_two_seconds(stand_in: StandIn) -> None:
-    stand_in.set(CLASSIFY, delay=4.0)
+    stand_in.set(CLASSIFY, delay=30.0)  # never in time: each call ends with its budget
     side = SideServices.build(side_settings(stand_in.url))
     assert side.abuse.budget == 2.0
-    # The upstream answered 2 s ago: no more waiting.
-    started = time.monotonic()
-    assert await _classify(side).request_id(time.monotonic() - 2.0) == 0
-    assert time.monotonic() - started < 0.2
     # It answered just now: up to 2 s more.
     started = time.monotonic()
     assert await _classify(side).request_id(time.monotonic()) == 0
-    assert 1.9 < time.monotonic() - started < 2.6
+    full = time.monotonic() - started
+    assert full >= 1.99
+    # The upstream answered 2 s ago: no more waiting, measured against the full budget above.
+    started = time.monotonic()
+    assert await _classify(side).request_id(time.monotonic() - 2.0) == 0
+    assert time.monotonic() - started < full / 4
     await side.close(1)
 
 
@@ -494,9 +496,9 @@ async def test_api_metrics_fail_open(stand_in: StandIn, failure: str) -> None:
         stand_in.set(METRICS, delay=3)
     side = SideServices.build(side_settings(url, side_service_timeout_seconds=0.5))
     before = errors("api_metrics")
-    started = time.monotonic()
-    side.api_metrics.report(finished_state(), summary())  # returns at once
-    assert time.monotonic() - started < 0.05
+    side.api_metrics.report(finished_state(), summary())
+    # report() is synchronous: had it made the call itself, the failure would be counted by now.
+    assert errors("api_metrics") == before
     await side.close(5)
     assert errors("api_metrics") == before + 1
 
@@ -522,12 +524,12 @@ async def test_nothing_is_sent_when_unconfigured(stand_in: StandIn, monkeypatch:
 
 
 async def test_shutdown_cancels_calls_still_running_past_the_grace(stand_in: StandIn) -> None:
-    stand_in.set(METRICS, delay=5)
+    stand_in.set(METRICS, delay=30)
     side = SideServices.build(side_settings(stand_in.url))
     side.api_metrics.report(finished_state(), summary())
     started = time.monotonic()
     await side.close(0.3)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 15  # cancelled past the grace, long before the 30 s answer
     side.api_metrics.report(finished_state(), summary())  # after close: dropped, not started
     assert not side.client._tasks
 

@@ -67,6 +67,8 @@ class MockOptions:
     chunk_delay_ms: float = 0
     error_after: int | None = None
     no_usage: bool = False
+    # Stream for any truthy `stream` value ("yes", 1), as some real upstreams do.
+    truthy_stream: bool = False
 
 
 class MockRequestError(ValueError):
@@ -115,6 +117,7 @@ _OPTION_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "chunk_delay_ms": (_is_duration, "a non-negative number"),
     "error_after": (_or_null(_is_count), "a non-negative integer or null"),
     "no_usage": (_is_bool, "a boolean"),
+    "truthy_stream": (_is_bool, "a boolean"),
 }
 
 
@@ -449,7 +452,7 @@ async def _respond(
     run = _Run(
         plan=plan,
         id=f"gen-{uuid.uuid4().hex}",
-        streamed=body.get("stream") is True,
+        streamed=bool(body.get("stream")) if options.truthy_stream else body.get("stream") is True,
         started=started,
     )
     if run.streamed:

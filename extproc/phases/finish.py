@@ -16,6 +16,7 @@ from extproc import metrics
 from extproc.accounting.record import UsageRecord, response_fields
 from extproc.accounting.submit import UsageSubmitter
 from extproc.settings import Settings
+from extproc.shaping.provider_rules import without_byok_credentials
 from extproc.side import SideServices
 from extproc.state import RequestState
 from extproc.usage import (
@@ -83,7 +84,8 @@ def build_record(
     request_log = None
     if state.response_copy is not None:
         # 8.2: the final request as sent upstream, and the response.
-        request_log = {"request": chat.body, "response": bytes(state.response_copy).decode("utf-8", "replace")}
+        logged = without_byok_credentials(chat.body) if state.user_byok else chat.body
+        request_log = {"request": logged, "response": bytes(state.response_copy).decode("utf-8", "replace")}
     return UsageRecord(
         usage_id=str(uuid.uuid4()),
         created_at=time.time(),

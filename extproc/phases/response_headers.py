@@ -34,13 +34,16 @@ def on_response_headers(settings: Settings, state: RequestState, message: HttpHe
     state.response_content_type = headers.get("content-type")
     if state.log_request:
         state.response_copy = bytearray()
+    event_stream = (state.response_content_type or "").startswith("text/event-stream")
     if state.chat is not None:
-        if state.chat.stream:
+        # The parser follows what the upstream sent, not the request's flag: an upstream may
+        # stream for `"stream": 1` while the request counts as not streamed (contract 7.2),
+        # and its usage must still be charged.
+        if event_stream:
             state.stream_tap = StreamTap(status)
         else:
             state.json_body = bytearray()
     remove = [name for name in headers if not name.startswith(":") and name not in WHITELIST]
-    event_stream = (state.response_content_type or "").startswith("text/event-stream")
     # SSE chunks must reach the client as they come. Anything else is one document that is
     # cheaper to receive in one message, and errors may be replaced as a whole (6.2, 6.3).
     streamed = event_stream and status < 400

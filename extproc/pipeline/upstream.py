@@ -6,10 +6,12 @@ cookies and every other client header are removed here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 
-from extproc import protocol
+from extproc import errors, protocol
 from extproc.custom_llm import TRANSLATED_KINDS
 from extproc.envoy_names import (
     CUSTOM_HOST_HEADER,
@@ -17,6 +19,7 @@ from extproc.envoy_names import (
     UPSTREAM_HEADER,
 )
 from extproc.pipeline.parse import ChatRequest
+from extproc.pipeline.rejection import Rejection
 from extproc.pipeline.routing import Route
 from extproc.settings import Settings
 from extproc.state import RequestState
@@ -64,6 +67,15 @@ def translated_headers(route: Route, request: ProviderRequest, body_length: int)
     return headers
 
 
+def _serialised(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        # orjson reads 1024 levels of nesting but writes only 254: a body nested deeper than
+        # can be sent on is refused as unparseable, not failed with a 500 (issue 14 fuzzing).
+        raise Rejection(errors.INVALID_JSON) from None
+
+
 async def forward(
     settings: Settings,
     state: RequestState,
@@ -81,10 +93,10 @@ async def forward(
             await phase_memory.inject(request.body)
         on_phase = phase_memory.remember if phase_memory is not None else None
         state.translator = llm.response_translator(legacy_extension=legacy, on_phase=on_phase)
-        state.upstream_body = body = orjson.dumps(request.body)
+        state.upstream_body = body = _serialised(request.body)
         headers = translated_headers(route, request, len(body))
     else:
-        state.upstream_body = body = orjson.dumps(chat.body)
+        state.upstream_body = body = _serialised(chat.body)
         headers = upstream_headers(settings, route, state.query, len(body), extra_headers)
     remove = [
         name

@@ -373,6 +373,28 @@ def _byok_gateway_options(user_byok: list[ByokKey]) -> dict[str, Any]:
     return {"only": list(byok), "byok": byok}
 
 
+# Members of a BYOK credential entry that are not secret.
+_BYOK_PUBLIC_FIELDS = frozenset({"baseURL", "region"})
+REDACTED = "[REDACTED]"
+
+
+def without_byok_credentials(body: dict[str, Any]) -> dict[str, Any]:
+    """The body as sent upstream with the customer's keys masked, for the request log (8.2):
+    BYOK keys never leave the request to the provider (issue 14)."""
+    options = body.get("providerOptions")
+    gateway = options.get("gateway") if isinstance(options, dict) else None
+    byok = gateway.get("byok") if isinstance(gateway, dict) else None
+    if not isinstance(options, dict) or not isinstance(gateway, dict) or not isinstance(byok, dict):
+        return body
+    # The gateway built this map (_byok_gateway_options): lists of flat dicts.
+    masked = {
+        name: [{field: value if field in _BYOK_PUBLIC_FIELDS else REDACTED for field, value in entry.items()}
+               for entry in entries]
+        for name, entries in byok.items()
+    }
+    return {**body, "providerOptions": {**options, "gateway": {**gateway, "byok": masked}}}
+
+
 def _gateway_options(provider: Any) -> dict[str, Any]:
     """OpenRouter's routing preferences in Vercel's terms; absent fields stay absent."""
     gateway: dict[str, Any] = {}
