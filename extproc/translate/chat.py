@@ -8,10 +8,13 @@ the finish chunk, a stream ends with one `data: [DONE]`, and errors are
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
+
+from extproc.sse import SseEvent, SseItem
 
 DONE = b"data: [DONE]\n\n"
 # A failure without an HTTP status of its own (the reference's default).
@@ -76,6 +79,21 @@ class ResponseTranslator(Protocol):
 
 def sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def json_objects(items: Iterable[SseItem]) -> Iterator[tuple[dict[str, Any], str]]:
+    """The data events of a provider's stream that are JSON objects: each parsed, with its text
+    (an error event is passed on as the provider wrote it). Comments and anything that is not
+    an object are skipped: a keep-alive or garbage never breaks the translation."""
+    for item in items:
+        if not isinstance(item, SseEvent):
+            continue
+        try:
+            data = orjson.loads(item.data)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(data, dict):
+            yield data, item.data
 
 
 def int_or_none(value: object) -> int | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from extproc.sse import SseEvent, SseParser
+from extproc.sse import SseParser
 from extproc.translate.chat import (
     DONE,
     FORMAT_ANTHROPIC,
@@ -23,6 +23,7 @@ from extproc.translate.chat import (
     data_url,
     error_object,
     int_or_none,
+    json_objects,
     parse_arguments,
     sse,
     text_of,
@@ -281,23 +282,17 @@ class AnthropicTranslator:
     _finished: bool = False  # the finish chunk went out, or the stream failed
 
     def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._event(item) for item in self._parser.feed(chunk) if isinstance(item, SseEvent))
+        return b"".join(self._event(*event) for event in json_objects(self._parser.feed(chunk)))
 
     def finish(self) -> bytes:
-        out = b"".join(self._event(item) for item in self._parser.finish() if isinstance(item, SseEvent))
+        out = b"".join(self._event(*event) for event in json_objects(self._parser.finish()))
         # A stream cut before message_stop still reports what it used.
         if self._started and not self._finished:
             out += self._finish_chunk()
         return out
 
-    def _event(self, event: SseEvent) -> bytes:
+    def _event(self, data: dict[str, Any], text: str) -> bytes:
         if self._finished:
-            return b""
-        try:
-            data = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(data, dict):
             return b""
         kind = data.get("type")
         if kind == "message_start":
@@ -322,7 +317,7 @@ class AnthropicTranslator:
             error = data.get("error") or {}
             message = error.get("message")
             status = ERROR_STATUS.get(error.get("type") or "", 500)
-            return sse(error_object(message if isinstance(message, str) else "Stream error", status, event.data))
+            return sse(error_object(message if isinstance(message, str) else "Stream error", status, text))
         return b""
 
     def _block_start(self, data: dict[str, Any]) -> bytes:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from extproc.sse import SseEvent, SseParser
+from extproc.sse import SseParser
 from extproc.translate.chat import (
     DONE,
     FORMAT_OPENAI_RESPONSES,
@@ -25,6 +25,7 @@ from extproc.translate.chat import (
     completion,
     error_object,
     int_or_none,
+    json_objects,
     sse,
     text_of,
     unobscure_messages,
@@ -234,22 +235,16 @@ class ResponsesTranslator:
     _finished: bool = False
 
     def feed(self, chunk: bytes) -> bytes:
-        return b"".join(self._event(item) for item in self._parser.feed(chunk) if isinstance(item, SseEvent))
+        return b"".join(self._event(*event) for event in json_objects(self._parser.feed(chunk)))
 
     def finish(self) -> bytes:
-        return b"".join(self._event(item) for item in self._parser.finish() if isinstance(item, SseEvent))
+        return b"".join(self._event(*event) for event in json_objects(self._parser.finish()))
 
     def _reasoning(self, item_id: str) -> int:
         return self._reasoning_index.setdefault(item_id, len(self._reasoning_index))
 
-    def _event(self, event: SseEvent) -> bytes:
+    def _event(self, data: dict[str, Any], text: str) -> bytes:
         if self._finished:
-            return b""
-        try:
-            data = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            return b""
-        if not isinstance(data, dict):
             return b""
         kind = data.get("type")
         writer = self.writer
@@ -286,7 +281,7 @@ class ResponsesTranslator:
             error = (data.get("response") or {}).get("error") if kind == "response.failed" else data
             error = error if isinstance(error, dict) else {}
             message = error.get("message")
-            return sse(error_object(message if isinstance(message, str) else "Stream error", 500, event.data))
+            return sse(error_object(message if isinstance(message, str) else "Stream error", 500, text))
         return b""
 
     def translate_json(self, body: bytes) -> bytes:
