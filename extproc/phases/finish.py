@@ -92,7 +92,7 @@ def build_record(
         kilo_user_id=identity.user_id,
         organization_id=identity.organization_id,
         provider=provider.id,
-        requested_model=state.auto_model or chat.model_lower,
+        requested_model=chat.model_lower,  # resolved (contract 7.6); the kilo/auto* id is auto_model
         auto_model=state.auto_model,
         status_code=state.status or 0,
         streamed=chat.stream,
