@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +299,13 @@ def _settled_rows(gateway: Gateway, task_ids: list[str], served: int, timeout: f
         time.sleep(0.5)
 
 
+def _microdollars(usd: float) -> int:
+    """Contract 7.2's round(cost x 1,000,000), on the amount as the upstream wrote it (its
+    shortest decimal), halves rounded up: a float product would turn 0.0121905 USD into
+    12190.4999... and lose the half microdollar."""
+    return int((Decimal(repr(usd)) * 1_000_000).to_integral_value(ROUND_HALF_UP))
+
+
 async def _bills(gateway: Gateway, message_ids: list[str]) -> dict[str, int]:
     """What the upstream billed for each generation, in microdollars (its generation record)."""
     limit = asyncio.Semaphore(16)
@@ -308,7 +316,7 @@ async def _bills(gateway: Gateway, message_ids: list[str]) -> dict[str, int]:
             async with limit:
                 response = await client.get(f"{gateway.mock_url}/openrouter/api/v1/generation", params={"id": message_id})
             response.raise_for_status()
-            bills[message_id] = round(response.json()["data"]["total_cost"] * 1_000_000)
+            bills[message_id] = _microdollars(response.json()["data"]["total_cost"])
 
         await asyncio.gather(*(one(m) for m in message_ids))
     return bills
