@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from extproc.local.embedded import start_postgres
+from extproc.local.embedded import start_postgres, start_redis
 from extproc.local.processes import free_port
 
 STARTUP_TIMEOUT = 120
@@ -212,6 +212,16 @@ def fresh_ip() -> str:
     """A client address no other test used, so per-IP limits start empty."""
     n = next(_ip_counter)
     return f"198.18.{n // 250}.{n % 250 + 1}"
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis of the test module's own (embedded, thrown away), for tests without a stack."""
+    child, url = start_redis(tmp_path_factory.mktemp("redis"), free_port(), durable=False)
+    try:
+        yield url
+    finally:
+        child.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -32,9 +31,8 @@ from extproc.accounting.outbox import DEAD_LETTERS, Outbox
 from extproc.accounting.record import PromptInfo, UsageRecord
 from extproc.accounting.writer import LedgerWriter
 from extproc.db.migrate import migrate
-from extproc.local.embedded import start_redis
-from extproc.local.processes import free_port
 from extproc.settings import load_settings
+from tests.test_side_services import record as side_record
 
 COST = 1234  # what the upstream billed, in microdollars
 
@@ -46,34 +44,9 @@ TEXT_FIELDS = (
 
 
 def record(user_id: str, **overrides: Any) -> UsageRecord:
-    values: dict[str, Any] = dict(
-        usage_id=str(uuid.uuid4()),
-        created_at=time.time(),
-        kilo_user_id=user_id,
-        organization_id=None,
-        provider="mistral",  # no generation endpoint: the writer prices the record as it is
-        requested_model="mistralai/mistral-large",
-        auto_model=None,
-        status_code=200,
-        streamed=True,
-        aborted=False,
-        free_model=False,
-        stealth_model=False,
-        user_byok=False,
-        promotion=False,
-        message_id=f"gen-{uuid.uuid4().hex}",
-        model="mistralai/mistral-large",
-        inference_provider="Mistral",
-        finish_reason="stop",
-        has_error=False,
-        input_tokens=100,
-        output_tokens=20,
-        cache_hit_tokens=10,
-        cost_microdollars=COST,
-        is_byok=False,
-        prompt=PromptInfo("You are helpful.", 16, "hello"),
-    )
-    return UsageRecord(**(values | overrides))
+    """The side-service tests' record (provider mistral: no generation lookup), for `user_id`."""
+    defaults: dict[str, Any] = {"cost_microdollars": COST, "prompt": PromptInfo("You are helpful.", 16, "hello")}
+    return side_record(kilo_user_id=user_id, **(defaults | overrides))
 
 
 def stored(text: str) -> str:
@@ -212,15 +185,6 @@ BEGIN
 END $$;
 CREATE TRIGGER refuse_cost BEFORE INSERT ON microdollar_usage FOR EACH ROW EXECUTE FUNCTION refuse_cost();
 """
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    child, url = start_redis(tmp_path_factory.mktemp("redis"), free_port(), durable=False)
-    try:
-        yield url
-    finally:
-        child.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,19 +14,9 @@ from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
 from extproc.limits import Admission, FreeModelLimiter
-from extproc.local.embedded import start_redis
 from extproc.local.processes import free_port
 
 IP = "203.0.113.7"
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    child, url = start_redis(tmp_path_factory.mktemp("limits-redis"), free_port(), durable=False)
-    try:
-        yield url
-    finally:
-        child.stop()
 
 
 @pytest.fixture

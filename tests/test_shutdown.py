@@ -96,6 +96,7 @@ def test_extproc_on_sigterm_reports_not_serving_refuses_new_streams_and_finishes
         assert received[-1] == "data: [DONE]"
         # Then the ext_proc exits (the supervisor notices and stops the rest).
         assert gateway.process.wait(60) == 1
+        assert [name for name, port in gateway.ports.items() if port_open("127.0.0.1", port)] == []
     finally:
         watch.cancel()
         channel.close()
