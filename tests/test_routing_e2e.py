@@ -32,7 +32,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc import errors
-from extproc.admin import create_user
+from extproc.admin.queries import create_user
 from extproc.auth.tokens import mint_token
 from extproc.shaping.hashing import provider_hash
 from extproc.shaping.vercel import vercel_bucket
