@@ -213,3 +213,16 @@ def test_whole_response_becomes_a_chat_completion() -> None:
         "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9,
                   "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 2}},
     }
+
+
+def test_the_legacy_extension_gets_the_obscured_format_in_a_whole_response() -> None:
+    """Contract 3.4: `openai-responses-v1` reaches the legacy extension as
+    `openai-responses-v1-obscured`, in a non-streamed answer too."""
+    response = {
+        "id": "resp_3", "object": "response", "status": "completed",
+        "output": [{"id": "rs_3", "type": "reasoning", "summary": [{"type": "summary_text", "text": "Why."}],
+                    "encrypted_content": "enc3"}],
+    }
+    document = orjson.loads(translator(legacy=True).translate_json(orjson.dumps(response)))
+    details = document["choices"][0]["message"]["reasoning_details"]
+    assert [detail["format"] for detail in details] == ["openai-responses-v1-obscured"] * 2

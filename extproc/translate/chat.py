@@ -174,28 +174,45 @@ class ChunkWriter:
         return self.chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
 
 
-def completion(
-    writer: ChunkWriter,
-    message_id: str | None,
-    message: dict[str, Any],
-    finish_reason: str,
-    usage: TokenUsage,
-) -> bytes:
-    """A non-streamed chat.completion document."""
-    if writer.legacy_extension:
-        obscure(message.get("reasoning_details"))
-    obj: dict[str, Any] = {}
-    if message_id is not None:
-        obj["id"] = message_id
-    obj.update(
-        {
-            "object": "chat.completion",
-            "model": writer.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-            "usage": usage.to_chat(),
-        }
-    )
-    return orjson.dumps(obj)
+@dataclass(slots=True)
+class AssistantMessage:
+    """The assistant message of a whole (non-streamed) provider response, gathered part by part
+    by a translator, and the chat.completion document it becomes."""
+
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    reasoning_details: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def tool_call(self, call_id: object, name: object, arguments: str) -> None:
+        self.tool_calls.append(
+            {"index": len(self.tool_calls), "id": call_id, "type": "function",
+             "function": {"name": name, "arguments": arguments}}
+        )
+
+    def completion(self, writer: ChunkWriter, message_id: object, finish_reason: str, usage: TokenUsage) -> bytes:
+        """The chat.completion document; `message_id` is the provider's, used when a string."""
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text) or None}
+        if self.reasoning:
+            message["reasoning"] = "".join(self.reasoning)
+        if self.reasoning_details:
+            message["reasoning_details"] = self.reasoning_details
+            if writer.legacy_extension:
+                obscure(self.reasoning_details)
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        obj: dict[str, Any] = {}
+        if isinstance(message_id, str):
+            obj["id"] = message_id
+        obj.update(
+            {
+                "object": "chat.completion",
+                "model": writer.model,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+                "usage": usage.to_chat(),
+            }
+        )
+        return orjson.dumps(obj)
 
 
 def obscure(details: object) -> None:

@@ -16,10 +16,10 @@ from extproc.sse import SseParser
 from extproc.translate.chat import (
     DONE,
     FORMAT_ANTHROPIC,
+    AssistantMessage,
     ChunkWriter,
     ProviderRequest,
     TokenUsage,
-    completion,
     data_url,
     error_object,
     int_or_none,
@@ -360,16 +360,14 @@ class AnthropicTranslator:
 
     def translate_json(self, body: bytes) -> bytes:
         message = orjson.loads(body)
-        text: list[str] = []
-        reasoning: list[str] = []
-        details: list[dict[str, Any]] = []
-        calls: list[dict[str, Any]] = []
+        out = AssistantMessage()
+        details = out.reasoning_details
         for block in message.get("content") or ():
             kind = block.get("type")
             if kind == "text":
-                text.append(block.get("text") or "")
+                out.text.append(block.get("text") or "")
             elif kind == "thinking":
-                reasoning.append(block.get("thinking") or "")
+                out.reasoning.append(block.get("thinking") or "")
                 detail = {"type": "reasoning.text", "text": block.get("thinking") or "", "index": len(details),
                           "format": FORMAT_ANTHROPIC}
                 if block.get("signature"):
@@ -379,17 +377,8 @@ class AnthropicTranslator:
                 details.append({"type": "reasoning.encrypted", "data": block.get("data") or "", "index": len(details),
                                 "format": FORMAT_ANTHROPIC})
             elif kind == "tool_use":
-                calls.append({"index": len(calls), "id": block.get("id"), "type": "function",
-                              "function": {"name": block.get("name"), "arguments": orjson.dumps(block.get("input", {})).decode()}})
-        out: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
-        if reasoning:
-            out["reasoning"] = "".join(reasoning)
-        if details:
-            out["reasoning_details"] = details
-        if calls:
-            out["tool_calls"] = calls
+                out.tool_call(block.get("id"), block.get("name"), orjson.dumps(block.get("input", {})).decode())
         usage = TokenUsage()
         _usage(message.get("usage"), usage)
         reason = FINISH_REASONS.get(message.get("stop_reason") or "", "stop")
-        message_id = message.get("id") if isinstance(message.get("id"), str) else None
-        return completion(self.writer, message_id, out, reason, usage)
+        return out.completion(self.writer, message.get("id"), reason, usage)

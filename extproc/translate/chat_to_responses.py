@@ -19,10 +19,10 @@ from extproc.sse import SseParser
 from extproc.translate.chat import (
     DONE,
     FORMAT_OPENAI_RESPONSES,
+    AssistantMessage,
     ChunkWriter,
     ProviderRequest,
     TokenUsage,
-    completion,
     error_object,
     int_or_none,
     json_objects,
@@ -286,32 +286,24 @@ class ResponsesTranslator:
 
     def translate_json(self, body: bytes) -> bytes:
         response = orjson.loads(body)
-        text: list[str] = []
-        reasoning: list[str] = []
-        details: list[dict[str, Any]] = []
-        calls: list[dict[str, Any]] = []
+        out = AssistantMessage()
         for item in response.get("output") or ():
             kind = item.get("type")
             if kind == "message":
                 _remember_phase(item, self.on_phase)
-                text.extend(p.get("text") or "" for p in item.get("content") or () if p.get("type") == "output_text")
+                out.text.extend(p.get("text") or "" for p in item.get("content") or () if p.get("type") == "output_text")
             elif kind == "reasoning":
                 index = self._reasoning(item.get("id") or "")
                 for summary in item.get("summary") or ():
-                    reasoning.append(summary.get("text") or "")
-                    details.append(_reasoning_detail("reasoning.text", item.get("id"), index, text=summary.get("text") or ""))
+                    out.reasoning.append(summary.get("text") or "")
+                    out.reasoning_details.append(
+                        _reasoning_detail("reasoning.text", item.get("id"), index, text=summary.get("text") or "")
+                    )
                 if isinstance(item.get("encrypted_content"), str):
-                    details.append(_reasoning_detail("reasoning.encrypted", item.get("id"), index, data=item["encrypted_content"]))
+                    out.reasoning_details.append(
+                        _reasoning_detail("reasoning.encrypted", item.get("id"), index, data=item["encrypted_content"])
+                    )
             elif kind == "function_call":
-                calls.append({"index": len(calls), "id": item.get("call_id"), "type": "function",
-                              "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}})
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
-        if reasoning:
-            message["reasoning"] = "".join(reasoning)
-        if details:
-            message["reasoning_details"] = details
-        if calls:
-            message["tool_calls"] = calls
-        message_id = response.get("id") if isinstance(response.get("id"), str) else None
-        reason = _finish_reason(response, bool(calls))
-        return completion(self.writer, message_id, message, reason, _usage(response.get("usage")))
+                out.tool_call(item.get("call_id"), item.get("name"), item.get("arguments") or "")
+        reason = _finish_reason(response, bool(out.tool_calls))
+        return out.completion(self.writer, response.get("id"), reason, _usage(response.get("usage")))
