@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from extproc.admin.connections import open_database, open_outbox, resolve_nextauth_secret
@@ -31,6 +31,7 @@ from extproc.admin.queries import (
     usage_report,
     user_pepper,
 )
+from extproc.db import Connection
 from extproc.settings import Settings
 
 
@@ -67,20 +68,23 @@ async def user_unblock(args: argparse.Namespace, settings: Settings) -> dict[str
         return await set_blocked(conn, user_id, None)
 
 
-async def user_revoke_tokens(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+async def _token(
+    args: argparse.Namespace, settings: Settings, pepper_of: Callable[[Connection, str], Awaitable[str | None]]
+) -> dict[str, Any]:
+    """A token for `--user`, under the pepper `pepper_of` reads (or sets)."""
     user_id = parse_user_id(args.user)
     secret = resolve_nextauth_secret(settings)
     async with open_database(settings) as conn:
-        pepper = await rotate_pepper(conn, user_id)
+        pepper = await pepper_of(conn, user_id)
     return {"user_id": user_id, "token": _mint(user_id, secret, pepper=pepper)}
+
+
+async def user_revoke_tokens(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    return await _token(args, settings, rotate_pepper)
 
 
 async def token_mint(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    user_id = parse_user_id(args.user)
-    secret = resolve_nextauth_secret(settings)
-    async with open_database(settings) as conn:
-        pepper = await user_pepper(conn, user_id)
-    return {"user_id": user_id, "token": _mint(user_id, secret, pepper=pepper)}
+    return await _token(args, settings, user_pepper)
 
 
 async def credits_add(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
