@@ -242,6 +242,14 @@ def text_of(content: object) -> str:
     return ""
 
 
+def tool_calls_of(message: dict[str, Any]) -> Iterator[tuple[Any, Any, Any]]:
+    """(id, function name, arguments) of each tool call of a chat assistant message."""
+    for call in message.get("tool_calls") or ():
+        if isinstance(call, dict):
+            function = call.get("function") or {}
+            yield call.get("id"), function.get("name"), function.get("arguments")
+
+
 def parse_arguments(arguments: object) -> Any:
     """Tool-call arguments as a JSON value (providers take objects, chat sends strings)."""
     if not isinstance(arguments, str) or not arguments.strip():

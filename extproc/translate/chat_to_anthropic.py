@@ -27,6 +27,7 @@ from extproc.translate.chat import (
     parse_arguments,
     sse,
     text_of,
+    tool_calls_of,
     unobscure_messages,
 )
 
@@ -178,17 +179,10 @@ def _assistant_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     text = text_of(message.get("content"))
     if text:
         blocks.append({"type": "text", "text": text})
-    for call in message.get("tool_calls") or ():
-        if isinstance(call, dict):
-            function = call.get("function") or {}
-            blocks.append(
-                {
-                    "type": "tool_use",
-                    "id": call.get("id"),
-                    "name": function.get("name"),
-                    "input": parse_arguments(function.get("arguments")),
-                }
-            )
+    blocks.extend(
+        {"type": "tool_use", "id": call_id, "name": name, "input": parse_arguments(arguments)}
+        for call_id, name, arguments in tool_calls_of(message)
+    )
     return blocks
 
 
@@ -271,6 +265,11 @@ def _usage(usage: object, into: TokenUsage) -> None:
         into.output_tokens = output  # cumulative in message_delta
 
 
+def _detail(kind: str, index: int, **values: str) -> dict[str, Any]:
+    """A reasoning_details entry of Anthropic's format."""
+    return {"type": kind, **values, "index": index, "format": FORMAT_ANTHROPIC}
+
+
 @dataclass(slots=True)
 class AnthropicTranslator:
     writer: ChunkWriter
@@ -329,8 +328,7 @@ class AnthropicTranslator:
         if kind in ("thinking", "redacted_thinking"):
             self._reasoning_index[index] = len(self._reasoning_index)
         if kind == "redacted_thinking":
-            detail = {"type": "reasoning.encrypted", "data": block.get("data") or "", "index": self._reasoning_index[index],
-                      "format": FORMAT_ANTHROPIC}
+            detail = _detail("reasoning.encrypted", self._reasoning_index[index], data=block.get("data") or "")
             return self.writer.reasoning_detail(detail)
         return b""
 
@@ -342,12 +340,10 @@ class AnthropicTranslator:
             return self.writer.text(delta.get("text") or "")
         if kind == "thinking_delta":
             text = delta.get("thinking") or ""
-            detail = {"type": "reasoning.text", "text": text, "index": self._reasoning_index.get(index, 0),
-                      "format": FORMAT_ANTHROPIC}
-            return self.writer.reasoning(text, detail)
+            return self.writer.reasoning(text, _detail("reasoning.text", self._reasoning_index.get(index, 0), text=text))
         if kind == "signature_delta":
-            detail = {"type": "reasoning.text", "text": "", "signature": delta.get("signature") or "",
-                      "index": self._reasoning_index.get(index, 0), "format": FORMAT_ANTHROPIC}
+            signature = delta.get("signature") or ""
+            detail = _detail("reasoning.text", self._reasoning_index.get(index, 0), text="", signature=signature)
             return self.writer.reasoning_detail(detail)
         if kind == "input_json_delta":
             return self.writer.tool_arguments(str(index), delta.get("partial_json") or "")
@@ -368,14 +364,10 @@ class AnthropicTranslator:
                 out.text.append(block.get("text") or "")
             elif kind == "thinking":
                 out.reasoning.append(block.get("thinking") or "")
-                detail = {"type": "reasoning.text", "text": block.get("thinking") or "", "index": len(details),
-                          "format": FORMAT_ANTHROPIC}
-                if block.get("signature"):
-                    detail["signature"] = block["signature"]
-                details.append(detail)
+                signed = {"signature": block["signature"]} if block.get("signature") else {}
+                details.append(_detail("reasoning.text", len(details), text=block.get("thinking") or "", **signed))
             elif kind == "redacted_thinking":
-                details.append({"type": "reasoning.encrypted", "data": block.get("data") or "", "index": len(details),
-                                "format": FORMAT_ANTHROPIC})
+                details.append(_detail("reasoning.encrypted", len(details), data=block.get("data") or ""))
             elif kind == "tool_use":
                 out.tool_call(block.get("id"), block.get("name"), orjson.dumps(block.get("input", {})).decode())
         usage = TokenUsage()

@@ -28,6 +28,7 @@ from extproc.translate.chat import (
     json_objects,
     sse,
     text_of,
+    tool_calls_of,
     unobscure_messages,
 )
 
@@ -131,17 +132,10 @@ def _assistant_items(message: dict[str, Any]) -> list[dict[str, Any]]:
     text = text_of(message.get("content"))
     if text:
         items.append({"role": "assistant", "content": [{"type": "output_text", "text": text}]})
-    for call in message.get("tool_calls") or ():
-        if isinstance(call, dict):
-            function = call.get("function") or {}
-            items.append(
-                {
-                    "type": "function_call",
-                    "call_id": call.get("id"),
-                    "name": function.get("name"),
-                    "arguments": function.get("arguments") or "{}",
-                }
-            )
+    items.extend(
+        {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments or "{}"}
+        for call_id, name, arguments in tool_calls_of(message)
+    )
     return items
 
 
