@@ -223,8 +223,16 @@ def obscure(details: object) -> None:
                 detail["format"] = FORMAT_OPENAI_RESPONSES_OBSCURED
 
 
-def unobscure_messages(messages: list[dict[str, Any]]) -> None:
-    """Contract 3.4: the obscured name the legacy extension sends back is mapped back."""
+def request_messages(body: dict[str, Any], legacy_extension: bool) -> list[dict[str, Any]]:
+    """The chat request's messages (the objects among them); contract 3.4: the obscured
+    reasoning format the legacy extension sends back is mapped back."""
+    messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
+    if legacy_extension:
+        _unobscure(messages)
+    return messages
+
+
+def _unobscure(messages: list[dict[str, Any]]) -> None:
     for message in messages:
         details = message.get("reasoning_details") if message.get("role") == "assistant" else None
         if isinstance(details, list):

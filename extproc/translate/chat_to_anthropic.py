@@ -25,10 +25,10 @@ from extproc.translate.chat import (
     int_or_none,
     json_objects,
     parse_arguments,
+    request_messages,
     sse,
     text_of,
     tool_calls_of,
-    unobscure_messages,
 )
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -72,9 +72,7 @@ def anthropic_request(
     default_max_tokens: int,
     legacy_extension: bool,
 ) -> ProviderRequest:
-    messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
-    if legacy_extension:
-        unobscure_messages(messages)
+    messages = request_messages(body, legacy_extension)
     system, turns = _messages(messages)
     max_tokens = body.get("max_completion_tokens")
     if max_tokens is None:

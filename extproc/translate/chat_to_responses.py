@@ -26,10 +26,10 @@ from extproc.translate.chat import (
     error_object,
     int_or_none,
     json_objects,
+    request_messages,
     sse,
     text_of,
     tool_calls_of,
-    unobscure_messages,
 )
 
 _VERBOSITIES = {"low": "low", "medium": "medium", "high": "high", "max": "high"}  # max becomes high
@@ -57,9 +57,7 @@ def responses_request(
     force_reasoning: bool,
     legacy_extension: bool,
 ) -> ProviderRequest:
-    messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
-    if legacy_extension:
-        unobscure_messages(messages)
+    messages = request_messages(body, legacy_extension)
     reasoning = body.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
     effort = effort if effort in _EFFORTS else None
