@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from extproc.translate.chat import ChunkWriter
 from extproc.translate.chat_to_responses import ResponsesTranslator, responses_request
@@ -226,3 +227,11 @@ def test_the_legacy_extension_gets_the_obscured_format_in_a_whole_response() -> 
     document = orjson.loads(translator(legacy=True).translate_json(orjson.dumps(response)))
     details = document["choices"][0]["message"]["reasoning_details"]
     assert [detail["format"] for detail in details] == ["openai-responses-v1-obscured"] * 2
+
+@pytest.mark.parametrize("value", [[], {"a": 1}, 3, "huge"])
+def test_an_unknown_verbosity_or_effort_is_left_out(value: object) -> None:
+    """Contract 3.4: textVerbosity and the reasoning effort come from the request's own values;
+    any other value (even a list or an object, which used to raise) is not sent."""
+    translated = request({"messages": [], "verbosity": value, "reasoning": {"effort": value}}, force=True)
+    assert "text" not in translated
+    assert translated["reasoning"] == {"summary": "auto"}

@@ -8,7 +8,7 @@ the finish chunk, a stream ends with one `data: [DONE]`, and errors are
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -94,6 +94,12 @@ def json_objects(items: Iterable[SseItem]) -> Iterator[tuple[dict[str, Any], str
             continue
         if isinstance(data, dict):
             yield data, item.data
+
+
+def one_of(value: object, allowed: Container[str]) -> str | None:
+    """A client's option when it is one of `allowed`, else None: a value of another type
+    (a list, an object) is ignored like an unknown string, never looked up."""
+    return value if isinstance(value, str) and value in allowed else None
 
 
 def int_or_none(value: object) -> int | None:

@@ -24,6 +24,7 @@ from extproc.translate.chat import (
     error_object,
     int_or_none,
     json_objects,
+    one_of,
     parse_arguments,
     request_messages,
     sse,
@@ -88,9 +89,9 @@ def anthropic_request(
     if system:
         out["system"] = system
     out["messages"] = turns
-    verbosity = body.get("verbosity")
-    if verbosity in _EFFORTS:
-        out["output_config"] = {"effort": verbosity}
+    effort = one_of(body.get("verbosity"), _EFFORTS)
+    if effort is not None:
+        out["output_config"] = {"effort": effort}
     tools, tool_choice = _tools(body, legacy_extension)
     if tools:
         out["tools"] = tools

@@ -26,6 +26,7 @@ from extproc.translate.chat import (
     error_object,
     int_or_none,
     json_objects,
+    one_of,
     request_messages,
     sse,
     text_of,
@@ -59,8 +60,7 @@ def responses_request(
 ) -> ProviderRequest:
     messages = request_messages(body, legacy_extension)
     reasoning = body.get("reasoning")
-    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
-    effort = effort if effort in _EFFORTS else None
+    effort = one_of(reasoning.get("effort") if isinstance(reasoning, dict) else None, _EFFORTS)
     reasoning_model = is_reasoning_model(model, force_reasoning, effort)
     out: dict[str, Any] = {"model": model, "input": _input(messages, reasoning_model)}
     max_tokens = body.get("max_completion_tokens")
@@ -73,9 +73,9 @@ def responses_request(
         out["temperature"] = body["temperature"]
     if reasoning_model:
         out["reasoning"] = {**({"effort": effort} if effort else {}), "summary": "auto"}
-    verbosity = _VERBOSITIES.get(body.get("verbosity"))  # type: ignore[arg-type]
+    verbosity = one_of(body.get("verbosity"), _VERBOSITIES)
     if verbosity is not None:
-        out["text"] = {"verbosity": verbosity}
+        out["text"] = {"verbosity": _VERBOSITIES[verbosity]}
     tools, tool_choice = _tools(body)
     if tools:
         out["tools"] = tools
