@@ -15,6 +15,6 @@ with ``BYOK_ENCRYPTION_KEY`` (base64 of 32 bytes), which the command never print
 
 Layers: `inputs` (pure validation, before any connection is made), `connections` (where the
 database, Redis and the signing secret are), `queries` (the SQL, each taking a connection),
-`commands` (one handler a command: validate, resolve, connect, do, report) and `cli` (the
+`commands` (one handler per command: validate, resolve, connect, do, report) and `cli` (the
 argparse wiring, the exit codes and the JSON output).
 """
