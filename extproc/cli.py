@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from extproc import logs
 
@@ -57,20 +57,22 @@ def _envoy_config(args: argparse.Namespace) -> int:
 class _Parser(argparse.ArgumentParser):
     """argparse, except that the operator commands report usage errors as JSON on stderr."""
 
-    json_errors = False
+    def __init__(self, *args: Any, json_errors: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.json_errors = json_errors
 
     def error(self, message: str) -> NoReturn:
         if self.json_errors:
-            from extproc import admin
+            from extproc.admin.cli import usage_error
 
-            admin.usage_error(message)
+            usage_error(message)
         super().error(message)
 
 
 def build_parser(command: str | None = None) -> _Parser:
     """The whole command line; `command`, the first word when known, lets the operator commands
     skip importing the mock upstream (aiohttp) just to describe its options."""
-    from extproc import admin
+    from extproc.admin import cli as admin_cli
 
     parser = _Parser(prog="llm-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,24 +87,24 @@ def build_parser(command: str | None = None) -> _Parser:
         handler=_envoy_config
     )
     mock = commands.add_parser("mock-upstream", help="the OpenRouter-compatible mock upstream")
-    if command not in admin.COMMAND_GROUPS:
+    if command not in admin_cli.COMMAND_GROUPS:
         from extproc.local import mock_upstream
 
         mock_upstream.add_cli_arguments(mock)
     mock.set_defaults(handler=_mock_upstream)
-    # Operator commands: user, token, credits, org, byok (extproc/admin.py).
-    admin.add_subcommands(commands)
+    # Operator commands: user, token, credits, org, byok, usage, outbox (extproc/admin/).
+    admin_cli.add_subcommands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from extproc import admin
+    from extproc.admin import cli as admin_cli
 
     words = sys.argv[1:] if argv is None else argv
     command = words[0] if words else None
     parser = build_parser(command)
     # Unrecognised arguments are reported by the top-level parser.
-    parser.json_errors = command in admin.COMMAND_GROUPS
+    parser.json_errors = command in admin_cli.COMMAND_GROUPS
     args = parser.parse_args(argv)
     return int(args.handler(args))
 

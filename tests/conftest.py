@@ -7,6 +7,7 @@ the ext_proc server and a real Envoy. Tests talk to Envoy like any client would.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -74,6 +76,18 @@ class Gateway:
         )
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
+
+    def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """The rows of one statement on this stack's database (a connection of its own)."""
+
+        async def fetch() -> list[asyncpg.Record]:
+            connection = await asyncpg.connect(self.database_url)
+            try:
+                return await connection.fetch(query, *args)
+            finally:
+                await connection.close()
+
+        return asyncio.run(fetch())
 
     def new_user(self, credits_usd: str = "10", email: str | None = None) -> dict[str, Any]:
         email = email or f"user-{uuid.uuid4().hex[:12]}@example.com"

@@ -17,8 +17,8 @@ import jwt
 import orjson
 import pytest
 
-from extproc import admin
 from extproc import cli as cli_module
+from extproc.admin import inputs
 from extproc.auth.tokens import pepper_matches, verify_token
 from tests.cli_runner import Result, cli_environment, run_many
 
@@ -265,7 +265,7 @@ async def test_org_commands(cli_env: dict[str, str], seed: dict[str, Any], db: a
      (".5", 500_000), ("7.", 7_000_000), ("-0", 0), ("9223372036854", 9_223_372_036_854_000_000)],
 )
 def test_usd_is_converted_exactly(text: str, microdollars: int) -> None:
-    assert admin.usd_to_exact_microdollars(text) == microdollars
+    assert inputs.usd_to_exact_microdollars(text) == microdollars
 
 
 @pytest.mark.parametrize(
@@ -275,26 +275,26 @@ def test_usd_is_converted_exactly(text: str, microdollars: int) -> None:
      ("0.0000001", "6 decimals"), ("1.0000001", "6 decimals"), ("99999999999999999999", "too large")],
 )
 def test_bad_usd_is_refused(text: str, message: str) -> None:
-    with pytest.raises(admin.AdminError, match=message):
-        admin.usd_to_exact_microdollars(text)
-    with pytest.raises(admin.AdminError, match="greater than zero"):
-        admin.usd_to_exact_microdollars("0.000000", allow_zero=False)
+    with pytest.raises(inputs.AdminError, match=message):
+        inputs.usd_to_exact_microdollars(text)
+    with pytest.raises(inputs.AdminError, match="greater than zero"):
+        inputs.usd_to_exact_microdollars("0.000000", allow_zero=False)
 
 
 def test_input_validation() -> None:
-    assert admin.normalize_email("  Bob@Example.ORG ") == "bob@example.org"
+    assert inputs.normalize_email("  Bob@Example.ORG ") == "bob@example.org"
     for email in ("bob", "bob@", "@example.com", "bob@example", "bob smith@example.com", "a@b@example.com"):
-        with pytest.raises(admin.AdminError, match="email"):
-            admin.normalize_email(email)
+        with pytest.raises(inputs.AdminError, match="email"):
+            inputs.normalize_email(email)
     org_id = str(uuid.uuid4())
-    assert admin.parse_org_id(org_id.upper()) == org_id
+    assert inputs.parse_org_id(org_id.upper()) == org_id
     for bad in ("", "1234", "not-a-uuid", org_id + "0"):
-        with pytest.raises(admin.AdminError, match="UUID"):
-            admin.parse_org_id(bad)
-    assert admin.parse_settings_json('{"a": [1]}') == {"a": [1]}
+        with pytest.raises(inputs.AdminError, match="UUID"):
+            inputs.parse_org_id(bad)
+    assert inputs.parse_settings_json('{"a": [1]}') == {"a": [1]}
     for bad, message in (("{", "JSON"), ('{"a": NaN}', "JSON"), ("[1]", "object"), ("null", "object")):
-        with pytest.raises(admin.AdminError, match=message):
-            admin.parse_settings_json(bad)
+        with pytest.raises(inputs.AdminError, match=message):
+            inputs.parse_settings_json(bad)
 
 
 def test_existing_commands_still_parse() -> None:

@@ -38,16 +38,6 @@ RATE_LIMITED_TO_DEATH = [
 ]
 
 
-def db(gateway: Gateway, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(gateway.database_url)
-        try:
-            return await connection.fetch(sql, *args)
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
-
 
 ROW_SQL = """
 SELECT u.*, m.message_id, m.status_code, m.user_prompt_prefix, m.system_prompt_prefix_id, m.is_user_byok,
@@ -61,7 +51,7 @@ WHERE m.session_id = $1
 def row_of(gateway: Gateway, task: str, timeout: float = 60) -> asyncpg.Record:
     """The one ledger row of the request sent with this task id, once written."""
     deadline = time.monotonic() + timeout
-    while not (rows := db(gateway, ROW_SQL, task)):
+    while not (rows := gateway.sql(ROW_SQL, task)):
         assert time.monotonic() < deadline, f"no ledger row for {task}"
         time.sleep(0.2)
     [row] = rows
@@ -88,7 +78,7 @@ def ask(model: str, **extra: Any) -> dict[str, Any]:
 
 
 def _free_usage(gateway: Gateway, ip: str) -> list[asyncpg.Record]:
-    return db(gateway, "SELECT ip_address, model, kilo_user_id FROM free_model_usage WHERE ip_address = $1", ip)
+    return gateway.sql("SELECT ip_address, model, kilo_user_id FROM free_model_usage WHERE ip_address = $1", ip)
 
 
 def test_free_model_usage_row_exists_before_the_upstream_is_called(upstream: Gateway) -> None:

@@ -10,7 +10,6 @@ mock reported, cache reads and writes included).
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,16 +42,6 @@ SCRIPT = {
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 
 
-def _db(gateway: Gateway, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(gateway.database_url)
-        try:
-            return await connection.fetch(sql, *args)
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
-
 
 @dataclass(frozen=True)
 class Llm:
@@ -84,8 +73,7 @@ def _add_llm(gateway: Gateway, org: str, kind: str, mock: RunningMock, base_path
         api_key=f"{kind}-key-{uuid.uuid4().hex[:8]}",
         mock=mock,
     )
-    _db(
-        gateway,
+    gateway.sql(
         "INSERT INTO custom_llm (public_id, display_name, context_length, max_completion_tokens, internal_id,"
         " provider, base_url, api_key, organization_ids, force_reasoning)"
         " VALUES ($1, 'Test LLM', 200000, 4096, $2, $3, $4, $5, $6::jsonb, true)",
@@ -117,7 +105,7 @@ def ledger_rows(gateway: Gateway, task: str, timeout: float = 60) -> list[asyncp
     """
     deadline = time.monotonic() + timeout
     while True:
-        rows = _db(gateway, sql, task)
+        rows = gateway.sql(sql, task)
         if rows or time.monotonic() > deadline:
             return rows
         time.sleep(0.2)
@@ -307,8 +295,7 @@ def test_a_stream_the_client_cuts_is_charged_what_the_provider_reported(setup: S
 @pytest.mark.parametrize("kind", ["anthropic", "openai"])
 def test_the_ssrf_guard_applies_to_translated_custom_llms(setup: Setup, kind: str) -> None:
     public_id = f"kilo-internal/{kind}-private-{uuid.uuid4().hex[:8]}"
-    _db(
-        setup.gateway,
+    setup.gateway.sql(
         "INSERT INTO custom_llm (public_id, display_name, context_length, max_completion_tokens, internal_id,"
         " provider, base_url, api_key, organization_ids) VALUES ($1, 'Private', 1000, 100, 'm', $2,"
         " 'http://169.254.169.254/v1', 'k', $3::jsonb)",

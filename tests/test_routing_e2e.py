@@ -32,7 +32,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from extproc import errors
-from extproc.admin import create_user
+from extproc.admin.queries import create_user
 from extproc.auth.tokens import mint_token
 from extproc.shaping.hashing import provider_hash
 from extproc.shaping.vercel import vercel_bucket
@@ -127,16 +127,6 @@ def task_id(*, vercel: bool) -> str:
             return candidate
 
 
-def _db(gateway: Gateway, sql: str, *args: Any) -> Any:
-    async def run() -> Any:
-        connection = await asyncpg.connect(gateway.database_url)
-        try:
-            return await connection.fetch(sql, *args)
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
-
 
 def new_user(gateway: Gateway, credits_usd: int = 10) -> dict[str, Any]:
     """What `llm-gateway user create` does (the same functions), without a process per user."""
@@ -174,8 +164,7 @@ def add_custom_llm(
         "api_key": f"custom-key-{uuid.uuid4().hex[:8]}",
         "base_url": base_url,
     }
-    _db(
-        gateway,
+    gateway.sql(
         "INSERT INTO custom_llm (public_id, display_name, context_length, max_completion_tokens, internal_id,"
         " provider, base_url, api_key, organization_ids, extra_body)"
         " VALUES ($1, 'Test LLM', 128000, 8192, $2, $3, $4, $5, $6::jsonb, $7::jsonb)",
@@ -818,7 +807,7 @@ BYOK_MODELS = {
 def byok_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     with running_stack(tmp_path_factory.mktemp("byok-stack"), **SESSION_STACK) as gw:
         # Before any request: the map is cached for 300 s from the first authenticated request.
-        _db(gw, "INSERT INTO models_by_provider (vercel) VALUES ($1::jsonb)", orjson.dumps(BYOK_MODELS).decode())
+        gw.sql("INSERT INTO models_by_provider (vercel) VALUES ($1::jsonb)", orjson.dumps(BYOK_MODELS).decode())
         yield gw
 
 
@@ -901,11 +890,10 @@ def _tampered_user(gateway: Gateway) -> dict[str, Any]:
     nothing of theirs is cached)."""
     user = new_user(gateway, credits_usd=10)
     _byok_add(gateway, "anthropic", "sk-ant-test", user=user)
-    [row] = _db(gateway, "SELECT encrypted_api_key->>'data' AS data FROM byok_api_keys WHERE kilo_user_id = $1", user["id"])
+    [row] = gateway.sql("SELECT encrypted_api_key->>'data' AS data FROM byok_api_keys WHERE kilo_user_id = $1", user["id"])
     data = bytearray(base64.b64decode(row["data"]))
     data[0] ^= 0xFF
-    _db(
-        gateway,
+    gateway.sql(
         "UPDATE byok_api_keys SET encrypted_api_key = jsonb_set(encrypted_api_key, '{data}', to_jsonb($2::text))"
         " WHERE kilo_user_id = $1",
         user["id"],
@@ -958,12 +946,12 @@ def test_byok_rows_cost_nothing_and_are_marked_user_byok(byok: Gateway) -> None:
     sql = """SELECT u.cost, m.market_cost, m.is_user_byok, u.kilo_user_id FROM microdollar_usage u
              JOIN microdollar_usage_metadata m ON m.id = u.id WHERE m.session_id = $1"""
     deadline = time.monotonic() + 60
-    while not (rows := _db(byok, sql, task)):
+    while not (rows := byok.sql(sql, task)):
         assert time.monotonic() < deadline, "no ledger row"
         time.sleep(0.2)
     [row] = rows
     assert row["kilo_user_id"] == user["id"]
     assert row["is_user_byok"] is True
     assert row["cost"] == 0 and row["market_cost"] > 0  # the customer pays the provider, not Kilo
-    balance = _db(byok, "SELECT microdollars_used FROM kilocode_users WHERE id = $1", user["id"])
+    balance = byok.sql("SELECT microdollars_used FROM kilocode_users WHERE id = $1", user["id"])
     assert balance[0]["microdollars_used"] == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from extproc.translate.chat import ChunkWriter
 from extproc.translate.chat_to_anthropic import AnthropicTranslator, anthropic_request
@@ -236,3 +237,9 @@ def test_whole_message_becomes_a_chat_completion() -> None:
         "usage": {"prompt_tokens": 10, "completion_tokens": 9, "total_tokens": 19,
                   "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 6}},
     }
+
+@pytest.mark.parametrize("verbosity", [[], {"a": 1}, 3, "huge"])
+def test_a_verbosity_that_is_no_known_effort_is_left_out(verbosity: object) -> None:
+    """Contract 3.4: effort = the request's `verbosity`; any other value (even a list or an
+    object, which used to raise) is not sent."""
+    assert "output_config" not in request({"messages": [], "verbosity": verbosity})

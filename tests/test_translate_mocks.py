@@ -8,6 +8,7 @@ and what the SDK assembles is compared with the directives' values.
 from __future__ import annotations
 
 import anthropic
+import httpx
 import openai
 import orjson
 import pytest
@@ -117,3 +118,19 @@ def test_openai_sdk_reads_a_whole_response_and_errors(responses_mock: RunningMoc
     )
     events = list(stream)
     assert events[-1].type == "error" and events[-1].message == "boom"
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+def test_a_mock_records_each_request_and_what_it_answered(anthropic_mock: RunningMock, stream: bool) -> None:
+    body = {"model": "claude-x", "max_tokens": 10, "stream": stream,
+            "messages": [{"role": "user", "content": directive({"text": "Hi.", "chunks": 1})}]}
+    answered = httpx.post(
+        anthropic_mock.url("/anthropic/v1/messages"), json=body,
+        headers={"X-Api-Key": "k", "anthropic-version": "2023-06-01"},
+    )
+    assert answered.status_code == 200
+    recorded = httpx.get(anthropic_mock.url("/__mock/requests")).json()[-1]
+    assert (recorded["method"], recorded["path"], recorded["body"]) == ("POST", "/anthropic/v1/messages", body)
+    assert recorded["headers"]["x-api-key"] == "k"
+    assert recorded["response"] == answered.text and "Hi." in answered.text
+    assert anthropic_mock.requests[-1] == recorded

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from extproc.translate.chat import ChunkWriter
 from extproc.translate.chat_to_responses import ResponsesTranslator, responses_request
@@ -213,3 +214,24 @@ def test_whole_response_becomes_a_chat_completion() -> None:
         "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9,
                   "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 2}},
     }
+
+
+def test_the_legacy_extension_gets_the_obscured_format_in_a_whole_response() -> None:
+    """Contract 3.4: `openai-responses-v1` reaches the legacy extension as
+    `openai-responses-v1-obscured`, in a non-streamed answer too."""
+    response = {
+        "id": "resp_3", "object": "response", "status": "completed",
+        "output": [{"id": "rs_3", "type": "reasoning", "summary": [{"type": "summary_text", "text": "Why."}],
+                    "encrypted_content": "enc3"}],
+    }
+    document = orjson.loads(translator(legacy=True).translate_json(orjson.dumps(response)))
+    details = document["choices"][0]["message"]["reasoning_details"]
+    assert [detail["format"] for detail in details] == ["openai-responses-v1-obscured"] * 2
+
+@pytest.mark.parametrize("value", [[], {"a": 1}, 3, "huge"])
+def test_an_unknown_verbosity_or_effort_is_left_out(value: object) -> None:
+    """Contract 3.4: textVerbosity and the reasoning effort come from the request's own values;
+    any other value (even a list or an object, which used to raise) is not sent."""
+    translated = request({"messages": [], "verbosity": value, "reasoning": {"effort": value}}, force=True)
+    assert "text" not in translated
+    assert translated["reasoning"] == {"summary": "auto"}

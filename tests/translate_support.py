@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from extproc.local.mock_base import Recorded, start
 from extproc.local.mock_script import DIRECTIVE_PREFIX, MockServer
 
 
@@ -31,14 +33,11 @@ class RunningMock:
         return f"http://127.0.0.1:{self.port}{base_path}"
 
     @property
-    def requests(self) -> list[dict[str, Any]]:
+    def requests(self) -> Sequence[Recorded]:
         return self.server.requests
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(self.server.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
+        self._runner = await start(self.server.app(), "127.0.0.1", 0)
         self.port = self._runner.addresses[0][1]
 
     def __enter__(self) -> RunningMock:

@@ -9,11 +9,22 @@ user message (see docs/mock-upstream.md). Replies and usage are deterministic.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
+
+from extproc.local.mock_base import (
+    Recorded,
+    RequestLog,
+    json_post,
+    json_response,
+    last_user_text,
+    mock_app,
+    write_recorded,
+)
 
 DIRECTIVE_PREFIX = "mock:"
 DEFAULT_TEXT = "Hello from the mock."
@@ -62,20 +73,8 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def _last_user_text(messages: object) -> str:
-    """The last user turn's text in either API's shape (string, or parts with `text`)."""
-    for message in reversed(messages if isinstance(messages, list) else []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def script_for(messages: object) -> MockScript:
-    for line in _last_user_text(messages).splitlines():
+    for line in last_user_text(messages, "\n").splitlines():
         if line.strip().startswith(DIRECTIVE_PREFIX):
             return parse_script(line.strip()[len(DIRECTIVE_PREFIX):])
     return MockScript()
@@ -151,47 +150,51 @@ def event_bytes(name: str, data: dict[str, Any]) -> bytes:
 
 @dataclass(slots=True)
 class MockServer:
-    """An aiohttp app for one protocol; records what it received, for tests."""
+    """An aiohttp app for one protocol (mock_base's, so it records what it received)."""
 
     protocol: MockProtocol
-    requests: list[dict[str, Any]] = field(default_factory=list)
+    log: RequestLog = field(default_factory=RequestLog)
+
+    @property
+    def requests(self) -> deque[Recorded]:
+        return self.log.entries
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/{path:.*}", self._handle)
+        app = mock_app(self.log)
+        app.router.add_post("/{path:.*}", json_post(self._handle, self._invalid_json))
         return app
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    def _error(self, status: int, message: str) -> web.Response:
+        return json_response(self.protocol.error_body(status, message), status)
+
+    def _invalid_json(self, message: str) -> web.Response:
+        return self._error(400, "body is not JSON")
+
+    async def _handle(self, request: web.Request, body: Any, record: Recorded) -> web.StreamResponse:
         protocol = self.protocol
         if not request.path.endswith(protocol.path_suffix):
-            return web.json_response(protocol.error_body(404, f"no route {request.path}"), status=404)
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return web.json_response(protocol.error_body(400, "body is not JSON"), status=400)
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        self.requests.append({"path": request.path, "headers": headers, "body": body})
-        refusal = protocol.check(headers)
+            return self._error(404, f"no route {request.path}")
+        refusal = protocol.check(record["headers"])
         if refusal is not None:
-            return web.json_response(protocol.error_body(401, refusal), status=401)
+            return self._error(401, refusal)
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            return web.json_response(protocol.error_body(400, "model is required"), status=400)
+            return self._error(400, "model is required")
         try:
             script = script_for(body.get("messages", body.get("input")))
         except ScriptError as exc:
-            return web.json_response(protocol.error_body(400, str(exc)), status=400)
+            return self._error(400, str(exc))
         if script.status >= 400:
-            return web.json_response(protocol.error_body(script.status, script.error_message), status=script.status)
+            return self._error(script.status, script.error_message)
         if body.get("stream") is not True:
-            return web.json_response(protocol.document(script, body["model"]))
+            return json_response(protocol.document(script, body["model"]))
         response = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
         await response.prepare(request)
         for sent, (name, data) in enumerate(protocol.events(script, body["model"])):
             if script.error_after is not None and sent == script.error_after:
-                await response.write(event_bytes(*protocol.stream_error(script)))
+                await write_recorded(response, record, event_bytes(*protocol.stream_error(script)))
                 break
             if script.gap_ms:
                 await asyncio.sleep(script.gap_ms / 1000)
-            await response.write(event_bytes(name, data))
+            await write_recorded(response, record, event_bytes(name, data))
         await response.write_eof()
         return response

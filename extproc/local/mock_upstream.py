@@ -19,7 +19,6 @@ import logging
 import re
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -29,13 +28,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from extproc.local.mock_base import (
+    Recorded,
+    RequestLog,
+    json_post,
+    json_response,
+    last_user_text,
+    mock_app,
+    start,
+    write_recorded,
+)
+
 log = logging.getLogger(__name__)
 
-MAX_RECORDED_REQUESTS = 200
-MAX_RECORDED_RESPONSE_CHARS = 1024 * 1024
 MAX_GENERATIONS = 10_000
-# Real providers take prompts of many MiB; aiohttp's default limit is 1 MiB.
-MAX_REQUEST_BYTES = 64 * 1024 * 1024
 REPLY_PREFIX = "Mock reply: "
 MAX_REPLY_CHARS = 200
 
@@ -138,30 +144,12 @@ def _apply_overrides(defaults: MockOptions, overrides: object) -> MockOptions:
 _TOKEN = re.compile(r"\S+\s*|\s+")
 
 
-def _last_user_text(messages: list[Any]) -> str:
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(
-                    part["text"]
-                    for part in content
-                    if isinstance(part, dict)
-                    and part.get("type") == "text"
-                    and isinstance(part.get("text"), str)
-                )
-            return ""
-    return ""
-
-
 def _reply_text(messages: list[Any], options: MockOptions) -> str:
     if options.chunks is not None:
         return " ".join(f"w{i}" for i in range(1, options.chunks + 1))
     if options.content is not None:
         return options.content
-    return (REPLY_PREFIX + _last_user_text(messages))[:MAX_REPLY_CHARS]
+    return (REPLY_PREFIX + last_user_text(messages, " "))[:MAX_REPLY_CHARS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,25 +248,8 @@ def _elapsed_ms(start: float, end: float) -> int:
 @dataclass
 class _State:
     defaults: MockOptions
-    requests: deque[dict[str, Any]] = field(
-        default_factory=lambda: deque(maxlen=MAX_RECORDED_REQUESTS)
-    )
     # dicts keep insertion order, so the first key is the oldest generation.
     generations: dict[str, _Generation] = field(default_factory=dict)
-
-    def record_request(self, request: web.Request, body: Any) -> dict[str, Any]:
-        """Record a chat request; its "response" (the exact text sent back, up to
-        MAX_RECORDED_RESPONSE_CHARS) is filled in as it is written."""
-        entry = {
-            "method": request.method,
-            "path": request.path,
-            "query": dict(request.query),
-            "headers": {name.lower(): value for name, value in request.headers.items()},
-            "body": body,
-            "response": "",
-        }
-        self.requests.append(entry)
-        return entry
 
     def finish(self, run: _Run, finish_reason: str | None, cancelled: bool) -> dict[str, Any]:
         """Record the generation and return its usage."""
@@ -318,12 +289,12 @@ class _State:
 _STATE = web.AppKey("mock_upstream_state", _State)
 
 
-def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
-
-
 def _error(status: int, message: str) -> web.Response:
-    return _json({"error": {"message": message, "code": status}}, status)
+    return json_response({"error": {"message": message, "code": status}}, status)
+
+
+def _invalid_json(message: str) -> web.Response:
+    return _error(400, f"invalid JSON body: {message}")
 
 
 # SSE building blocks. A chunk is `data: ` + the JSON object opened by the
@@ -351,21 +322,18 @@ _ERROR_TAIL = (
 class _EventWriter:
     response: web.StreamResponse
     delay_s: float
-    record: dict[str, Any]
+    record: Recorded
     started: bool = False
 
     async def send(self, event: bytes) -> None:
-        # One write per event so each event is its own flush (and HTTP chunk);
-        # the delay goes between events, not before the first.
+        # The delay goes between events, not before the first.
         if self.started and self.delay_s:
             await asyncio.sleep(self.delay_s)
         self.started = True
-        await self.response.write(event)
-        if len(self.record["response"]) < MAX_RECORDED_RESPONSE_CHARS:
-            self.record["response"] += event.decode()
+        await write_recorded(self.response, self.record, event)
 
 
-async def _stream(request: web.Request, state: _State, run: _Run, record: dict[str, Any]) -> web.StreamResponse:
+async def _stream(request: web.Request, state: _State, run: _Run, record: Recorded) -> web.StreamResponse:
     plan = run.plan
     options = plan.options
     # No content-length, so aiohttp uses chunked encoding on HTTP/1.1 (and
@@ -419,24 +387,9 @@ async def _stream(request: web.Request, state: _State, run: _Run, record: dict[s
     return response
 
 
-async def _chat_completions(request: web.Request) -> web.StreamResponse:
+async def _chat_completions(request: web.Request, body: Any, record: Recorded) -> web.StreamResponse:
     started = time.monotonic()
     state = request.app[_STATE]
-    try:
-        body: Any = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        state.record_request(request, None)
-        return _error(400, f"invalid JSON body: {exc}")
-    record = state.record_request(request, body)
-    response = await _respond(request, state, body, started, record)
-    if isinstance(response, web.Response) and response.body is not None:
-        record["response"] = (response.text or "")[:MAX_RECORDED_RESPONSE_CHARS]
-    return response
-
-
-async def _respond(
-    request: web.Request, state: _State, body: Any, started: float, record: dict[str, Any]
-) -> web.StreamResponse:
     try:
         plan = _plan(body, state.defaults)
     except MockRequestError as exc:
@@ -448,7 +401,7 @@ async def _respond(
         # Real OpenRouter errors carry no generation id, so none is recorded.
         if options.error_body is None:
             return _error(options.status, f"Mock upstream error {options.status}")
-        return _json(options.error_body, options.status)
+        return json_response(options.error_body, options.status)
     run = _Run(
         plan=plan,
         id=f"gen-{uuid.uuid4().hex}",
@@ -460,7 +413,7 @@ async def _respond(
     run.content_sent = len(plan.tokens)
     run.reasoning_sent = len(plan.reasoning_tokens)
     usage = state.finish(run, "stop", cancelled=False)
-    return _json(
+    return json_response(
         {
             "id": run.id,
             "provider": options.provider,
@@ -493,50 +446,22 @@ async def _generation(request: web.Request) -> web.Response:
     generation = request.app[_STATE].generations.get(generation_id)
     if generation is None or time.monotonic() < generation.available_at:
         return _error(404, "Generation not found")
-    return _json({"data": generation.data})
-
-
-async def _list_requests(request: web.Request) -> web.Response:
-    return _json(list(request.app[_STATE].requests))
-
-
-async def _clear_requests(request: web.Request) -> web.Response:
-    request.app[_STATE].requests.clear()
-    return web.Response(status=204)
-
-
-async def _health(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"data": generation.data})
 
 
 def build_app(defaults: MockOptions | None = None) -> web.Application:
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app = mock_app(RequestLog())
     app[_STATE] = _State(defaults or MockOptions())
-    app.router.add_get("/__mock/requests", _list_requests)
-    app.router.add_delete("/__mock/requests", _clear_requests)
-    app.router.add_get("/__mock/health", _health)
     # Match on the path suffix so any base path works (/api/v1, /v1/code, ...).
-    app.router.add_post("/{base:(?:.*/)?}chat/completions", _chat_completions)
+    app.router.add_post("/{base:(?:.*/)?}chat/completions", json_post(_chat_completions, _invalid_json))
     app.router.add_get("/{base:(?:.*/)?}generation", _generation)
     return app
 
 
 async def serve(host: str, port: int, defaults: MockOptions | None = None) -> None:
     """Serve until cancelled. Port 0 picks a free port (the log line shows it)."""
-    runner = web.AppRunner(
-        build_app(defaults),
-        # Per-request access logging would dominate the benchmark's profile.
-        access_log=None,
-        # Stop a handler as soon as its client hangs up, so aborted streams are
-        # recorded at once and don't keep sleeping through their delays.
-        handler_cancellation=True,
-        # In-flight streams may be long and slow; don't hold shutdown for them.
-        shutdown_timeout=1.0,
-    )
-    await runner.setup()
+    runner = await start(build_app(defaults), host, port)
     try:
-        # A deep backlog so benchmark connection bursts aren't dropped.
-        await web.TCPSite(runner, host, port, backlog=1024).start()
         bound_port = runner.addresses[0][1]
         shown_host = f"[{host}]" if ":" in host else host
         log.info("mock upstream listening on http://%s:%d", shown_host, bound_port)

@@ -8,7 +8,7 @@ the finish chunk, a stream ends with one `data: [DONE]`, and errors are
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -96,6 +96,12 @@ def json_objects(items: Iterable[SseItem]) -> Iterator[tuple[dict[str, Any], str
             yield data, item.data
 
 
+def one_of(value: object, allowed: Container[str]) -> str | None:
+    """A client's option when it is one of `allowed`, else None: a value of another type
+    (a list, an object) is ignored like an unknown string, never looked up."""
+    return value if isinstance(value, str) and value in allowed else None
+
+
 def int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -174,28 +180,45 @@ class ChunkWriter:
         return self.chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
 
 
-def completion(
-    writer: ChunkWriter,
-    message_id: str | None,
-    message: dict[str, Any],
-    finish_reason: str,
-    usage: TokenUsage,
-) -> bytes:
-    """A non-streamed chat.completion document."""
-    if writer.legacy_extension:
-        obscure(message.get("reasoning_details"))
-    obj: dict[str, Any] = {}
-    if message_id is not None:
-        obj["id"] = message_id
-    obj.update(
-        {
-            "object": "chat.completion",
-            "model": writer.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-            "usage": usage.to_chat(),
-        }
-    )
-    return orjson.dumps(obj)
+@dataclass(slots=True)
+class AssistantMessage:
+    """The assistant message of a whole (non-streamed) provider response, gathered part by part
+    by a translator, and the chat.completion document it becomes."""
+
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    reasoning_details: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def tool_call(self, call_id: object, name: object, arguments: str) -> None:
+        self.tool_calls.append(
+            {"index": len(self.tool_calls), "id": call_id, "type": "function",
+             "function": {"name": name, "arguments": arguments}}
+        )
+
+    def completion(self, writer: ChunkWriter, message_id: object, finish_reason: str, usage: TokenUsage) -> bytes:
+        """The chat.completion document; `message_id` is the provider's, used when a string."""
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text) or None}
+        if self.reasoning:
+            message["reasoning"] = "".join(self.reasoning)
+        if self.reasoning_details:
+            message["reasoning_details"] = self.reasoning_details
+            if writer.legacy_extension:
+                obscure(self.reasoning_details)
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        obj: dict[str, Any] = {}
+        if isinstance(message_id, str):
+            obj["id"] = message_id
+        obj.update(
+            {
+                "object": "chat.completion",
+                "model": writer.model,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+                "usage": usage.to_chat(),
+            }
+        )
+        return orjson.dumps(obj)
 
 
 def obscure(details: object) -> None:
@@ -206,8 +229,16 @@ def obscure(details: object) -> None:
                 detail["format"] = FORMAT_OPENAI_RESPONSES_OBSCURED
 
 
-def unobscure_messages(messages: list[dict[str, Any]]) -> None:
-    """Contract 3.4: the obscured name the legacy extension sends back is mapped back."""
+def request_messages(body: dict[str, Any], legacy_extension: bool) -> list[dict[str, Any]]:
+    """The chat request's messages (the objects among them); contract 3.4: the obscured
+    reasoning format the legacy extension sends back is mapped back."""
+    messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
+    if legacy_extension:
+        _unobscure(messages)
+    return messages
+
+
+def _unobscure(messages: list[dict[str, Any]]) -> None:
     for message in messages:
         details = message.get("reasoning_details") if message.get("role") == "assistant" else None
         if isinstance(details, list):
@@ -223,6 +254,14 @@ def text_of(content: object) -> str:
     if isinstance(content, list):
         return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
+
+
+def tool_calls_of(message: dict[str, Any]) -> Iterator[tuple[Any, Any, Any]]:
+    """(id, function name, arguments) of each tool call of a chat assistant message."""
+    for call in message.get("tool_calls") or ():
+        if isinstance(call, dict):
+            function = call.get("function") or {}
+            yield call.get("id"), function.get("name"), function.get("arguments")
 
 
 def parse_arguments(arguments: object) -> Any:

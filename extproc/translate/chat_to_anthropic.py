@@ -16,18 +16,20 @@ from extproc.sse import SseParser
 from extproc.translate.chat import (
     DONE,
     FORMAT_ANTHROPIC,
+    AssistantMessage,
     ChunkWriter,
     ProviderRequest,
     TokenUsage,
-    completion,
     data_url,
     error_object,
     int_or_none,
     json_objects,
+    one_of,
     parse_arguments,
+    request_messages,
     sse,
     text_of,
-    unobscure_messages,
+    tool_calls_of,
 )
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -71,9 +73,7 @@ def anthropic_request(
     default_max_tokens: int,
     legacy_extension: bool,
 ) -> ProviderRequest:
-    messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
-    if legacy_extension:
-        unobscure_messages(messages)
+    messages = request_messages(body, legacy_extension)
     system, turns = _messages(messages)
     max_tokens = body.get("max_completion_tokens")
     if max_tokens is None:
@@ -89,9 +89,9 @@ def anthropic_request(
     if system:
         out["system"] = system
     out["messages"] = turns
-    verbosity = body.get("verbosity")
-    if verbosity in _EFFORTS:
-        out["output_config"] = {"effort": verbosity}
+    effort = one_of(body.get("verbosity"), _EFFORTS)
+    if effort is not None:
+        out["output_config"] = {"effort": effort}
     tools, tool_choice = _tools(body, legacy_extension)
     if tools:
         out["tools"] = tools
@@ -178,17 +178,10 @@ def _assistant_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     text = text_of(message.get("content"))
     if text:
         blocks.append({"type": "text", "text": text})
-    for call in message.get("tool_calls") or ():
-        if isinstance(call, dict):
-            function = call.get("function") or {}
-            blocks.append(
-                {
-                    "type": "tool_use",
-                    "id": call.get("id"),
-                    "name": function.get("name"),
-                    "input": parse_arguments(function.get("arguments")),
-                }
-            )
+    blocks.extend(
+        {"type": "tool_use", "id": call_id, "name": name, "input": parse_arguments(arguments)}
+        for call_id, name, arguments in tool_calls_of(message)
+    )
     return blocks
 
 
@@ -271,6 +264,11 @@ def _usage(usage: object, into: TokenUsage) -> None:
         into.output_tokens = output  # cumulative in message_delta
 
 
+def _detail(kind: str, index: int, **values: str) -> dict[str, Any]:
+    """A reasoning_details entry of Anthropic's format."""
+    return {"type": kind, **values, "index": index, "format": FORMAT_ANTHROPIC}
+
+
 @dataclass(slots=True)
 class AnthropicTranslator:
     writer: ChunkWriter
@@ -329,8 +327,7 @@ class AnthropicTranslator:
         if kind in ("thinking", "redacted_thinking"):
             self._reasoning_index[index] = len(self._reasoning_index)
         if kind == "redacted_thinking":
-            detail = {"type": "reasoning.encrypted", "data": block.get("data") or "", "index": self._reasoning_index[index],
-                      "format": FORMAT_ANTHROPIC}
+            detail = _detail("reasoning.encrypted", self._reasoning_index[index], data=block.get("data") or "")
             return self.writer.reasoning_detail(detail)
         return b""
 
@@ -342,12 +339,10 @@ class AnthropicTranslator:
             return self.writer.text(delta.get("text") or "")
         if kind == "thinking_delta":
             text = delta.get("thinking") or ""
-            detail = {"type": "reasoning.text", "text": text, "index": self._reasoning_index.get(index, 0),
-                      "format": FORMAT_ANTHROPIC}
-            return self.writer.reasoning(text, detail)
+            return self.writer.reasoning(text, _detail("reasoning.text", self._reasoning_index.get(index, 0), text=text))
         if kind == "signature_delta":
-            detail = {"type": "reasoning.text", "text": "", "signature": delta.get("signature") or "",
-                      "index": self._reasoning_index.get(index, 0), "format": FORMAT_ANTHROPIC}
+            signature = delta.get("signature") or ""
+            detail = _detail("reasoning.text", self._reasoning_index.get(index, 0), text="", signature=signature)
             return self.writer.reasoning_detail(detail)
         if kind == "input_json_delta":
             return self.writer.tool_arguments(str(index), delta.get("partial_json") or "")
@@ -360,36 +355,21 @@ class AnthropicTranslator:
 
     def translate_json(self, body: bytes) -> bytes:
         message = orjson.loads(body)
-        text: list[str] = []
-        reasoning: list[str] = []
-        details: list[dict[str, Any]] = []
-        calls: list[dict[str, Any]] = []
+        out = AssistantMessage()
+        details = out.reasoning_details
         for block in message.get("content") or ():
             kind = block.get("type")
             if kind == "text":
-                text.append(block.get("text") or "")
+                out.text.append(block.get("text") or "")
             elif kind == "thinking":
-                reasoning.append(block.get("thinking") or "")
-                detail = {"type": "reasoning.text", "text": block.get("thinking") or "", "index": len(details),
-                          "format": FORMAT_ANTHROPIC}
-                if block.get("signature"):
-                    detail["signature"] = block["signature"]
-                details.append(detail)
+                out.reasoning.append(block.get("thinking") or "")
+                signed = {"signature": block["signature"]} if block.get("signature") else {}
+                details.append(_detail("reasoning.text", len(details), text=block.get("thinking") or "", **signed))
             elif kind == "redacted_thinking":
-                details.append({"type": "reasoning.encrypted", "data": block.get("data") or "", "index": len(details),
-                                "format": FORMAT_ANTHROPIC})
+                details.append(_detail("reasoning.encrypted", len(details), data=block.get("data") or ""))
             elif kind == "tool_use":
-                calls.append({"index": len(calls), "id": block.get("id"), "type": "function",
-                              "function": {"name": block.get("name"), "arguments": orjson.dumps(block.get("input", {})).decode()}})
-        out: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
-        if reasoning:
-            out["reasoning"] = "".join(reasoning)
-        if details:
-            out["reasoning_details"] = details
-        if calls:
-            out["tool_calls"] = calls
+                out.tool_call(block.get("id"), block.get("name"), orjson.dumps(block.get("input", {})).decode())
         usage = TokenUsage()
         _usage(message.get("usage"), usage)
         reason = FINISH_REASONS.get(message.get("stop_reason") or "", "stop")
-        message_id = message.get("id") if isinstance(message.get("id"), str) else None
-        return completion(self.writer, message_id, out, reason, usage)
+        return out.completion(self.writer, message.get("id"), reason, usage)

@@ -19,16 +19,18 @@ from extproc.sse import SseParser
 from extproc.translate.chat import (
     DONE,
     FORMAT_OPENAI_RESPONSES,
+    AssistantMessage,
     ChunkWriter,
     ProviderRequest,
     TokenUsage,
-    completion,
     error_object,
     int_or_none,
     json_objects,
+    one_of,
+    request_messages,
     sse,
     text_of,
-    unobscure_messages,
+    tool_calls_of,
 )
 
 _VERBOSITIES = {"low": "low", "medium": "medium", "high": "high", "max": "high"}  # max becomes high
@@ -56,12 +58,9 @@ def responses_request(
     force_reasoning: bool,
     legacy_extension: bool,
 ) -> ProviderRequest:
-    messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
-    if legacy_extension:
-        unobscure_messages(messages)
+    messages = request_messages(body, legacy_extension)
     reasoning = body.get("reasoning")
-    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
-    effort = effort if effort in _EFFORTS else None
+    effort = one_of(reasoning.get("effort") if isinstance(reasoning, dict) else None, _EFFORTS)
     reasoning_model = is_reasoning_model(model, force_reasoning, effort)
     out: dict[str, Any] = {"model": model, "input": _input(messages, reasoning_model)}
     max_tokens = body.get("max_completion_tokens")
@@ -74,9 +73,9 @@ def responses_request(
         out["temperature"] = body["temperature"]
     if reasoning_model:
         out["reasoning"] = {**({"effort": effort} if effort else {}), "summary": "auto"}
-    verbosity = _VERBOSITIES.get(body.get("verbosity"))  # type: ignore[arg-type]
+    verbosity = one_of(body.get("verbosity"), _VERBOSITIES)
     if verbosity is not None:
-        out["text"] = {"verbosity": verbosity}
+        out["text"] = {"verbosity": _VERBOSITIES[verbosity]}
     tools, tool_choice = _tools(body)
     if tools:
         out["tools"] = tools
@@ -131,17 +130,10 @@ def _assistant_items(message: dict[str, Any]) -> list[dict[str, Any]]:
     text = text_of(message.get("content"))
     if text:
         items.append({"role": "assistant", "content": [{"type": "output_text", "text": text}]})
-    for call in message.get("tool_calls") or ():
-        if isinstance(call, dict):
-            function = call.get("function") or {}
-            items.append(
-                {
-                    "type": "function_call",
-                    "call_id": call.get("id"),
-                    "name": function.get("name"),
-                    "arguments": function.get("arguments") or "{}",
-                }
-            )
+    items.extend(
+        {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments or "{}"}
+        for call_id, name, arguments in tool_calls_of(message)
+    )
     return items
 
 
@@ -286,32 +278,24 @@ class ResponsesTranslator:
 
     def translate_json(self, body: bytes) -> bytes:
         response = orjson.loads(body)
-        text: list[str] = []
-        reasoning: list[str] = []
-        details: list[dict[str, Any]] = []
-        calls: list[dict[str, Any]] = []
+        out = AssistantMessage()
         for item in response.get("output") or ():
             kind = item.get("type")
             if kind == "message":
                 _remember_phase(item, self.on_phase)
-                text.extend(p.get("text") or "" for p in item.get("content") or () if p.get("type") == "output_text")
+                out.text.extend(p.get("text") or "" for p in item.get("content") or () if p.get("type") == "output_text")
             elif kind == "reasoning":
                 index = self._reasoning(item.get("id") or "")
                 for summary in item.get("summary") or ():
-                    reasoning.append(summary.get("text") or "")
-                    details.append(_reasoning_detail("reasoning.text", item.get("id"), index, text=summary.get("text") or ""))
+                    out.reasoning.append(summary.get("text") or "")
+                    out.reasoning_details.append(
+                        _reasoning_detail("reasoning.text", item.get("id"), index, text=summary.get("text") or "")
+                    )
                 if isinstance(item.get("encrypted_content"), str):
-                    details.append(_reasoning_detail("reasoning.encrypted", item.get("id"), index, data=item["encrypted_content"]))
+                    out.reasoning_details.append(
+                        _reasoning_detail("reasoning.encrypted", item.get("id"), index, data=item["encrypted_content"])
+                    )
             elif kind == "function_call":
-                calls.append({"index": len(calls), "id": item.get("call_id"), "type": "function",
-                              "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}})
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
-        if reasoning:
-            message["reasoning"] = "".join(reasoning)
-        if details:
-            message["reasoning_details"] = details
-        if calls:
-            message["tool_calls"] = calls
-        message_id = response.get("id") if isinstance(response.get("id"), str) else None
-        reason = _finish_reason(response, bool(calls))
-        return completion(self.writer, message_id, message, reason, _usage(response.get("usage")))
+                out.tool_call(item.get("call_id"), item.get("name"), item.get("arguments") or "")
+        reason = _finish_reason(response, bool(out.tool_calls))
+        return out.completion(self.writer, response.get("id"), reason, _usage(response.get("usage")))
