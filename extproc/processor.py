@@ -24,7 +24,7 @@ from extproc import errors, metrics, protocol
 from extproc.phases.finish import finish_request
 from extproc.phases.request_body import on_request_body
 from extproc.phases.request_headers import on_request_headers
-from extproc.phases.response_body import on_response_body, reply_to_chunk
+from extproc.phases.response_body import reply_to_chunk, tap_response_body
 from extproc.phases.response_headers import on_response_headers
 from extproc.services import Services
 from extproc.state import RequestState
@@ -86,7 +86,7 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
             # Reached on completion, and also when Envoy resets the stream because the client
             # went away: the request is summarised either way, marked aborted in the latter.
             services = self.services
-            finish_request(services.settings, services.usage, services.side, state, aborted=not finished)
+            finish_request(services.settings, services.submitter, services.side, state, aborted=not finished)
 
     async def _decide(self, state: RequestState, request: ProcessingRequest, phase: str | None) -> ProcessingResponse:
         try:
@@ -116,7 +116,7 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
     @staticmethod
     def _tap(state: RequestState, request: ProcessingRequest) -> None:
         try:
-            on_response_body(state, request.response_body)
+            tap_response_body(state, request.response_body)
         except Exception:
             # Accounting must never break the stream the client is reading.
             logger.exception("response tap failed", extra={"request_id": state.request_id})

@@ -23,7 +23,7 @@ class Services:
     resources: Resources
     directory: Directory
     limiter: FreeModelLimiter
-    usage: UsageSubmitter  # finished requests' records to the outbox
+    submitter: UsageSubmitter  # finished requests' records to the outbox
     byok: ByokDirectory
     byok_key: bytes | None
     custom_llms: CustomLlms
@@ -44,7 +44,7 @@ class Services:
                 promotion_limit=settings.promotion_limit,
                 promotion_window_seconds=settings.promotion_window_seconds,
             ),
-            usage=UsageSubmitter(
+            submitter=UsageSubmitter(
                 outbox := Outbox(resources.redis, settings.ledger_consumer),
                 LedgerWriter(settings, resources.db, outbox, side),
             ),

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from extproc.pipeline.parse import ChatRequest
+from extproc.response_usage import ResponseSummary, StreamTap
 from extproc.settings import Provider
 from extproc.side.api_metrics import AnsweredRequest
-from extproc.usage import ResponseSummary, StreamTap
 
 if TYPE_CHECKING:
     from extproc.accounting.record import RequestFacts

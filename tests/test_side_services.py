@@ -30,13 +30,13 @@ from extproc.directory import User
 from extproc.local.processes import free_port
 from extproc.pipeline.client_headers import extract_client_info
 from extproc.pipeline.identity import Identity
+from extproc.response_usage import ReportedUsage, ResponseSummary
 from extproc.settings import Provider, Settings, load_settings
 from extproc.shaping.transform import TransformResult
 from extproc.side import SideServices
 from extproc.side.abuse import classification_payload
 from extproc.side.api_metrics import AnsweredRequest, api_metrics_params
 from extproc.state import ChatRequest, RequestState
-from extproc.usage import ResponseSummary, Usage
 from tests.conftest import Gateway, fresh_ip, start_stack, stop_stack
 
 CLASSIFY, COST, METRICS, CAPTURE = "/api/classify", "/api/usage/cost", "/ingest/api-metrics", "/capture"
@@ -377,9 +377,9 @@ def record(**overrides: Any) -> UsageRecord:
 async def test_cost_report_carries_the_market_cost_and_tokens(stand_in: StandIn) -> None:
     side = SideServices.build(side_settings(stand_in.url))
     written = record(free_model=True)  # charged 0, reported at its market cost
-    side.abuse.report_cost(written, Usage(100, 20, 10, 0, 1234, False))
-    side.abuse.report_cost(record(abuse_request_id=0), Usage(1, 1, 0, 0, 1, False))  # unclassified
-    side.abuse.report_cost(record(message_id=None), Usage(1, 1, 0, 0, 1, False))  # no message id
+    side.abuse.report_cost(written, ReportedUsage(100, 20, 10, 0, 1234, False))
+    side.abuse.report_cost(record(abuse_request_id=0), ReportedUsage(1, 1, 0, 0, 1, False))  # unclassified
+    side.abuse.report_cost(record(message_id=None), ReportedUsage(1, 1, 0, 0, 1, False))  # no message id
     await side.close(5)
     [sent] = stand_in.received(COST)
     assert sent["headers"]["CF-Access-Client-Id"] == "cf-id"
@@ -404,7 +404,7 @@ async def test_cost_report_fails_open(stand_in: StandIn, answer: dict[str, Any])
     stand_in.set(COST, **answer)
     before = errors("abuse_cost")
     side = SideServices.build(side_settings(stand_in.url))
-    side.abuse.report_cost(record(), Usage(1, 1, 0, 0, 1, False))
+    side.abuse.report_cost(record(), ReportedUsage(1, 1, 0, 0, 1, False))
     await side.close(5)
     assert errors("abuse_cost") == before + 1
 
@@ -508,7 +508,7 @@ async def test_nothing_is_sent_when_unconfigured(stand_in: StandIn, monkeypatch:
     assert not side.abuse.enabled and not side.api_metrics.enabled and not side.analytics.enabled
     assert _classify(side) is None
     side.api_metrics.report(finished_state(), summary())
-    side.abuse.report_cost(record(), Usage(1, 1, 0, 0, 1, False))
+    side.abuse.report_cost(record(), ReportedUsage(1, 1, 0, 0, 1, False))
     side.analytics.usage_written(
         None,  # type: ignore[arg-type]
         record(posthog_distinct_id="a@b.c"),

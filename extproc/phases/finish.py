@@ -15,17 +15,17 @@ import uuid
 from extproc import metrics
 from extproc.accounting.record import UsageRecord, response_fields
 from extproc.accounting.submit import UsageSubmitter
-from extproc.settings import Settings
-from extproc.shaping.provider_rules import without_byok_credentials
-from extproc.side import SideServices
-from extproc.state import RequestState
-from extproc.usage import (
+from extproc.response_usage import (
+    ReportedUsage,
     ResponseSummary,
-    Usage,
     summarize_json_body,
     suspicious_no_usage,
     usage_from_summary,
 )
+from extproc.settings import Settings
+from extproc.shaping.provider_rules import without_byok_credentials
+from extproc.side import SideServices
+from extproc.state import RequestState
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def summarize(state: RequestState, aborted: bool) -> ResponseSummary | None:
 
 
 def finish_request(
-    settings: Settings, usage: UsageSubmitter, side: SideServices, state: RequestState, aborted: bool
+    settings: Settings, submitter: UsageSubmitter, side: SideServices, state: RequestState, aborted: bool
 ) -> None:
     state.summary = summary = summarize(state, aborted)
     provider = state.provider.id if state.provider is not None else "none"
@@ -70,11 +70,11 @@ def finish_request(
         abuse = None
         if state.abuse is not None and record.message_id:
             abuse = state.abuse.request_id(state.first_byte_at)
-        usage.submit(record, abuse)
+        submitter.submit(record, abuse)
 
 
 def build_record(
-    settings: Settings, state: RequestState, summary: ResponseSummary, usage: Usage, aborted: bool
+    settings: Settings, state: RequestState, summary: ResponseSummary, reported: ReportedUsage, aborted: bool
 ) -> UsageRecord | None:
     chat, identity, provider, client, facts = state.chat, state.identity, state.provider, state.client, state.facts
     if chat is None or identity is None or provider is None or client is None or facts is None:
@@ -101,7 +101,7 @@ def build_record(
         stealth_model=catalogue.is_kilo_stealth_model(chat.model_lower),
         user_byok=state.user_byok,
         promotion=state.promotion,
-        **response_fields(summary, usage),
+        **response_fields(summary, reported),
         project_id=client.project_id,
         prompt=facts.prompt_info(),
         max_tokens=facts.max_tokens if isinstance(facts.max_tokens, int) else None,  # a bigint column
@@ -122,13 +122,13 @@ def build_record(
 
 
 def _record_genai_metrics(
-    state: RequestState, summary: ResponseSummary, usage: Usage, provider: str, model: str
+    state: RequestState, summary: ResponseSummary, reported: ReportedUsage, provider: str, model: str
 ) -> None:
     labels = ("chat", provider, model)
     for token_type, count in (
-        ("input", usage.input_tokens),
-        ("output", usage.output_tokens),
-        ("cached_input", usage.cache_hit_tokens),
+        ("input", reported.input_tokens),
+        ("output", reported.output_tokens),
+        ("cached_input", reported.cache_hit_tokens),
     ):
         metrics.TOKEN_USAGE.labels(*labels, token_type).observe(count)
     duration = time.monotonic() - state.started
@@ -136,5 +136,5 @@ def _record_genai_metrics(
     if summary.streamed and state.first_chunk_at is not None:
         ttft = state.first_chunk_at - state.started
         metrics.TIME_TO_FIRST_TOKEN.labels(*labels).observe(ttft)
-        if usage.output_tokens > 1:
-            metrics.TIME_PER_OUTPUT_TOKEN.labels(*labels).observe((duration - ttft) / (usage.output_tokens - 1))
+        if reported.output_tokens > 1:
+            metrics.TIME_PER_OUTPUT_TOKEN.labels(*labels).observe((duration - ttft) / (reported.output_tokens - 1))

@@ -112,7 +112,7 @@ async def _admit(services: Services, state: RequestState, raw: bytes) -> Process
         await _check_balance_and_organization(services, identity, chat.body, model, byok=state.user_byok)
     data_collection_gate(chat.body, model, catalogue)  # 2.13
     extra_headers = _shape(services, state, chat, route)
-    route.count()
+    route.record_metrics()
     phase_memory = None
     if route.custom_llm is not None and route.custom_llm.remembers_phases:
         phase_memory = PhaseMemory(

@@ -137,7 +137,7 @@ def _log_upstream_error(state: RequestState, body: bytes) -> None:
     )
 
 
-def on_response_body(state: RequestState, message: HttpBody) -> None:
+def tap_response_body(state: RequestState, message: HttpBody) -> None:
     """The accounting tap, on the original upstream bytes."""
     if state.first_chunk_at is None:
         state.first_chunk_at = time.monotonic()

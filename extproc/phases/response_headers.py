@@ -11,9 +11,9 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 
 from extproc import protocol
 from extproc.response.rewrite import SseRewriter
+from extproc.response_usage import StreamTap
 from extproc.settings import Settings
 from extproc.state import RequestState
-from extproc.usage import StreamTap
 
 WHITELIST = frozenset({"date", "content-type", "request-id"})
 # Stops a client or proxy from recompressing what the gateway streams.

@@ -53,7 +53,7 @@ class Route:
     # The Vercel A/B decision (side, percentage in force) when the request was eligible.
     ab_decision: tuple[str, int] | None = None
 
-    def count(self) -> None:
+    def record_metrics(self) -> None:
         """Metrics, once the request is on its way upstream (not when it is refused later)."""
         ROUTED.labels(self.provider.id).inc()
         if self.ab_decision is not None:

@@ -21,7 +21,7 @@ from .sse import SseEvent, SseParser
 __all__ = [
     "ResponseSummary",
     "StreamTap",
-    "Usage",
+    "ReportedUsage",
     "summarize_json_body",
     "suspicious_no_usage",
     "token_count",
@@ -50,7 +50,9 @@ class ResponseSummary:
 
 
 @dataclass(frozen=True, slots=True)
-class Usage:
+class ReportedUsage:
+    """Tokens and cost as the upstream reported them for one response (contract 7.2)."""
+
     input_tokens: int
     output_tokens: int
     cache_hit_tokens: int
@@ -130,7 +132,7 @@ def summarize_json_body(body: bytes, status: int) -> ResponseSummary:
     return summary
 
 
-def usage_from_summary(summary: ResponseSummary, *, cache_writes: bool = False) -> Usage:
+def usage_from_summary(summary: ResponseSummary, *, cache_writes: bool = False) -> ReportedUsage:
     """Tokens and cost from an OpenRouter-format usage object; missing fields count as 0.
 
     Contract 7.2 counts no cache writes for providers; a custom LLM's synthesized usage does
@@ -141,7 +143,7 @@ def usage_from_summary(summary: ResponseSummary, *, cache_writes: bool = False) 
     cost = usage.get("cost")
     upstream_cost = _dig(usage, "cost_details", "upstream_inference_cost")
     _warn_on_cost_anomaly(summary, is_byok, cost, upstream_cost)
-    return Usage(
+    return ReportedUsage(
         input_tokens=token_count(usage.get("prompt_tokens")),
         output_tokens=token_count(usage.get("completion_tokens")),
         cache_hit_tokens=token_count(_dig(usage, "prompt_tokens_details", "cached_tokens")),
