@@ -19,9 +19,10 @@ from .money import MICRODOLLARS_PER_USD, parse_usd, usd_to_microdollars
 from .sse import SseEvent, SseParser
 
 __all__ = [
+    "JsonTap",
+    "ReportedUsage",
     "ResponseSummary",
     "StreamTap",
-    "ReportedUsage",
     "summarize_json_body",
     "suspicious_no_usage",
     "token_count",
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 # OpenRouter bills BYOK requests 5 % of the upstream cost, so cost × 20 ≈ upstream cost.
 _BYOK_COST_MULTIPLIER = 20
 _BYOK_TOLERANCE_MICRODOLLARS = Decimal("1.1")
+# A non-streamed completion is one JSON document; beyond this it is not a chat response.
+MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -112,6 +115,25 @@ class StreamTap:
         if "error" in obj:
             self._summary.has_error = True
         _apply_object(self._summary, obj, "delta")
+
+
+class JsonTap:
+    """Summarises a response that is one JSON document, kept whole up to a size cap."""
+
+    __slots__ = ("_body", "_status")
+
+    def __init__(self, status: int) -> None:
+        self._status = status
+        self._body = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        if len(self._body) + len(chunk) <= MAX_JSON_BODY_BYTES:
+            self._body += chunk
+
+    def finish(self, aborted: bool = False) -> ResponseSummary:
+        summary = summarize_json_body(bytes(self._body), self._status)
+        summary.has_error = summary.has_error or aborted
+        return summary
 
 
 def summarize_json_body(body: bytes, status: int) -> ResponseSummary:

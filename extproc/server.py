@@ -43,7 +43,7 @@ async def serve(settings: Settings) -> None:
     resources = await Resources.open(settings)
     services = Services.build(settings, resources)
     server = grpc.aio.server(options=grpc_options(settings))
-    add_ExternalProcessorServicer_to_server(Processor(services), server)
+    add_ExternalProcessorServicer_to_server(Processor(services.core), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     address = f"{settings.extproc_host}:{settings.extproc_port}"
