@@ -779,8 +779,19 @@ async def test_every_upstream_response_is_reported_to_the_api_metrics(world: Wor
     assert [r.status_code for r in world.submitter.records] == [200, 500]
 
 
+class Exploding:
+    def feed(self, chunk: bytes) -> bytes:
+        raise RuntimeError("a bug in the rewriter")
+
+
 async def test_a_bug_in_the_response_phase_never_cuts_the_response(world: World) -> None:
-    exchange, _ = await send(world, chat(NOT_AB), signed_in(world))
-    exchange.response = None  # as if the response headers' phase had failed
-    reply = await exchange.on_response_body(response_chunk(b"{}", end_of_stream=True))
+    exchange, _ = await send(world, chat(KILO_FREE, stream=True))
+    await exchange.on_response_headers(response_headers(200, "text/event-stream"))
+    assert exchange.response is not None and exchange.response.rewriter is not None  # a free model's stream
+    exchange.response.rewriter = Exploding()  # type: ignore[assignment]
+    chunk = response_chunk(completion(KILO_FREE, stream=True), end_of_stream=True)
+    reply = await exchange.on_response_body(chunk)
     assert reply.HasField("response_body") and not reply.response_body.response.HasField("body_mutation")
+    exchange.tap_response_body(chunk)
+    exchange.finish(aborted=False)
+    assert [r.output_tokens for r in world.submitter.records] == [2]  # and it is still accounted
