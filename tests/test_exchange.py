@@ -795,3 +795,15 @@ async def test_a_bug_in_the_response_phase_never_cuts_the_response(world: World)
     exchange.tap_response_body(chunk)
     exchange.finish(aborted=False)
     assert [r.output_tokens for r in world.submitter.records] == [2]  # and it is still accounted
+
+
+async def test_a_failing_summary_is_logged_and_never_raised(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """`finish` runs in the gRPC stream's `finally`: an error there must not escape into gRPC."""
+
+    def broken_submit(record: UsageRecord, abuse_request_id: Any = None) -> None:
+        raise RuntimeError("outbox bug")
+
+    world.submitter.submit = broken_submit  # type: ignore[method-assign]
+    exchange, _ = await send(world, chat(NOT_AB), signed_in(world))
+    await respond(exchange, 200, completion(NOT_AB, stream=False), "application/json")
+    assert "usage record not submitted" in caplog.text
