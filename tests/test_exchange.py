@@ -39,7 +39,7 @@ from extproc.exchange import ChatExchange
 from extproc.limits import Admission
 from extproc.pipeline.routing import Router
 from extproc.response_usage import ResponseSummary
-from extproc.settings import DEFAULT_PROVIDERS, Settings, load_settings
+from extproc.settings import DEFAULT_PROVIDERS, Provider, Settings, load_settings
 from extproc.shaping.provider_rules import ByokKey
 from extproc.side.api_metrics import AnsweredRequest
 
@@ -164,11 +164,9 @@ class FakeCustomLlms:
     async def get(self, public_id: str) -> CustomLlm | None:
         return self.rows.get(public_id)
 
-    async def upstream(self, llm: CustomLlm) -> Any:
+    async def upstream(self, llm: CustomLlm) -> Provider:
         if self.unsafe:
             raise UnsafeCustomLlmUrl("10.0.0.7 is private")
-        from extproc.settings import Provider
-
         return Provider(id="custom", api_url=llm.base_url, api_key=SecretStr(llm.api_key))
 
 
