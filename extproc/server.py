@@ -43,7 +43,7 @@ async def serve(settings: Settings) -> None:
     resources = await Resources.open(settings)
     services = Services.build(settings, resources)
     server = grpc.aio.server(options=grpc_options(settings))
-    add_ExternalProcessorServicer_to_server(Processor(services), server)
+    add_ExternalProcessorServicer_to_server(Processor(services.core), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     address = f"{settings.extproc_host}:{settings.extproc_port}"
@@ -58,7 +58,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     submitter_stop = asyncio.Event()
-    submitter = asyncio.create_task(services.usage.run(submitter_stop))
+    submitter = asyncio.create_task(services.submitter.run(submitter_stop))
     await stop.wait()
 
     # Drain: report NOT_SERVING, refuse new streams, let open generations finish, then hand
@@ -68,7 +68,7 @@ async def serve(settings: Settings) -> None:
     await server.stop(grace=settings.extproc_drain_seconds)
     submitter_stop.set()
     await submitter
-    await services.usage.drain(timeout=settings.accounting_drain_seconds)
+    await services.submitter.drain(timeout=settings.accounting_drain_seconds)
     await resources.close()
     stop_metrics()
     logger.info("ext_proc stopped")

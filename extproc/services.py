@@ -1,53 +1,40 @@
-"""What every stream of one ext_proc process shares: settings, pools, caches, the limiter."""
+"""The process's wiring: the request core's collaborators, built once and shared by every stream."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.submit import UsageSubmitter
 from extproc.accounting.writer import LedgerWriter
 from extproc.byok import ByokDirectory, parse_encryption_key
+from extproc.collaborators import Collaborators
 from extproc.custom_llm import CustomLlms
 from extproc.directory import Directory
 from extproc.error_rates import ErrorRates
 from extproc.limits import FreeModelLimiter
+from extproc.pipeline.free_usage import FreeModelUsageLog
+from extproc.pipeline.routing import Router
 from extproc.resources import Resources
 from extproc.settings import Settings
 from extproc.side import SideServices
+from extproc.translate.openai_phase import PhaseMemory
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Services:
-    settings: Settings
-    resources: Resources
-    directory: Directory
-    limiter: FreeModelLimiter
-    usage: UsageSubmitter  # finished requests' records to the outbox
-    byok: ByokDirectory
-    byok_key: bytes | None
-    custom_llms: CustomLlms
-    error_rates: ErrorRates
-    side: SideServices  # abuse service, API metrics, analytics: optional and fail-open
+    core: Collaborators
+    submitter: UsageSubmitter  # the server runs and drains it
 
     @classmethod
     def build(cls, settings: Settings, resources: Resources) -> Services:
-        side = SideServices.build(settings)
-        return cls(
+        side = SideServices.build(settings)  # optional and fail-open
+        outbox = Outbox(resources.redis, settings.ledger_consumer)
+        submitter = UsageSubmitter(outbox, LedgerWriter(settings, resources.db, outbox, side))
+        query_timeout = settings.directory_query_timeout_seconds
+        router = Router(
             settings=settings,
-            resources=resources,
-            directory=Directory(resources.db, settings),
-            limiter=FreeModelLimiter(
-                resources.redis,
-                free_limit=settings.free_model_limit,
-                free_window_seconds=settings.free_model_window_seconds,
-                promotion_limit=settings.promotion_limit,
-                promotion_window_seconds=settings.promotion_window_seconds,
-            ),
-            usage=UsageSubmitter(
-                outbox := Outbox(resources.redis, settings.ledger_consumer),
-                LedgerWriter(settings, resources.db, outbox, side),
-            ),
             byok=ByokDirectory(resources.db, settings),
             byok_key=(
                 parse_encryption_key(settings.byok_encryption_key.get_secret_value())
@@ -56,5 +43,22 @@ class Services:
             ),
             custom_llms=CustomLlms(resources.db, settings),
             error_rates=ErrorRates(resources.db),
-            side=side,
         )
+        core = Collaborators(
+            settings=settings,
+            router=router,
+            accounts=Directory(resources.db, settings),
+            limiter=FreeModelLimiter(
+                resources.redis,
+                free_limit=settings.free_model_limit,
+                free_window_seconds=settings.free_model_window_seconds,
+                promotion_limit=settings.promotion_limit,
+                promotion_window_seconds=settings.promotion_window_seconds,
+            ),
+            free_usage=FreeModelUsageLog(resources.db, query_timeout),
+            phase_memories=functools.partial(PhaseMemory, resources.db, query_timeout),
+            submitter=submitter,
+            abuse=side.abuse,
+            api_metrics=side.api_metrics,
+        )
+        return cls(core=core, submitter=submitter)

@@ -14,7 +14,7 @@ prefixes, `system_prompt_length`).
 Numbers have one rule here: a descriptive number outside its column's range (e.g. a client's
 `max_tokens` of 2**64-1) is not storable and becomes NULL. Money and token columns never pass
 through `number`: they are charged exactly as billed (their parsers already refuse amounts
-beyond bigint, see `extproc/money.py` and `extproc/usage.py`).
+beyond bigint, see `extproc/money.py` and `extproc/response_usage.py`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from extproc.accounting import generation
 from extproc.accounting.cost import Charge, billable, from_generation
-from extproc.usage import Usage
+from extproc.response_usage import ReportedUsage
 
 DATA = {"id": "gen-1", "total_cost": 0.000123, "native_tokens_prompt": 10, "native_tokens_completion": 5}
 # Contract 7.3: first delay 200 ms, x1.5 each time, give up when the next delay would pass
@@ -111,7 +111,7 @@ async def test_backoff_follows_the_contract_and_stops_at_20_seconds(fetch: Fetch
 
 
 def _charge() -> Charge:
-    usage = Usage(input_tokens=1, output_tokens=1, cache_hit_tokens=0, cache_write_tokens=0, cost_microdollars=999, is_byok=None)
+    usage = ReportedUsage(input_tokens=1, output_tokens=1, cache_hit_tokens=0, cache_write_tokens=0, cost_microdollars=999, is_byok=None)
     return Charge(usage=usage, cache_discount_microdollars=None, inference_provider=None)
 
 

@@ -86,18 +86,3 @@ def test_client_ip_comes_from_envoys_source_address(address: str, ip: str) -> No
 def test_no_source_address_means_no_client_ip() -> None:
     assert client_ip(None) is None
     assert client_ip(Struct()) is None
-
-
-async def test_no_client_address_is_refused_with_the_contracts_400() -> None:
-    """Appendix A row 5. Envoy always supplies `source.address`, so this is checked here."""
-    from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody
-
-    from extproc.phases.request_body import on_request_body
-    from extproc.state import RequestState
-
-    class NoServices:  # nothing is reached before the client IP check
-        settings = load_settings()
-
-    reply = await on_request_body(NoServices(), RequestState(headers={}), HttpBody(body=b'{"model": "a/b"}'))  # type: ignore[arg-type]
-    assert reply.immediate_response.status.code == 400
-    assert reply.immediate_response.body == b'{"error":"Unable to determine client IP"}'

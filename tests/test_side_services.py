@@ -30,13 +30,15 @@ from extproc.directory import User
 from extproc.local.processes import free_port
 from extproc.pipeline.client_headers import extract_client_info
 from extproc.pipeline.identity import Identity
+from extproc.pipeline.parse import ChatRequest
+from extproc.pipeline.routing import Route
+from extproc.response_usage import ReportedUsage, ResponseSummary
 from extproc.settings import Provider, Settings, load_settings
 from extproc.shaping.transform import TransformResult
 from extproc.side import SideServices
 from extproc.side.abuse import classification_payload
 from extproc.side.api_metrics import AnsweredRequest, api_metrics_params
-from extproc.state import ChatRequest, RequestState
-from extproc.usage import ResponseSummary, Usage
+from extproc.state import AdmittedRequest, Caller, ClientRequest
 from tests.conftest import Gateway, fresh_ip, start_stack, stop_stack
 
 CLASSIFY, COST, METRICS, CAPTURE = "/api/classify", "/api/usage/cost", "/ingest/api-metrics", "/capture"
@@ -377,9 +379,9 @@ def record(**overrides: Any) -> UsageRecord:
 async def test_cost_report_carries_the_market_cost_and_tokens(stand_in: StandIn) -> None:
     side = SideServices.build(side_settings(stand_in.url))
     written = record(free_model=True)  # charged 0, reported at its market cost
-    side.abuse.report_cost(written, Usage(100, 20, 10, 0, 1234, False))
-    side.abuse.report_cost(record(abuse_request_id=0), Usage(1, 1, 0, 0, 1, False))  # unclassified
-    side.abuse.report_cost(record(message_id=None), Usage(1, 1, 0, 0, 1, False))  # no message id
+    side.abuse.report_cost(written, ReportedUsage(100, 20, 10, 0, 1234, False))
+    side.abuse.report_cost(record(abuse_request_id=0), ReportedUsage(1, 1, 0, 0, 1, False))  # unclassified
+    side.abuse.report_cost(record(message_id=None), ReportedUsage(1, 1, 0, 0, 1, False))  # no message id
     await side.close(5)
     [sent] = stand_in.received(COST)
     assert sent["headers"]["CF-Access-Client-Id"] == "cf-id"
@@ -404,7 +406,7 @@ async def test_cost_report_fails_open(stand_in: StandIn, answer: dict[str, Any])
     stand_in.set(COST, **answer)
     before = errors("abuse_cost")
     side = SideServices.build(side_settings(stand_in.url))
-    side.abuse.report_cost(record(), Usage(1, 1, 0, 0, 1, False))
+    side.abuse.report_cost(record(), ReportedUsage(1, 1, 0, 0, 1, False))
     await side.close(5)
     assert errors("abuse_cost") == before + 1
 
@@ -415,23 +417,28 @@ async def test_cost_report_fails_open(stand_in: StandIn, answer: dict[str, Any])
 def finished_state(
     *, status: int = 200, auto_model: str | None = None, organization_id: str | None = None
 ) -> AnsweredRequest:
-    answered = ended_state(status=status, auto_model=auto_model, organization_id=organization_id).answered_request()
+    answered = admitted_request(auto_model=auto_model, organization_id=organization_id).answered(status, 100.25)
     assert answered is not None
     return answered
 
 
-def ended_state(*, status: int, auto_model: str | None, organization_id: str | None) -> RequestState:
-    state = RequestState(request_id="req-1")
-    state.started = 100.0
-    state.first_byte_at = 100.25
-    state.chat = chat({**BODY, "model": "Anthropic/Claude-Sonnet-4:exacto"})
-    state.auto_model = auto_model
-    state.identity = user_identity(organization_id=organization_id)
-    state.client = extract_client_info(HEADERS, "/api/gateway/chat/completions")
-    state.provider = Provider(id="openrouter", api_url="https://openrouter.ai/api/v1")
-    state.tools = TransformResult(["function:read_file"], ["function:read_file", "custom:unknown"])
-    state.status = status
-    return state
+def admitted_request(*, auto_model: str | None, organization_id: str | None) -> AdmittedRequest:
+    request = ClientRequest("req-1", "POST", "/api/gateway/chat/completions", HEADERS, "203.0.113.9", started=100.0)
+    body = chat({**BODY, "model": "Anthropic/Claude-Sonnet-4:exacto"})
+    client = extract_client_info(HEADERS, "/api/gateway/chat/completions")
+    caller = Caller(body, client, user_identity(organization_id=organization_id), "203.0.113.9", auto_model, False)
+    provider = Provider(id="openrouter", api_url="https://openrouter.ai/api/v1")
+    return AdmittedRequest(
+        request=request,
+        caller=caller,
+        route=Route(provider=provider, cluster="openrouter"),
+        facts=request_facts(body.body),
+        abuse=None,
+        promotion=False,
+        tools=TransformResult(["function:read_file"], ["function:read_file", "custom:unknown"]),
+        upstream_body=b"{}",
+        translator=None,
+    )
 
 
 def summary(provider: str | None = "Anthropic") -> ResponseSummary:
@@ -461,9 +468,8 @@ def test_api_metrics_params() -> None:
     assert plain is not None
     assert "organizationId" not in plain and plain["inferenceProvider"] == ""
     assert plain["requestedModel"] == "anthropic/claude-sonnet-4:exacto" and plain["statusCode"] == 402
-    never_answered = ended_state(status=200, auto_model=None, organization_id=None)
-    never_answered.first_byte_at = None
-    assert never_answered.answered_request() is None
+    # No HTTP status (an upstream reset): not an API response to report.
+    assert admitted_request(auto_model=None, organization_id=None).answered(0, 100.25) is None
 
 
 async def test_api_metrics_are_posted_with_the_admin_token(stand_in: StandIn) -> None:
@@ -508,7 +514,7 @@ async def test_nothing_is_sent_when_unconfigured(stand_in: StandIn, monkeypatch:
     assert not side.abuse.enabled and not side.api_metrics.enabled and not side.analytics.enabled
     assert _classify(side) is None
     side.api_metrics.report(finished_state(), summary())
-    side.abuse.report_cost(record(), Usage(1, 1, 0, 0, 1, False))
+    side.abuse.report_cost(record(), ReportedUsage(1, 1, 0, 0, 1, False))
     side.analytics.usage_written(
         None,  # type: ignore[arg-type]
         record(posthog_distinct_id="a@b.c"),

@@ -3,14 +3,12 @@ routed as a synthetic custom LLM of kind `openai` (Responses API) at Martian's U
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from extproc.catalogue import DEFAULT_FREE_MODELS, FreeModel
 from extproc.custom_llm import CustomLlms
 from extproc.pipeline.identity import Identity
-from extproc.pipeline.routing import select_route
+from extproc.pipeline.parse import ChatRequest
+from extproc.pipeline.routing import Router
 from extproc.settings import Settings
-from extproc.state import ChatRequest
 
 MARTIAN_MODEL = "x-ai/grok-code-fast-1:optimized:free"
 
@@ -24,12 +22,13 @@ async def test_enabled_martian_free_model_is_a_synthetic_openai_custom_llm() -> 
         providers={"martian": {"api_url": "http://127.0.0.1:9/martian/v1", "api_key": "martian-key"}},
         custom_llm_allowed_networks=("127.0.0.0/8",),
     )
-    services = SimpleNamespace(settings=settings, custom_llms=CustomLlms(None, settings), byok_key=None)  # type: ignore[arg-type]
+    # BYOK is off without its key, and the A/B never takes a free model served by its own gateway.
+    router = Router(settings, byok=None, byok_key=None, custom_llms=CustomLlms(None, settings), error_rates=None)  # type: ignore[arg-type]
     chat = ChatRequest(body={"model": MARTIAN_MODEL, "messages": []}, model=MARTIAN_MODEL, model_lower=MARTIAN_MODEL,
                        stream=True)
     identity = Identity(user_id="anon:1.2.3.4", user=None, organization_id=None, bot_id=None, token_source=None)
 
-    route = await select_route(services, chat, identity, None)  # type: ignore[arg-type]
+    route = await router.select(chat, identity, None)
 
     assert route.provider.id == "custom"
     llm = route.custom_llm

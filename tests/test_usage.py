@@ -7,10 +7,10 @@ import orjson
 import pytest
 
 from extproc.money import usd_to_microdollars
-from extproc.usage import (
+from extproc.response_usage import (
+    ReportedUsage,
     ResponseSummary,
     StreamTap,
-    Usage,
     summarize_json_body,
     suspicious_no_usage,
     usage_from_summary,
@@ -80,7 +80,7 @@ def test_realistic_stream(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         summary = tap(OPENROUTER_STREAM)
     assert summary == EXPECTED
-    assert usage_from_summary(summary) == Usage(
+    assert usage_from_summary(summary) == ReportedUsage(
         input_tokens=12,
         output_tokens=5,
         cache_hit_tokens=3,
@@ -124,7 +124,7 @@ def test_error_event_sets_has_error() -> None:
 def test_no_usage_and_no_error_is_suspicious() -> None:
     summary = tap(data(chunk({"content": "hi"}, finish_reason="stop")), b"data: [DONE]\n\n")
     assert suspicious_no_usage(summary)
-    assert usage_from_summary(summary) == Usage(0, 0, 0, 0, 0, None)
+    assert usage_from_summary(summary) == ReportedUsage(0, 0, 0, 0, 0, None)
 
 
 def test_last_non_null_values_win() -> None:
@@ -155,7 +155,7 @@ def test_vercel_final_provider() -> None:
 
 
 def test_malformed_events_are_tolerated(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="extproc.usage"):
+    with caplog.at_level(logging.WARNING, logger="extproc.response_usage"):
         summary = tap(
             b"data: {not json\n\n",
             data(chunk({"content": "a"})),
@@ -235,7 +235,7 @@ def test_json_body_vercel_provider() -> None:
 
 
 def test_json_body_invalid(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="extproc.usage"):
+    with caplog.at_level(logging.WARNING, logger="extproc.response_usage"):
         summary = summarize_json_body(b"<html>bad gateway</html>", 200)
     assert summary == ResponseSummary(
         status=200, streamed=False, has_error=True, malformed_events=1
@@ -256,7 +256,7 @@ def test_json_body_error_status_and_missing_model() -> None:
 # --- costs from usage -------------------------------------------------------------------
 
 
-def usage_of(usage: dict[str, Any] | None) -> Usage:
+def usage_of(usage: dict[str, Any] | None) -> ReportedUsage:
     return usage_from_summary(ResponseSummary(status=200, streamed=True, usage=usage))
 
 
@@ -268,21 +268,21 @@ def test_byok_cost_comes_from_upstream_inference_cost(caplog: pytest.LogCaptureF
         "is_byok": True,
         "cost_details": {"upstream_inference_cost": 0.002},
     }
-    with caplog.at_level(logging.WARNING, logger="extproc.usage"):
-        assert usage_of(usage) == Usage(100, 20, 0, 0, 2000, True)
+    with caplog.at_level(logging.WARNING, logger="extproc.response_usage"):
+        assert usage_of(usage) == ReportedUsage(100, 20, 0, 0, 2000, True)
     assert caplog.records == []
 
 
 def test_byok_cost_mismatch_warns(caplog: pytest.LogCaptureFixture) -> None:
     usage = {"cost": 0.0001, "is_byok": True, "cost_details": {"upstream_inference_cost": 0.003}}
-    with caplog.at_level(logging.WARNING, logger="extproc.usage"):
+    with caplog.at_level(logging.WARNING, logger="extproc.response_usage"):
         assert usage_of(usage).cost_microdollars == 3000
     assert "not 5%" in caplog.text
 
 
 def test_byok_promo_zero_cost_does_not_warn(caplog: pytest.LogCaptureFixture) -> None:
     usage = {"cost": 0, "is_byok": True, "cost_details": {"upstream_inference_cost": 0.003}}
-    with caplog.at_level(logging.WARNING, logger="extproc.usage"):
+    with caplog.at_level(logging.WARNING, logger="extproc.response_usage"):
         assert usage_of(usage).cost_microdollars == 3000
     assert caplog.records == []
 
@@ -292,15 +292,15 @@ def test_byok_without_upstream_cost_is_zero() -> None:
 
 
 def test_unknown_byok_with_cost_warns_and_uses_cost(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="extproc.usage"):
+    with caplog.at_level(logging.WARNING, logger="extproc.response_usage"):
         result = usage_of({"cost": 0.5, "is_byok": None})
     assert result.cost_microdollars == 500_000 and result.is_byok is None
     assert "is_byok is null" in caplog.text
 
 
 def test_missing_and_odd_usage_fields_default_to_zero() -> None:
-    assert usage_of(None) == Usage(0, 0, 0, 0, 0, None)
-    assert usage_of({}) == Usage(0, 0, 0, 0, 0, None)
+    assert usage_of(None) == ReportedUsage(0, 0, 0, 0, 0, None)
+    assert usage_of({}) == ReportedUsage(0, 0, 0, 0, 0, None)
     odd = {
         "prompt_tokens": "12",
         "completion_tokens": True,
@@ -308,7 +308,7 @@ def test_missing_and_odd_usage_fields_default_to_zero() -> None:
         "cost": "free",
         "is_byok": "yes",
     }
-    assert usage_of(odd) == Usage(0, 0, 0, 0, 0, None)
+    assert usage_of(odd) == ReportedUsage(0, 0, 0, 0, 0, None)
     assert usage_of({"prompt_tokens": 12.0, "completion_tokens": 1.5}).input_tokens == 12
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from extproc.money import parse_usd, usd_to_microdollars
-from extproc.usage import Usage, token_count
+from extproc.response_usage import ReportedUsage, token_count
 
 # OpenRouter bills 5 % on BYOK, so a missing upstream cost is total_cost x 20 (contract 7.3).
 _BYOK_UPSTREAM_MULTIPLIER = 20
@@ -15,7 +15,7 @@ _BYOK_UPSTREAM_MULTIPLIER = 20
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    usage: Usage
+    usage: ReportedUsage
     cache_discount_microdollars: int | None
     inference_provider: str | None
     upstream_id: str | None = None
@@ -29,7 +29,7 @@ class Charge:
 
 def charge_from_dict(values: dict[str, Any]) -> Charge:
     """A `Charge` from its JSON form (orjson writes the dataclass as a dict)."""
-    return Charge(**{**values, "usage": Usage(**values["usage"])})
+    return Charge(**{**values, "usage": ReportedUsage(**values["usage"])})
 
 
 def from_generation(charge: Charge, data: dict[str, Any], streamed: bool) -> Charge:
@@ -40,7 +40,7 @@ def from_generation(charge: Charge, data: dict[str, Any], streamed: bool) -> Cha
         cost_usd = upstream if upstream is not None else _times(data.get("total_cost"), _BYOK_UPSTREAM_MULTIPLIER)
     else:
         cost_usd = data.get("total_cost")
-    usage = Usage(
+    usage = ReportedUsage(
         input_tokens=token_count(data.get("native_tokens_prompt")),
         output_tokens=token_count(data.get("native_tokens_completion")),
         cache_hit_tokens=token_count(data.get("native_tokens_cached")),

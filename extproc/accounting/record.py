@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from extproc.usage import ResponseSummary, Usage
+from extproc.response_usage import ReportedUsage, ResponseSummary
 
 # Contract 7.6: the prompt prefixes kept with each row.
 _PREFIX_CHARS = 100
@@ -126,9 +126,9 @@ class UsageRecord:
     posthog_distinct_id: str | None = None
     prior_microdollar_usage: int | None = None
 
-    def stream_usage(self) -> Usage:
+    def stream_usage(self) -> ReportedUsage:
         """The usage the response itself reported (before any generation refetch)."""
-        return Usage(
+        return ReportedUsage(
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             cache_hit_tokens=self.cache_hit_tokens,
@@ -153,7 +153,7 @@ class UsageRecord:
 _RECORD_FIELDS = frozenset(f.name for f in fields(UsageRecord)) - {"prompt"}
 
 
-def response_fields(summary: ResponseSummary, usage: Usage) -> dict[str, Any]:
+def response_fields(summary: ResponseSummary, usage: ReportedUsage) -> dict[str, Any]:
     """The record's fields from the response: its summary, and the usage it reported."""
     return {
         "message_id": summary.message_id,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from extproc import errors
-from extproc.directory import Directory, OrganizationAccount
+from extproc.directory import OrganizationAccount
 from extproc.pipeline.identity import Identity
+from extproc.pipeline.ports import Accounts
 from extproc.pipeline.rejection import Rejection
 from extproc.settings import Settings
 
@@ -28,7 +29,7 @@ def promotion_active(settings: Settings, model_lower: str, identity: Identity, n
 
 
 async def require_balance(
-    settings: Settings, directory: Directory, identity: Identity, model_lower: str, balance: int
+    settings: Settings, directory: Accounts, identity: Identity, model_lower: str, balance: int
 ) -> None:
     if balance > 0 or settings.catalogue.is_free_model(model_lower) or promotion_active(settings, model_lower, identity):
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -17,10 +18,18 @@ logger = logging.getLogger(__name__)
 _INSERT = "INSERT INTO free_model_usage (ip_address, model, kilo_user_id) VALUES ($1, $2, $3)"
 
 
-async def log_free_model_usage(pool: asyncpg.Pool, ip: str, model_lower: str, user_id: str | None, timeout: float) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            async with pool.acquire() as connection:
-                await connection.execute(_INSERT, ip, model_lower, user_id)
-    except POSTGRES_ERRORS as exc:
-        logger.error("free_model_usage insert failed", extra={"model": model_lower, **logs.failure(exc, "INSERT free_model_usage")})
+@dataclass(frozen=True, slots=True)
+class FreeModelUsageLog:
+    pool: asyncpg.Pool
+    timeout: float
+
+    async def record(self, ip: str, model_lower: str, user_id: str | None) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.pool.acquire() as connection:
+                    await connection.execute(_INSERT, ip, model_lower, user_id)
+        except POSTGRES_ERRORS as exc:
+            logger.error(
+                "free_model_usage insert failed",
+                extra={"model": model_lower, **logs.failure(exc, "INSERT free_model_usage")},
+            )

@@ -10,7 +10,8 @@ from extproc import errors
 from extproc.auth.rules import email_blacklisted, is_uuid
 from extproc.auth.tokens import bearer_token, pepper_matches, verify_token
 from extproc.catalogue import Catalogue
-from extproc.directory import Directory, User
+from extproc.directory import User
+from extproc.pipeline.ports import Accounts
 from extproc.pipeline.rejection import Rejection
 from extproc.settings import Settings
 
@@ -30,7 +31,7 @@ class Identity:
         return self.user is None
 
 
-async def authenticate(headers: Mapping[str, str], settings: Settings, directory: Directory) -> Identity | None:
+async def authenticate(headers: Mapping[str, str], settings: Settings, directory: Accounts) -> Identity | None:
     """The authenticated identity, or None. Raises DirectoryUnavailable when a valid token's
     user cannot be looked up (Postgres down, nothing cached): that cannot be decided safely."""
     token = bearer_token(headers.get("authorization"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
@@ -15,8 +14,9 @@ from extproc.custom_llm import FORWARDABLE_KIND, TRANSLATED_KINDS, CustomLlm, Un
 from extproc.envoy_names import CUSTOM_HTTP_CLUSTER, CUSTOM_HTTPS_CLUSTER
 from extproc.pipeline.identity import Identity
 from extproc.pipeline.parse import ChatRequest
+from extproc.pipeline.ports import ByokKeys, CustomLlmSource, ErrorRateSource
 from extproc.pipeline.rejection import Rejection
-from extproc.settings import Provider
+from extproc.settings import Provider, Settings
 from extproc.shaping.provider_rules import ByokKey
 from extproc.shaping.vercel import (
     map_model_id_to_vercel,
@@ -24,9 +24,6 @@ from extproc.shaping.vercel import (
     vercel_eligible,
     vercel_percentage,
 )
-
-if TYPE_CHECKING:
-    from extproc.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +50,7 @@ class Route:
     # The Vercel A/B decision (side, percentage in force) when the request was eligible.
     ab_decision: tuple[str, int] | None = None
 
-    def count(self) -> None:
+    def record_metrics(self) -> None:
         """Metrics, once the request is on its way upstream (not when it is refused later)."""
         ROUTED.labels(self.provider.id).inc()
         if self.ab_decision is not None:
@@ -70,64 +67,72 @@ def _table_route(provider: Provider) -> Route:
     return Route(provider=provider, cluster=provider.cluster)
 
 
-async def _custom_route(services: Services, llm: CustomLlm) -> Route:
-    if llm.kind != FORWARDABLE_KIND and llm.kind not in TRANSLATED_KINDS:
-        logger.error("custom LLM of an unknown kind", extra={"model": llm.public_id, "kind": llm.kind})
-        raise Rejection(errors.SERVICE_UNAVAILABLE)
-    try:
-        provider = await services.custom_llms.upstream(llm)
-    except UnsafeCustomLlmUrl as exc:
-        logger.error("custom LLM URL refused", extra={"model": llm.public_id, "reason": str(exc)})
-        raise Rejection(errors.CUSTOM_LLM_URL_REFUSED) from None
-    cluster = CUSTOM_HTTPS_CLUSTER if provider.tls else CUSTOM_HTTP_CLUSTER
-    return Route(provider=provider, cluster=cluster, custom_host=f"{provider.host}:{provider.port}", custom_llm=llm)
+@dataclass(frozen=True, slots=True)
+class Router:
+    """Step 3.2 from its own sources: BYOK keys, custom LLMs, error rates, providers, catalogue."""
 
+    settings: Settings
+    byok: ByokKeys
+    byok_key: bytes | None  # BYOK is off without the encryption key
+    custom_llms: CustomLlmSource
+    error_rates: ErrorRateSource
 
-async def select_route(services: Services, chat: ChatRequest, identity: Identity, task_id: str | None) -> Route:
-    settings, catalogue = services.settings, services.settings.catalogue
-    model = chat.model_lower
-    providers = settings.providers
+    async def select(self, chat: ChatRequest, identity: Identity, task_id: str | None) -> Route:
+        settings, catalogue = self.settings, self.settings.catalogue
+        model = chat.model_lower
+        providers = settings.providers
 
-    # 1. BYOK: the caller's own keys for a provider that serves this model, through Vercel.
-    if not identity.anonymous and services.byok_key is not None:
-        byok_providers = await services.byok.providers_for_model(model, map_model_id_to_vercel(model, catalogue))
-        if byok_providers:
-            try:
-                keys = await services.byok.keys(
-                    byok_providers,
-                    user_id=identity.user_id,
-                    organization_id=identity.organization_id,
-                    encryption_key=services.byok_key,
-                )
-            except ByokDecryptionError:
-                logger.error("a stored BYOK key cannot be decrypted", extra={"user_id": identity.user_id})
-                raise Rejection(errors.BYOK_KEY_UNREADABLE) from None
-            if keys:
-                return replace(_table_route(providers["vercel"]), user_byok=tuple(keys))
+        # 1. BYOK: the caller's own keys for a provider that serves this model, through Vercel.
+        if not identity.anonymous and self.byok_key is not None:
+            byok_providers = await self.byok.providers_for_model(model, map_model_id_to_vercel(model, catalogue))
+            if byok_providers:
+                try:
+                    keys = await self.byok.keys(
+                        byok_providers,
+                        user_id=identity.user_id,
+                        organization_id=identity.organization_id,
+                        encryption_key=self.byok_key,
+                    )
+                except ByokDecryptionError:
+                    logger.error("a stored BYOK key cannot be decrypted", extra={"user_id": identity.user_id})
+                    raise Rejection(errors.BYOK_KEY_UNREADABLE) from None
+                if keys:
+                    return replace(_table_route(providers["vercel"]), user_byok=tuple(keys))
 
-    # 2. Custom LLM of the caller's organisation.
-    if model.startswith(CUSTOM_LLM_PREFIX) and identity.organization_id is not None:
-        llm = await services.custom_llms.get(chat.model)
-        if llm is not None and identity.organization_id in llm.organization_ids:
-            return await _custom_route(services, llm)
+        # 2. Custom LLM of the caller's organisation.
+        if model.startswith(CUSTOM_LLM_PREFIX) and identity.organization_id is not None:
+            llm = await self.custom_llms.get(chat.model)
+            if llm is not None and identity.organization_id in llm.organization_ids:
+                return await self._custom_route(llm)
 
-    # 3. Vercel A/B.
-    if vercel_eligible(model, chat.body, catalogue, universal_routing=settings.universal_vercel_routing):
-        openrouter_rate, vercel_rate = await services.error_rates.get()
-        percentage = vercel_percentage(openrouter_rate, vercel_rate)
-        to_vercel = route_to_vercel(task_id or identity.user_id, percentage)
-        decision = ("vercel" if to_vercel else "openrouter", percentage)
-        if to_vercel:
-            return replace(_table_route(providers["vercel"]), ab_decision=decision)
-    else:
+        # 3. Vercel A/B.
         decision = None
+        if vercel_eligible(model, chat.body, catalogue, universal_routing=settings.universal_vercel_routing):
+            openrouter_rate, vercel_rate = await self.error_rates.get()
+            percentage = vercel_percentage(openrouter_rate, vercel_rate)
+            to_vercel = route_to_vercel(task_id or identity.user_id, percentage)
+            decision = ("vercel" if to_vercel else "openrouter", percentage)
+            if to_vercel:
+                return replace(_table_route(providers["vercel"]), ab_decision=decision)
 
-    # 4. The free model's own gateway.
-    entry = catalogue.kilo_free_model(model)
-    if entry is not None and entry.gateway != "openrouter":
-        if entry.gateway == "martian":
-            return await _custom_route(services, martian_llm(entry, providers["martian"]))
-        return _table_route(providers[entry.gateway])
+        # 4. The free model's own gateway.
+        entry = catalogue.kilo_free_model(model)
+        if entry is not None and entry.gateway != "openrouter":
+            if entry.gateway == "martian":
+                return await self._custom_route(martian_llm(entry, providers["martian"]))
+            return _table_route(providers[entry.gateway])
 
-    # 5. OpenRouter.
-    return replace(_table_route(providers["openrouter"]), ab_decision=decision)
+        # 5. OpenRouter.
+        return replace(_table_route(providers["openrouter"]), ab_decision=decision)
+
+    async def _custom_route(self, llm: CustomLlm) -> Route:
+        if llm.kind != FORWARDABLE_KIND and llm.kind not in TRANSLATED_KINDS:
+            logger.error("custom LLM of an unknown kind", extra={"model": llm.public_id, "kind": llm.kind})
+            raise Rejection(errors.SERVICE_UNAVAILABLE)
+        try:
+            provider = await self.custom_llms.upstream(llm)
+        except UnsafeCustomLlmUrl as exc:
+            logger.error("custom LLM URL refused", extra={"model": llm.public_id, "reason": str(exc)})
+            raise Rejection(errors.CUSTOM_LLM_URL_REFUSED) from None
+        cluster = CUSTOM_HTTPS_CLUSTER if provider.tls else CUSTOM_HTTP_CLUSTER
+        return Route(provider=provider, cluster=cluster, custom_host=f"{provider.host}:{provider.port}", custom_llm=llm)

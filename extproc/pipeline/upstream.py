@@ -6,6 +6,8 @@ cookies and every other client header are removed here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -22,8 +24,7 @@ from extproc.pipeline.parse import ChatRequest
 from extproc.pipeline.rejection import Rejection
 from extproc.pipeline.routing import Route
 from extproc.settings import Settings
-from extproc.state import RequestState
-from extproc.translate.chat import ProviderRequest
+from extproc.translate.chat import ProviderRequest, ResponseTranslator
 from extproc.translate.openai_phase import PhaseMemory
 
 # Envoy owns these: host is rewritten per route, the others are dropped by the provider
@@ -76,33 +77,42 @@ def _serialised(body: dict[str, Any]) -> bytes:
         raise Rejection(errors.INVALID_JSON) from None
 
 
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    reply: ProcessingResponse  # the body and headers Envoy sends upstream
+    body: bytes  # the request body as sent
+    translator: ResponseTranslator | None  # a translated custom LLM's response reader (3.4)
+
+
 async def forward(
     settings: Settings,
-    state: RequestState,
+    client_headers: Mapping[str, str],
+    query: str,
     chat: ChatRequest,
     route: Route,
     extra_headers: dict[str, str],
+    *,
+    legacy_extension: bool,
     phase_memory: PhaseMemory | None = None,
-) -> ProcessingResponse:
+) -> Forwarded:
     """`phase_memory`: for a custom LLM at OpenAI's own endpoint (contract 3.4)."""
     llm = route.custom_llm
+    translator = None
     if llm is not None and llm.kind in TRANSLATED_KINDS:
-        legacy = state.client is not None and state.client.is_legacy_extension
-        request = llm.provider_request(chat.body, legacy_extension=legacy)
+        request = llm.provider_request(chat.body, legacy_extension=legacy_extension)
         if phase_memory is not None:
             await phase_memory.inject(request.body)
         on_phase = phase_memory.remember if phase_memory is not None else None
-        state.translator = llm.response_translator(legacy_extension=legacy, on_phase=on_phase)
-        state.upstream_body = body = _serialised(request.body)
+        translator = llm.response_translator(legacy_extension=legacy_extension, on_phase=on_phase)
+        body = _serialised(request.body)
         headers = translated_headers(route, request, len(body))
     else:
-        state.upstream_body = body = _serialised(chat.body)
-        headers = upstream_headers(settings, route, state.query, len(body), extra_headers)
+        body = _serialised(chat.body)
+        headers = upstream_headers(settings, route, query, len(body), extra_headers)
     remove = [
         name
-        for name in state.headers
+        for name in client_headers
         if not name.startswith(":") and name not in _KEPT and name not in headers
     ]
-    return protocol.request_body_replace(
-        body, protocol.header_mutation(headers, remove), clear_route_cache=True
-    )
+    reply = protocol.request_body_replace(body, protocol.header_mutation(headers, remove), clear_route_cache=True)
+    return Forwarded(reply, body, translator)

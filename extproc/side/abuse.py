@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from extproc.pipeline.client_headers import ClientInfo
     from extproc.pipeline.identity import Identity
     from extproc.pipeline.parse import ChatRequest
+    from extproc.response_usage import ReportedUsage
     from extproc.settings import Settings
-    from extproc.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class AbuseService:
         )
         return verdict
 
-    def report_cost(self, record: UsageRecord, usage: Usage) -> None:
+    def report_cost(self, record: UsageRecord, usage: ReportedUsage) -> None:
         """8.3 cost report, after the row is written: the market cost (before zeroing) and the
         tokens that were recorded. Only for classified requests whose message id is known."""
         if self.base_url is None or not record.abuse_request_id or not record.message_id:

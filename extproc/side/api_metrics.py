@@ -12,8 +12,8 @@ from extproc.catalogue import normalize_model_id
 from extproc.side.client import SideClient
 
 if TYPE_CHECKING:
+    from extproc.response_usage import ResponseSummary
     from extproc.settings import Settings
-    from extproc.usage import ResponseSummary
 
 INGEST_PATH = "/ingest/api-metrics"
 TOKEN_HEADER = "X-O11Y-ADMIN-TOKEN"

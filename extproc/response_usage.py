@@ -19,9 +19,10 @@ from .money import MICRODOLLARS_PER_USD, parse_usd, usd_to_microdollars
 from .sse import SseEvent, SseParser
 
 __all__ = [
+    "JsonTap",
+    "ReportedUsage",
     "ResponseSummary",
     "StreamTap",
-    "Usage",
     "summarize_json_body",
     "suspicious_no_usage",
     "token_count",
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 # OpenRouter bills BYOK requests 5 % of the upstream cost, so cost × 20 ≈ upstream cost.
 _BYOK_COST_MULTIPLIER = 20
 _BYOK_TOLERANCE_MICRODOLLARS = Decimal("1.1")
+# A non-streamed completion is one JSON document; beyond this it is not a chat response.
+MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -50,7 +53,9 @@ class ResponseSummary:
 
 
 @dataclass(frozen=True, slots=True)
-class Usage:
+class ReportedUsage:
+    """Tokens and cost as the upstream reported them for one response (contract 7.2)."""
+
     input_tokens: int
     output_tokens: int
     cache_hit_tokens: int
@@ -112,6 +117,25 @@ class StreamTap:
         _apply_object(self._summary, obj, "delta")
 
 
+class JsonTap:
+    """Summarises a response that is one JSON document, kept whole up to a size cap."""
+
+    __slots__ = ("_body", "_status")
+
+    def __init__(self, status: int) -> None:
+        self._status = status
+        self._body = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        if len(self._body) + len(chunk) <= MAX_JSON_BODY_BYTES:
+            self._body += chunk
+
+    def finish(self, aborted: bool = False) -> ResponseSummary:
+        summary = summarize_json_body(bytes(self._body), self._status)
+        summary.has_error = summary.has_error or aborted
+        return summary
+
+
 def summarize_json_body(body: bytes, status: int) -> ResponseSummary:
     """Summarises a non-streaming response body; invalid JSON leaves every field null."""
     summary = ResponseSummary(status=status, streamed=False)
@@ -130,7 +154,7 @@ def summarize_json_body(body: bytes, status: int) -> ResponseSummary:
     return summary
 
 
-def usage_from_summary(summary: ResponseSummary, *, cache_writes: bool = False) -> Usage:
+def usage_from_summary(summary: ResponseSummary, *, cache_writes: bool = False) -> ReportedUsage:
     """Tokens and cost from an OpenRouter-format usage object; missing fields count as 0.
 
     Contract 7.2 counts no cache writes for providers; a custom LLM's synthesized usage does
@@ -141,7 +165,7 @@ def usage_from_summary(summary: ResponseSummary, *, cache_writes: bool = False) 
     cost = usage.get("cost")
     upstream_cost = _dig(usage, "cost_details", "upstream_inference_cost")
     _warn_on_cost_anomaly(summary, is_byok, cost, upstream_cost)
-    return Usage(
+    return ReportedUsage(
         input_tokens=token_count(usage.get("prompt_tokens")),
         output_tokens=token_count(usage.get("completion_tokens")),
         cache_hit_tokens=token_count(_dig(usage, "prompt_tokens_details", "cached_tokens")),
