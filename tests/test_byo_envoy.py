@@ -3,8 +3,8 @@
 Three kinds of checks on the hand-written bootstrap:
 - the real Envoy binary accepts the file as shipped;
 - every value it shares with the ext_proc agrees with the single source of truth
-  (`extproc/settings.py` defaults, `extproc/envoy_config.py` names, `extproc/errors.py`), so the
-  file cannot drift silently;
+  (`extproc/settings.py` defaults, `extproc/envoy_config.py` names) and its error bodies are the
+  contract's (tests/bodies.py), so the file cannot drift silently;
 - the contract's core scenarios run through it: a second Envoy started from the file beside a
   normal test stack (ext_proc, Postgres, Redis, mock upstream, ledger writer), with only the
   substitutions `envoy/CONTRACT.md` lists (ports, the ext_proc's address, providers -> mock);
@@ -32,7 +32,6 @@ import orjson
 import pytest
 import yaml
 
-from extproc import errors
 from extproc.envoy_config import (
     CUSTOM_HOST_HEADER,
     CUSTOM_HTTP_CLUSTER,
@@ -48,7 +47,7 @@ from extproc.local.processes import Child, free_port, wait_until
 from extproc.local.stack import envoy_binary
 from extproc.money import usd_to_microdollars
 from extproc.settings import Settings, load_settings
-from tests.bodies import FREE_LIMIT
+from tests.bodies import APPENDIX_A, FREE_LIMIT, GATEWAY_REPLIES
 from tests.conftest import Gateway, running_stack
 from tests.test_accounting_e2e import db, wait_for_rows
 
@@ -205,12 +204,13 @@ def test_the_body_limit_and_error_bodies_are_the_gateways(defaults: Settings) ->
         # The ext_proc's own refusals (details prefixed so) keep their bodies.
         assert expression == f"!response.code_details.startsWith('{IMMEDIATE_DETAILS}')"
         assert mapper["body_format_override"]["content_type"] == "application/json"
-    catalogue = (errors.PAYLOAD_TOO_LARGE, errors.INTERNAL_ERROR, errors.SERVICE_UNAVAILABLE, errors.GATEWAY_TIMEOUT)
-    assert replies == {error.status: error.body for error in catalogue}
+    envoy_replies = (GATEWAY_REPLIES["PAYLOAD_TOO_LARGE"], APPENDIX_A["INTERNAL_ERROR"], APPENDIX_A["SERVICE_UNAVAILABLE"],
+                     GATEWAY_REPLIES["GATEWAY_TIMEOUT"])
+    assert replies == {reply.status: reply.body for reply in envoy_replies}
     direct = {route["name"]: route["direct_response"] for route in _routes(config) if "direct_response" in route}
     assert {(r["status"], r["body"]["inline_string"]) for r in direct.values()} == {
-        (error.status, error.json().decode())
-        for error in (errors.INTERNAL_ERROR, errors.INVALID_PATH, errors.NOT_FOUND)
+        (reply.status, orjson.dumps(reply.body).decode())
+        for reply in (APPENDIX_A[name] for name in ("INTERNAL_ERROR", "INVALID_PATH", "NOT_FOUND"))
     }
 
 
