@@ -57,9 +57,7 @@ KILO_FREE = "minimax/minimax-m2.5:free"
 MESSAGES = [{"role": "user", "content": "hello from a client"}]
 FREE_MODEL_LIMIT = 3  # per IP and hour, small so the 429 is reached in a few requests
 
-PAID_MODEL_AUTH_REQUIRED = {
-    "error": {"code": "PAID_MODEL_AUTH_REQUIRED", "message": "You need to sign in to use this model."}
-}
+PAID_MODEL_AUTH_REQUIRED = APPENDIX_A["PAID_MODEL_AUTH_REQUIRED"].body
 FIRST_TOPUP_402 = {
     "error": {
         "title": "Paid Model - Credits Required",
@@ -68,7 +66,7 @@ FIRST_TOPUP_402 = {
         "buyCreditsUrl": "https://app.kilo.ai/profile",
     }
 }
-PAYLOAD_TOO_LARGE = {"error": "Payload too large", "message": "The request body exceeds the gateway's size limit."}
+PAYLOAD_TOO_LARGE = GATEWAY_REPLIES["PAYLOAD_TOO_LARGE"].body
 
 
 def bootstrap() -> dict[str, Any]:
@@ -417,10 +415,10 @@ def test_envoys_own_refusals_carry_json_bodies(byo: ByoEnvoy) -> None:
     # A client naming a cluster on a path that is not the chat path still gets the 404.
     not_found = client.post(f"{byo.url}/anything", json={}, headers={UPSTREAM_HEADER: "provider_openrouter"})
     assert not_found.status_code == 404
-    assert not_found.json() == {"error": "Not found"}
+    assert not_found.json() == APPENDIX_A["NOT_FOUND"].body
     invalid = client.get(f"{byo.url}/api/gateway/models")
     assert invalid.status_code == 400
-    assert invalid.json() == {"error": "Invalid path", "message": "This endpoint only accepts the path `/chat/completions`."}
+    assert invalid.json() == APPENDIX_A["INVALID_PATH"].body
 
 
 def test_the_client_address_arrives_whatever_the_ext_proc_filter_is_named(

@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.local.processes import port_open
+from tests.bodies import GATEWAY_REPLIES
 from tests.conftest import Gateway, start_stack, stop_stack
 
 
@@ -64,10 +65,7 @@ def test_a_stalled_extproc_fails_closed_with_a_json_error_within_the_message_tim
         elapsed = time.monotonic() - started
         os.kill(extproc, signal.SIGCONT)
         assert response.status_code == 504
-        assert response.json() == {
-            "error": "Gateway timeout",
-            "message": "The gateway timed out waiting for a response. Please try again later.",
-        }
+        assert response.json() == GATEWAY_REPLIES["GATEWAY_TIMEOUT"].body
         assert elapsed < 5
         # Nothing reached the provider while the ext_proc could not decide.
         assert gateway.upstream_requests() == []
