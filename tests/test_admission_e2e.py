@@ -17,7 +17,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.bodies import FREE_LIMIT, SERVICE_UNAVAILABLE
+from tests.bodies import APPENDIX_A, FREE_LIMIT, SERVICE_UNAVAILABLE
 from tests.conftest import Gateway, fresh_ip
 
 PAID = "anthropic/claude-sonnet-4.6"
@@ -25,19 +25,12 @@ KILO_FREE = "minimax/minimax-m2.5:free"  # Kilo-hosted, enabled, served by OpenR
 GENERIC_FREE = "some-lab/some-model:free"
 MESSAGES = [{"role": "user", "content": "hi"}]
 
-PAID_MODEL_AUTH_REQUIRED = {"error": {"code": "PAID_MODEL_AUTH_REQUIRED", "message": "You need to sign in to use this model."}}
-PROMOTION_LIMIT = {
-    "error": {
-        "code": "PROMOTION_MODEL_LIMIT_REACHED",
-        "message": "Sign up for free to continue and explore 500 other models. Takes 2 minutes, no credit card required. Or come back later.",
-    }
-}
-ALPHA_ENDED = {"error": "The alpha period for this model has ended.", "message": "The alpha period for this model has ended."}
-MODEL_NOT_FOUND = {"error": "Model not found", "message": "The requested model could not be found."}
-NOT_ALLOWED = {"error": "Model not allowed for your team.", "message": "The requested model is not allowed for your team."}
-DATA_COLLECTION = (
-    "Data collection is required for this model. Please enable data collection to use this model or choose another model."
-)
+PAID_MODEL_AUTH_REQUIRED = APPENDIX_A["PAID_MODEL_AUTH_REQUIRED"].body
+PROMOTION_LIMIT = APPENDIX_A["PROMOTION_MODEL_LIMIT_REACHED"].body
+ALPHA_ENDED = APPENDIX_A["MODEL_ALPHA_ENDED"].body
+MODEL_NOT_FOUND = APPENDIX_A["MODEL_NOT_FOUND"].body
+NOT_ALLOWED = APPENDIX_A["MODEL_NOT_ALLOWED"].body
+DATA_COLLECTION = APPENDIX_A["DATA_COLLECTION_REQUIRED"].body["message"]
 
 
 def chat(

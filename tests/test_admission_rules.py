@@ -8,10 +8,8 @@ from typing import Any
 
 import pytest
 
-from extproc import errors
 from extproc.auth.rules import email_blacklisted, is_employee, is_uuid
 from extproc.auth.tokens import mint_token, verify_token
-from extproc.catalogue import DEFAULT_FREE_MODELS, DEFAULT_RATE_LIMITED_TO_DEATH, Catalogue, FreeModel
 from extproc.pipeline.auto_model import AutoModel, apply_auto_model, resolve_auto_model
 from extproc.pipeline.client_headers import (
     extract_client_info,
@@ -24,8 +22,10 @@ from extproc.pipeline.organization import apply_organization_rules, data_collect
 from extproc.pipeline.rejection import Rejection
 from extproc.pipeline.validation import MAX_TOKENS_LIMIT, validate_request
 from extproc.state import ChatRequest
+from tests.bodies import APPENDIX_A, Reply
+from tests.contract_models import catalogue
 
-CATALOGUE = Catalogue.build((FreeModel.model_validate(m) for m in DEFAULT_FREE_MODELS), DEFAULT_RATE_LIMITED_TO_DEATH)
+CATALOGUE = catalogue()
 GATEWAY_PATH = "/api/gateway/chat/completions"
 LEGACY_PATH = "/api/openrouter/chat/completions"
 EMPLOYEE_ORG = "9d278969-5453-4ae3-a51f-a8d2274a7b56"
@@ -37,13 +37,14 @@ def chat_request(model: str, **fields: Any) -> ChatRequest:
     return ChatRequest(body={"model": model, **fields}, model=model, model_lower=model.strip().lower(), stream=False)
 
 
-def assert_rejection(call: Any, error: errors.GatewayError | None) -> None:
-    if error is None:
+def assert_rejection(call: Any, reply: Reply | None) -> None:
+    """The call passes (None), or is refused with the contract's status and body."""
+    if reply is None:
         call()
         return
     with pytest.raises(Rejection) as caught:
         call()
-    assert caught.value.error is error
+    assert (caught.value.error.status, caught.value.error.body) == (reply.status, reply.body)
 
 
 # --- 2.3 kilo/auto -------------------------------------------------------------------------
@@ -285,31 +286,31 @@ def test_client_family(user_agent: str, legacy: bool, opencode: bool) -> None:
     [
         ("openai/gpt-4o", {}, None),
         ("openai/gpt-4o", {"max_tokens": MAX_TOKENS_LIMIT}, None),
-        ("openai/gpt-4o", {"max_tokens": MAX_TOKENS_LIMIT + 1}, errors.SERVICE_UNAVAILABLE),
-        ("openai/gpt-4o", {"max_tokens": 1e12}, errors.SERVICE_UNAVAILABLE),
-        ("openai/gpt-4o", {"max_completion_tokens": MAX_TOKENS_LIMIT + 1}, errors.SERVICE_UNAVAILABLE),
-        ("openai/gpt-4o", {"max_tokens": None, "max_completion_tokens": MAX_TOKENS_LIMIT + 1}, errors.SERVICE_UNAVAILABLE),
+        ("openai/gpt-4o", {"max_tokens": MAX_TOKENS_LIMIT + 1}, APPENDIX_A["SERVICE_UNAVAILABLE"]),
+        ("openai/gpt-4o", {"max_tokens": 1e12}, APPENDIX_A["SERVICE_UNAVAILABLE"]),
+        ("openai/gpt-4o", {"max_completion_tokens": MAX_TOKENS_LIMIT + 1}, APPENDIX_A["SERVICE_UNAVAILABLE"]),
+        ("openai/gpt-4o", {"max_tokens": None, "max_completion_tokens": MAX_TOKENS_LIMIT + 1}, APPENDIX_A["SERVICE_UNAVAILABLE"]),
         # max_tokens wins when it is a number, however small
         ("openai/gpt-4o", {"max_tokens": 100, "max_completion_tokens": MAX_TOKENS_LIMIT + 1}, None),
-        ("openai/gpt-4o", {"max_tokens": MAX_TOKENS_LIMIT + 1, "max_completion_tokens": 100}, errors.SERVICE_UNAVAILABLE),
+        ("openai/gpt-4o", {"max_tokens": MAX_TOKENS_LIMIT + 1, "max_completion_tokens": 100}, APPENDIX_A["SERVICE_UNAVAILABLE"]),
         # non-numbers are ignored
         ("openai/gpt-4o", {"max_tokens": "100000000000"}, None),
         ("openai/gpt-4o", {"max_completion_tokens": "100000000000"}, None),
         ("openai/gpt-4o", {"max_tokens": True}, None),
-        ("openai/gpt-4o", {"max_tokens": "x", "max_completion_tokens": MAX_TOKENS_LIMIT + 1}, errors.SERVICE_UNAVAILABLE),
-        ("minimax/minimax-m2.1:free", {}, errors.MODEL_ALPHA_ENDED),
-        ("x-ai/grok-code-fast-1:optimized:free", {}, errors.MODEL_ALPHA_ENDED),
-        ("z-ai/glm-5:free", {}, errors.MODEL_ALPHA_ENDED),
+        ("openai/gpt-4o", {"max_tokens": "x", "max_completion_tokens": MAX_TOKENS_LIMIT + 1}, APPENDIX_A["SERVICE_UNAVAILABLE"]),
+        ("minimax/minimax-m2.1:free", {}, APPENDIX_A["MODEL_ALPHA_ENDED"]),
+        ("x-ai/grok-code-fast-1:optimized:free", {}, APPENDIX_A["MODEL_ALPHA_ENDED"]),
+        ("z-ai/glm-5:free", {}, APPENDIX_A["MODEL_ALPHA_ENDED"]),
         ("minimax/minimax-m2.5:free", {}, None),
-        ("qwen/qwen3-coder:free", {}, errors.MODEL_NOT_FOUND),
-        ("Qwen/Qwen3-Coder:free", {}, errors.MODEL_NOT_FOUND),  # looked up lowercased
+        ("qwen/qwen3-coder:free", {}, APPENDIX_A["MODEL_NOT_FOUND"]),
+        ("Qwen/Qwen3-Coder:free", {}, APPENDIX_A["MODEL_NOT_FOUND"]),  # looked up lowercased
         ("qwen/qwen3-coder", {}, None),
         # order: the token cap first, then dead, then rate-limited-to-death
-        ("minimax/minimax-m2.1:free", {"max_tokens": MAX_TOKENS_LIMIT + 1}, errors.SERVICE_UNAVAILABLE),
-        ("qwen/qwen3-coder:free", {"max_completion_tokens": MAX_TOKENS_LIMIT + 1}, errors.SERVICE_UNAVAILABLE),
+        ("minimax/minimax-m2.1:free", {"max_tokens": MAX_TOKENS_LIMIT + 1}, APPENDIX_A["SERVICE_UNAVAILABLE"]),
+        ("qwen/qwen3-coder:free", {"max_completion_tokens": MAX_TOKENS_LIMIT + 1}, APPENDIX_A["SERVICE_UNAVAILABLE"]),
     ],
 )
-def test_validate_request(model: str, fields: dict[str, Any], error: errors.GatewayError | None) -> None:
+def test_validate_request(model: str, fields: dict[str, Any], error: Reply | None) -> None:
     assert_rejection(lambda: validate_request(chat_request(model, **fields), CATALOGUE), error)
 
 
@@ -327,23 +328,23 @@ CLIENT_PROVIDER = {"order": ["openai"], "data_collection": "allow"}
         ("openai/gpt-4o", "enterprise", {"model_allow_list": []}, None, CLIENT_PROVIDER),
         # enterprise model allow list: exact (normalised) id or `<provider>/*`
         ("anthropic/claude-sonnet-4.6", "enterprise", {"model_allow_list": ["anthropic/*"]}, None, CLIENT_PROVIDER),
-        ("openai/gpt-4o", "enterprise", {"model_allow_list": ["anthropic/*"]}, errors.MODEL_NOT_ALLOWED, None),
+        ("openai/gpt-4o", "enterprise", {"model_allow_list": ["anthropic/*"]}, APPENDIX_A["MODEL_NOT_ALLOWED"], None),
         ("openai/gpt-4o", "enterprise", {"model_allow_list": ["openai/gpt-4o"]}, None, CLIENT_PROVIDER),
-        ("openai/gpt-4o-mini", "enterprise", {"model_allow_list": ["openai/gpt-4o"]}, errors.MODEL_NOT_ALLOWED, None),
+        ("openai/gpt-4o-mini", "enterprise", {"model_allow_list": ["openai/gpt-4o"]}, APPENDIX_A["MODEL_NOT_ALLOWED"], None),
         ("moonshotai/kimi-k2.5:free", "enterprise", {"model_allow_list": ["moonshotai/kimi-k2.5"]}, None, CLIENT_PROVIDER),
         ("openai/gpt-4o:exacto", "enterprise", {"model_allow_list": ["openai/gpt-4o"]}, None, CLIENT_PROVIDER),
-        ("moonshotai/kimi-k2.5:free", "enterprise", {"model_allow_list": ["moonshotai/kimi-k2.5:free"]}, errors.MODEL_NOT_ALLOWED, None),
+        ("moonshotai/kimi-k2.5:free", "enterprise", {"model_allow_list": ["moonshotai/kimi-k2.5:free"]}, APPENDIX_A["MODEL_NOT_ALLOWED"], None),
         ("giga-potato", "enterprise", {"model_allow_list": ["giga-potato/*"]}, None, CLIENT_PROVIDER),
-        ("openai/gpt-4o", "enterprise", {"model_allow_list": ["openai"]}, errors.MODEL_NOT_ALLOWED, None),
+        ("openai/gpt-4o", "enterprise", {"model_allow_list": ["openai"]}, APPENDIX_A["MODEL_NOT_ALLOWED"], None),
         # enterprise provider allow list: required providers of Kilo free models, then `only`
         ("openai/gpt-4o", "enterprise", {"provider_allow_list": ["openai"]}, None, {"only": ["openai"]}),
-        ("giga-potato", "enterprise", {"provider_allow_list": ["openai"]}, errors.MODEL_NOT_ALLOWED, None),
+        ("giga-potato", "enterprise", {"provider_allow_list": ["openai"]}, APPENDIX_A["MODEL_NOT_ALLOWED"], None),
         ("giga-potato", "enterprise", {"provider_allow_list": ["openai", "stealth"]}, None, {"only": ["openai", "stealth"]}),
         # decision 12: the raw id, so the `:free` entry's providers are enforced
-        ("corethink:free", "enterprise", {"provider_allow_list": ["openai"]}, errors.MODEL_NOT_ALLOWED, None),
+        ("corethink:free", "enterprise", {"provider_allow_list": ["openai"]}, APPENDIX_A["MODEL_NOT_ALLOWED"], None),
         ("corethink:free", "enterprise", {"provider_allow_list": ["corethink"]}, None, {"only": ["corethink"]}),
         # a disabled stealth model still requires its providers
-        ("x-ai/grok-code-fast-1:optimized:free", "enterprise", {"provider_allow_list": ["x-ai"]}, errors.MODEL_NOT_ALLOWED, None),
+        ("x-ai/grok-code-fast-1:optimized:free", "enterprise", {"provider_allow_list": ["x-ai"]}, APPENDIX_A["MODEL_NOT_ALLOWED"], None),
         # a free model without required providers passes any allow list
         ("moonshotai/kimi-k2.5:free", "enterprise", {"provider_allow_list": ["openai"]}, None, {"only": ["openai"]}),
         # both lists: the model list is checked first, then the provider list
@@ -382,7 +383,7 @@ def test_organization_rules(
     model: str,
     plan: str | None,
     settings: dict[str, Any] | None,
-    error: errors.GatewayError | None,
+    error: Reply | None,
     provider: dict[str, Any] | None,
 ) -> None:
     body: dict[str, Any] = {"model": model, "provider": dict(CLIENT_PROVIDER)}
@@ -409,27 +410,27 @@ def test_organization_rules_set_provider_when_the_client_sent_none() -> None:
         ("giga-potato", None, None),
         ("giga-potato", {}, None),
         ("giga-potato", {"data_collection": "allow"}, None),
-        ("giga-potato", {"data_collection": "deny"}, errors.DATA_COLLECTION_REQUIRED),
-        ("giga-potato", {"zdr": True}, errors.DATA_COLLECTION_REQUIRED),
-        ("giga-potato", {"data_collection": "allow", "zdr": True}, errors.DATA_COLLECTION_REQUIRED),
+        ("giga-potato", {"data_collection": "deny"}, APPENDIX_A["DATA_COLLECTION_REQUIRED"]),
+        ("giga-potato", {"zdr": True}, APPENDIX_A["DATA_COLLECTION_REQUIRED"]),
+        ("giga-potato", {"data_collection": "allow", "zdr": True}, APPENDIX_A["DATA_COLLECTION_REQUIRED"]),
         ("giga-potato", {"zdr": False}, None),
         ("giga-potato", {"zdr": 0}, None),
         ("giga-potato", {"zdr": ""}, None),
         ("giga-potato", {"zdr": None}, None),
-        ("giga-potato", {"zdr": "yes"}, errors.DATA_COLLECTION_REQUIRED),
-        ("giga-potato", {"zdr": []}, errors.DATA_COLLECTION_REQUIRED),  # truthy in the reference
+        ("giga-potato", {"zdr": "yes"}, APPENDIX_A["DATA_COLLECTION_REQUIRED"]),
+        ("giga-potato", {"zdr": []}, APPENDIX_A["DATA_COLLECTION_REQUIRED"]),  # truthy in the reference
         ("giga-potato", {"data_collection": "DENY"}, None),
         ("giga-potato", "deny", None),
         ("giga-potato", ["deny"], None),
-        ("corethink:free", {"data_collection": "deny"}, errors.DATA_COLLECTION_REQUIRED),
-        ("minimax/minimax-m2.5:free", {"zdr": True}, errors.DATA_COLLECTION_REQUIRED),
+        ("corethink:free", {"data_collection": "deny"}, APPENDIX_A["DATA_COLLECTION_REQUIRED"]),
+        ("minimax/minimax-m2.5:free", {"zdr": True}, APPENDIX_A["DATA_COLLECTION_REQUIRED"]),
         # only enabled Kilo-hosted free models
         ("minimax/minimax-m2.1:free", {"data_collection": "deny"}, None),
         ("qwen/qwen3-coder:free", {"data_collection": "deny"}, None),
         ("openai/gpt-4o", {"data_collection": "deny", "zdr": True}, None),
     ],
 )
-def test_data_collection_gate(model: str, provider: Any, error: errors.GatewayError | None) -> None:
+def test_data_collection_gate(model: str, provider: Any, error: Reply | None) -> None:
     body: dict[str, Any] = {"model": model} if provider is None else {"model": model, "provider": provider}
     assert_rejection(lambda: data_collection_gate(body, model, CATALOGUE), error)
 
@@ -437,13 +438,13 @@ def test_data_collection_gate(model: str, provider: Any, error: errors.GatewayEr
 @pytest.mark.parametrize(
     ("plan", "settings", "error"),
     [
-        ("teams", {"data_collection": "deny"}, errors.DATA_COLLECTION_REQUIRED),
+        ("teams", {"data_collection": "deny"}, APPENDIX_A["DATA_COLLECTION_REQUIRED"]),
         ("teams", {"data_collection": "allow"}, None),  # the organisation's choice replaces the client's zdr
         ("enterprise", {"provider_allow_list": ["stealth"]}, None),
     ],
 )
 def test_gate_sees_the_organization_provider(
-    plan: str, settings: dict[str, Any], error: errors.GatewayError | None
+    plan: str, settings: dict[str, Any], error: Reply | None
 ) -> None:
     body: dict[str, Any] = {"model": "giga-potato", "provider": {"zdr": True}}
     apply_organization_rules(body, "giga-potato", plan, settings, CATALOGUE)

@@ -3,8 +3,8 @@
 Three kinds of checks on the hand-written bootstrap:
 - the real Envoy binary accepts the file as shipped;
 - every value it shares with the ext_proc agrees with the single source of truth
-  (`extproc/settings.py` defaults, `extproc/envoy_config.py` names, `extproc/errors.py`), so the
-  file cannot drift silently;
+  (`extproc/settings.py` defaults, `extproc/envoy_config.py` names) and its error bodies are the
+  contract's (tests/bodies.py), so the file cannot drift silently;
 - the contract's core scenarios run through it: a second Envoy started from the file beside a
   normal test stack (ext_proc, Postgres, Redis, mock upstream, ledger writer), with only the
   substitutions `envoy/CONTRACT.md` lists (ports, the ext_proc's address, providers -> mock);
@@ -32,7 +32,6 @@ import orjson
 import pytest
 import yaml
 
-from extproc import errors
 from extproc.envoy_config import (
     CUSTOM_HOST_HEADER,
     CUSTOM_HTTP_CLUSTER,
@@ -48,7 +47,7 @@ from extproc.local.processes import Child, free_port, wait_until
 from extproc.local.stack import envoy_binary
 from extproc.money import usd_to_microdollars
 from extproc.settings import Settings, load_settings
-from tests.bodies import FREE_LIMIT
+from tests.bodies import APPENDIX_A, FREE_LIMIT, GATEWAY_REPLIES
 from tests.conftest import Gateway, running_stack
 from tests.test_accounting_e2e import db, wait_for_rows
 
@@ -58,9 +57,7 @@ KILO_FREE = "minimax/minimax-m2.5:free"
 MESSAGES = [{"role": "user", "content": "hello from a client"}]
 FREE_MODEL_LIMIT = 3  # per IP and hour, small so the 429 is reached in a few requests
 
-PAID_MODEL_AUTH_REQUIRED = {
-    "error": {"code": "PAID_MODEL_AUTH_REQUIRED", "message": "You need to sign in to use this model."}
-}
+PAID_MODEL_AUTH_REQUIRED = APPENDIX_A["PAID_MODEL_AUTH_REQUIRED"].body
 FIRST_TOPUP_402 = {
     "error": {
         "title": "Paid Model - Credits Required",
@@ -69,7 +66,7 @@ FIRST_TOPUP_402 = {
         "buyCreditsUrl": "https://app.kilo.ai/profile",
     }
 }
-PAYLOAD_TOO_LARGE = {"error": "Payload too large", "message": "The request body exceeds the gateway's size limit."}
+PAYLOAD_TOO_LARGE = GATEWAY_REPLIES["PAYLOAD_TOO_LARGE"].body
 
 
 def bootstrap() -> dict[str, Any]:
@@ -205,12 +202,13 @@ def test_the_body_limit_and_error_bodies_are_the_gateways(defaults: Settings) ->
         # The ext_proc's own refusals (details prefixed so) keep their bodies.
         assert expression == f"!response.code_details.startsWith('{IMMEDIATE_DETAILS}')"
         assert mapper["body_format_override"]["content_type"] == "application/json"
-    catalogue = (errors.PAYLOAD_TOO_LARGE, errors.INTERNAL_ERROR, errors.SERVICE_UNAVAILABLE, errors.GATEWAY_TIMEOUT)
-    assert replies == {error.status: error.body for error in catalogue}
+    envoy_replies = (GATEWAY_REPLIES["PAYLOAD_TOO_LARGE"], APPENDIX_A["INTERNAL_ERROR"], APPENDIX_A["SERVICE_UNAVAILABLE"],
+                     GATEWAY_REPLIES["GATEWAY_TIMEOUT"])
+    assert replies == {reply.status: reply.body for reply in envoy_replies}
     direct = {route["name"]: route["direct_response"] for route in _routes(config) if "direct_response" in route}
     assert {(r["status"], r["body"]["inline_string"]) for r in direct.values()} == {
-        (error.status, error.json().decode())
-        for error in (errors.INTERNAL_ERROR, errors.INVALID_PATH, errors.NOT_FOUND)
+        (reply.status, orjson.dumps(reply.body).decode())
+        for reply in (APPENDIX_A[name] for name in ("INTERNAL_ERROR", "INVALID_PATH", "NOT_FOUND"))
     }
 
 
@@ -417,10 +415,10 @@ def test_envoys_own_refusals_carry_json_bodies(byo: ByoEnvoy) -> None:
     # A client naming a cluster on a path that is not the chat path still gets the 404.
     not_found = client.post(f"{byo.url}/anything", json={}, headers={UPSTREAM_HEADER: "provider_openrouter"})
     assert not_found.status_code == 404
-    assert not_found.json() == {"error": "Not found"}
+    assert not_found.json() == APPENDIX_A["NOT_FOUND"].body
     invalid = client.get(f"{byo.url}/api/gateway/models")
     assert invalid.status_code == 400
-    assert invalid.json() == {"error": "Invalid path", "message": "This endpoint only accepts the path `/chat/completions`."}
+    assert invalid.json() == APPENDIX_A["INVALID_PATH"].body
 
 
 def test_the_client_address_arrives_whatever_the_ext_proc_filter_is_named(

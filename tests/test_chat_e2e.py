@@ -70,9 +70,9 @@ def test_stream_chunks_reach_the_client_as_they_are_produced(gateway: Gateway, a
                 arrivals.append(time.monotonic() - started)
     assert len(arrivals) == 4
     # Four content events 300 ms apart: had anything buffered the stream, they would all
-    # arrive together at the end.
-    assert arrivals[-1] - arrivals[0] >= 0.75
-    assert arrivals[0] < arrivals[-1] - 0.75
+    # arrive together at the end. Half the 0.9 s span is required: a busy machine can delay
+    # the first arrival, never hasten the last.
+    assert arrivals[-1] - arrivals[0] >= 0.45
 
 
 def test_upstream_gets_the_provider_key_and_none_of_the_client_headers(

@@ -1,16 +1,20 @@
-"""Contract bodies (behaviour.md section 1, 2.1, Appendix A rows 1-4) through real Envoy."""
+"""Contract bodies (behaviour.md section 1, 2.1, Appendix A rows 1-4) and the body size limit
+through real Envoy."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
+from tests.bodies import APPENDIX_A, GATEWAY_REPLIES
 from tests.conftest import Gateway
 
-INVALID_PATH = {"error": "Invalid path", "message": "This endpoint only accepts the path `/chat/completions`."}
-NOT_FOUND = {"error": "Not found"}
-INVALID_JSON = {"error": "Invalid request", "message": "Could not parse request body. Please ensure it is valid JSON."}
-MODEL_NOT_FOUND = {"error": "Model not found", "message": "The requested model could not be found."}
+INVALID_PATH = APPENDIX_A["INVALID_PATH"].body
+NOT_FOUND = APPENDIX_A["NOT_FOUND"].body
+INVALID_JSON = APPENDIX_A["INVALID_JSON"].body
+MODEL_NOT_FOUND = APPENDIX_A["MODEL_NOT_FOUND"].body
+# README, configuration: LLM_GATEWAY_MAX_REQUEST_BODY_BYTES, "8 MiB; beyond it a JSON 413".
+BODY_LIMIT = 8 * 1024 * 1024
 
 
 def _assert_json(response: httpx.Response, status: int, body: dict) -> None:
@@ -61,25 +65,60 @@ def test_query_string_does_not_change_path_validation(gateway: Gateway) -> None:
     _assert_json(response, 404, MODEL_NOT_FOUND)
 
 
-def test_a_body_over_the_limit_gets_a_clean_413(upstream: Gateway) -> None:
-    big = b'{"model":"a/b","messages":[{"role":"user","content":"' + b"x" * (9 * 1024 * 1024) + b'"}]}'
-    response = httpx.post(upstream.chat_url, content=big, timeout=30)
-    _assert_json(
-        response,
-        413,
-        {"error": "Payload too large", "message": "The request body exceeds the gateway's size limit."},
+def _body_of(size: int, model: str, content: str = "ok") -> tuple[bytes, str]:
+    """A chat request of exactly `size` bytes, and the user message that pads it to that size;
+    the mock answers `content`."""
+    head = (
+        b'{"model":"' + model.encode() + b'","mock":{"content":"' + content.encode()
+        + b'"},"messages":[{"role":"user","content":"'
     )
+    tail = b'"}]}'
+    padding = "y" * (size - len(head) - len(tail))
+    return head + padding.encode() + tail, padding
+
+
+def _post(gateway: Gateway, body: bytes, framing: str) -> httpx.Response:
+    """`framing`: with a content-length, or chunked in 64 KiB pieces (no length known up front)."""
+    content = body if framing == "content-length" else (body[i : i + 65536] for i in range(0, len(body), 65536))
+    return httpx.post(gateway.chat_url, content=content, headers={"content-type": "application/json"}, timeout=60)
+
+
+FRAMINGS = ["content-length", "chunked"]
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_body_of_exactly_the_limit_passes_envoy_and_one_byte_more_gets_a_clean_413(
+    upstream: Gateway, framing: str
+) -> None:
+    # A blank model: the contract's 404 is the gateway's own answer, so the body got past
+    # Envoy's buffer (max_request_bytes lets exactly the limit through) and was parsed whole.
+    body, _ = _body_of(BODY_LIMIT, "")
+    assert len(body) == BODY_LIMIT
+    _assert_json(_post(upstream, body, framing), 404, MODEL_NOT_FOUND)
+    over, _ = _body_of(BODY_LIMIT + 1, "")
+    too_large = GATEWAY_REPLIES["PAYLOAD_TOO_LARGE"]
+    _assert_json(_post(upstream, over, framing), too_large.status, too_large.body)
     assert upstream.upstream_requests() == []
 
 
-def test_a_large_body_within_the_limit_is_forwarded(upstream: Gateway) -> None:
-    text = "y" * (6 * 1024 * 1024)
-    response = httpx.post(
-        upstream.chat_url,
-        json={"model": "a/b:free", "messages": [{"role": "user", "content": text}], "mock": {"content": "ok"}},
-        timeout=30,
-    )
+def test_a_body_within_the_limit_is_forwarded_whole(upstream: Gateway) -> None:
+    body, padding = _body_of(6 * 1024 * 1024, "a/b:free")
+    response = _post(upstream, body, "content-length")
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "ok"
     [received] = upstream.upstream_requests()
-    assert received["body"]["messages"][0]["content"] == text
+    assert received["body"]["messages"][0]["content"] == padding
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the gateway's rewrite of the body (about 160 bytes more here) is held to the same Envoy buffer limit "
+    "as the client's body: a request within that margin of the limit gets Envoy's 413 "
+    "(request_payload_too_large) although the client's body is within the documented limit",
+)
+def test_a_body_of_exactly_the_limit_is_forwarded(upstream: Gateway) -> None:
+    body, padding = _body_of(BODY_LIMIT, "a/b:free")
+    response = _post(upstream, body, "content-length")
+    assert response.status_code == 200, response.text[:300]
+    [received] = upstream.upstream_requests()
+    assert received["body"]["messages"][0]["content"] == padding

@@ -14,28 +14,18 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.bodies import APPENDIX_A
 from tests.conftest import Gateway, fresh_ip
+from tests.contract_models import RATE_LIMITED_TO_DEATH
 
 PAID = "openai/gpt-4o-mini"
 KILO_FREE = "minimax/minimax-m2.5:free"
-MODEL_NOT_FOUND = {"error": "Model not found", "message": "The requested model could not be found."}
-INVALID_JSON = {"error": "Invalid request", "message": "Could not parse request body. Please ensure it is valid JSON."}
-PAID_AUTH = {"error": {"code": "PAID_MODEL_AUTH_REQUIRED", "message": "You need to sign in to use this model."}}
-UNAVAILABLE = {"error": "Service Unavailable", "message": "The service is temporarily unavailable. Please try again later."}
-ALPHA_ENDED = {"error": "The alpha period for this model has ended.", "message": "The alpha period for this model has ended."}
-NOT_ALLOWED = {"error": "Model not allowed for your team.", "message": "The requested model is not allowed for your team."}
-# Contract 4.3, verbatim: the rate-limited-to-death set.
-RATE_LIMITED_TO_DEATH = [
-    "arcee-ai/trinity-mini:free", "cognitivecomputations/dolphin-mistral-24b-venice-edition:free",
-    "deepseek/deepseek-r1-0528:free", "google/gemma-3-12b-it:free", "google/gemma-3-27b-it:free",
-    "google/gemma-3-4b-it:free", "google/gemma-3n-e2b-it:free", "google/gemma-3n-e4b-it:free",
-    "liquid/lfm-2.5-1.2b-instruct:free", "liquid/lfm-2.5-1.2b-thinking:free",
-    "meta-llama/llama-3.2-3b-instruct:free", "meta-llama/llama-3.3-70b-instruct:free",
-    "mistralai/mistral-small-3.1-24b-instruct:free", "nousresearch/hermes-3-llama-3.1-405b:free",
-    "nvidia/nemotron-3-nano-30b-a3b:free", "nvidia/nemotron-nano-12b-v2-vl:free", "nvidia/nemotron-nano-9b-v2:free",
-    "openai/gpt-oss-120b:free", "openai/gpt-oss-20b:free", "qwen/qwen3-4b:free", "qwen/qwen3-coder:free",
-    "qwen/qwen3-next-80b-a3b-instruct:free", "upstage/solar-pro-3:free", "z-ai/glm-4.5-air:free",
-]
+MODEL_NOT_FOUND = APPENDIX_A["MODEL_NOT_FOUND"].body
+INVALID_JSON = APPENDIX_A["INVALID_JSON"].body
+PAID_AUTH = APPENDIX_A["PAID_MODEL_AUTH_REQUIRED"].body
+UNAVAILABLE = APPENDIX_A["SERVICE_UNAVAILABLE"].body
+ALPHA_ENDED = APPENDIX_A["MODEL_ALPHA_ENDED"].body
+NOT_ALLOWED = APPENDIX_A["MODEL_NOT_ALLOWED"].body
 
 
 

@@ -22,9 +22,9 @@ import openai
 import orjson
 import pytest
 
-from extproc import errors
 from extproc.local.mock_anthropic import mock_anthropic
 from extproc.local.mock_openai_responses import mock_openai_responses
+from tests.bodies import GATEWAY_REPLIES
 from tests.conftest import Gateway, fresh_ip
 from tests.translate_support import RunningMock, directive
 
@@ -303,8 +303,8 @@ def test_the_ssrf_guard_applies_to_translated_custom_llms(setup: Setup, kind: st
     )
     llm = Llm(public_id=public_id, internal_id="m", api_key="k", mock=setup.anthropic.mock)
     response = _raw(setup, llm, {}, stream=False)
-    assert response.status_code == errors.CUSTOM_LLM_URL_REFUSED.status
-    assert response.json() == errors.CUSTOM_LLM_URL_REFUSED.body
+    refused = GATEWAY_REPLIES["CUSTOM_LLM_URL_REFUSED"]
+    assert (response.status_code, response.json()) == (refused.status, refused.body)
 
 
 def test_the_legacy_extension_sees_the_obscured_reasoning_format(setup: Setup) -> None:

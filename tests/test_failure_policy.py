@@ -79,6 +79,14 @@ def _metric_total(text: str, name: str) -> float:
     )
 
 
+def _wait_for_metric(gateway: Gateway, name: str, above: float, timeout: float = 60) -> None:
+    """Until the stack's counter `name` exceeds `above`; the timeout only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while _metric_total(gateway.metrics(), name) <= above:
+        assert time.monotonic() < deadline, f"{name} stayed at {above}"
+        time.sleep(0.1)
+
+
 def test_free_model_limit_is_exact_across_two_replicas(replicas: Gateway) -> None:
     ip = fresh_ip()
 
@@ -108,7 +116,8 @@ def test_redis_down_fails_open_and_counts_the_error(replicas: Gateway, services:
     assert services.redis is not None
     services.redis.stop()
     try:
-        started = time.monotonic()
+        # Each 200 is itself the proof of time: an ext_proc still waiting on Redis past the
+        # message timeout would have been answered by Envoy's 504 instead.
         responses = [
             httpx.post(
                 replicas.chat_url,
@@ -119,7 +128,6 @@ def test_redis_down_fails_open_and_counts_the_error(replicas: Gateway, services:
             for _ in range(4)
         ]
         assert [r.status_code for r in responses] == [200] * 4
-        assert time.monotonic() - started < 15
         assert _metric_total(replicas.metrics(), "llm_gateway_rate_limit_errors_total") >= 4
     finally:
         services.start_redis()
@@ -163,13 +171,11 @@ def test_postgres_down_keeps_cached_users_and_refuses_unknown_ones_in_time(
             assert paid(known["token"]).status_code == 200
         for _ in range(4):
             assert paid(known["token"]).status_code == 200
-        started = time.monotonic()
         response = paid(unknown["token"])
-        elapsed = time.monotonic() - started
+        # The contract's 503 is the ext_proc's own answer, so it came within the message
+        # timeout: past it, Envoy answers 504 (Gateway timeout) and the ext_proc's is dropped.
         assert response.status_code == 503
         assert response.json() == SERVICE_UNAVAILABLE
-        # Within the ext_proc's message timeout (5 s): the client never hangs.
-        assert elapsed < 5
     finally:
         services.start_postgres()
     assert paid(unknown["token"]).status_code == 200
@@ -187,22 +193,26 @@ def _stale_lookups(gateway: Gateway) -> float:
 
 
 def _stream_gaps(gateway: Gateway, token: str, streams: int = 8) -> tuple[list[float], list[str]]:
-    """Run `streams` concurrent streams of 10 chunks 100 ms apart; return the gaps between
-    content chunks as the client saw them, and the message ids."""
+    """Run `streams` concurrent streams of 10 chunks 100 ms apart; return the gaps between their
+    events as the client saw them, through `[DONE]` to the end of the stream (a stream that
+    waited on bookkeeping at its end would show it there), and the message ids."""
     body = {"model": PAID, "stream": True, "messages": [{"role": "user", "content": "tick"}],
             "mock": {"chunks": 10, "chunk_delay_ms": 100}}
 
     async def one(client: httpx.AsyncClient) -> tuple[list[float], str]:
-        arrivals, message_id = [], ""
+        arrivals, contents, message_id, last = [], 0, "", ""
         headers = {"authorization": f"Bearer {token}", "x-forwarded-for": fresh_ip()}
         async with client.stream("POST", gateway.chat_url, json=body, headers=headers) as response:
             assert response.status_code == 200
             async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    arrivals.append(time.monotonic())
+                    last = line
                 if line.startswith("data: {"):
                     message_id = message_id or orjson.loads(line[6:])["id"]
-                    if '"content":"w' in line:
-                        arrivals.append(time.monotonic())
-        assert len(arrivals) == 10
+                    contents += '"content":"w' in line
+        arrivals.append(time.monotonic())  # the end of the stream: the client has all of it
+        assert contents == 10 and last == "data: [DONE]"
         return [b - a for a, b in zip(arrivals, arrivals[1:])], message_id
 
     async def burst() -> list[tuple[list[float], str]]:
@@ -211,6 +221,15 @@ def _stream_gaps(gateway: Gateway, token: str, streams: int = 8) -> tuple[list[f
 
     results = asyncio.run(burst())
     return [gap for gaps, _ in results for gap in gaps], [message_id for _, message_id in results]
+
+
+def _assert_same_timing(baseline: list[float], faulted: list[float]) -> None:
+    """Chunk timing under a fault is the timing without it, measured in the same run on the
+    same machine: the typical gap within half as much again as the baseline's, and no gap
+    longer than the baseline's worst by a second (half the 2 s that one ledger insert takes
+    in the slow-ledger test; a stream waiting on bookkeeping would show all of it)."""
+    assert statistics.median(faulted) <= 1.5 * statistics.median(baseline), (statistics.median(faulted), baseline)
+    assert max(faulted) <= max(baseline) + 1.0, (max(faulted), max(baseline))
 
 
 def _rows_by_message(services: Services, message_ids: list[str], timeout: float = 120) -> Counter[str]:
@@ -246,23 +265,19 @@ def _pending_in_outbox(services: Services) -> int:
         client.close()
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def test_postgres_outage_delays_rows_but_not_chunks_and_loses_none(replicas: Gateway, services: Services) -> None:
     user = replicas.new_user(credits_usd="10")
     baseline_gaps, baseline_ids = _stream_gaps(replicas, user["token"])  # also warms both caches
 
+    failures_before = _metric_total(replicas.metrics(), "llm_gateway_ledger_write_failures_total")
     assert services.postgres is not None
     services.postgres.stop()
-    outage_started = time.monotonic()
     try:
         outage_gaps, outage_ids = _stream_gaps(replicas, user["token"])
-        # Chunk timing during the outage is the chunk timing without it.
-        assert abs(_median(outage_gaps) - _median(baseline_gaps)) < 0.03
-        assert max(outage_gaps) < 0.5
-        time.sleep(max(0.0, 10 - (time.monotonic() - outage_started)))
+        _assert_same_timing(baseline_gaps, outage_gaps)
+        # Postgres stays down until the writer has tried to write and failed (a counter, not
+        # a span of time): the rows below then prove it kept the records and retried.
+        _wait_for_metric(replicas, "llm_gateway_ledger_write_failures_total", above=failures_before)
     finally:
         services.start_postgres()
 
@@ -289,8 +304,7 @@ def test_a_slow_ledger_does_not_delay_any_chunk(replicas: Gateway, services: Ser
     try:
         slow_gaps, slow_ids = _stream_gaps(replicas, user["token"])
         slow_gaps += _stream_gaps(replicas, user["token"])[0]
-        assert abs(_median(slow_gaps) - _median(baseline_gaps)) < 0.03
-        assert max(slow_gaps) < 0.5
+        _assert_same_timing(baseline_gaps, slow_gaps)
     finally:
         asyncio.run(ddl("DROP TRIGGER slow_ledger ON microdollar_usage"))
     assert set(_rows_by_message(services, slow_ids).values()) == {1}
@@ -298,15 +312,23 @@ def test_a_slow_ledger_does_not_delay_any_chunk(replicas: Gateway, services: Ser
 
 def test_killed_workers_and_writer_resume_pending_rows_without_duplicates(replicas: Gateway, services: Services) -> None:
     user = replicas.new_user(credits_usd="10")
-    # The mock's generation endpoint answers 404 for 6 s: every record stays in flight that long.
-    body = {"model": PAID, "messages": [{"role": "user", "content": "pending"}], "mock": {"generation_delay_ms": 6000}}
+    # The mock's generation endpoint answers 404 for 15 s, and the writer keeps asking (its
+    # budget is 20 s): every record stays in flight that long. A margin, not a synchronisation:
+    # the twelve requests, sent at once, and the kill below take a small part of it.
+    body = {"model": PAID, "messages": [{"role": "user", "content": "pending"}], "mock": {"generation_delay_ms": 15000}}
     headers = {"authorization": f"Bearer {user['token']}"}
-    message_ids = []
     pending_before = _pending_in_outbox(services)
-    for _ in range(12):
-        response = httpx.post(replicas.chat_url, json=body, headers={**headers, "x-forwarded-for": fresh_ip()}, timeout=30)
-        assert response.status_code == 200
-        message_ids.append(response.json()["id"])
+
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(
+                client.post(replicas.chat_url, json=body, headers={**headers, "x-forwarded-for": fresh_ip()})
+                for _ in range(12)
+            ))
+
+    responses = asyncio.run(send())
+    assert [r.status_code for r in responses] == [200] * 12
+    message_ids = [r.json()["id"] for r in responses]
     # The records are in the outbox, read by the writer (pending in its group), not yet written.
     deadline = time.monotonic() + 30
     while _pending_in_outbox(services) < pending_before + len(message_ids):

@@ -35,6 +35,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
+from tests.bodies import APPENDIX_A
 from tests.conftest import SESSION_STACK, Gateway, running_stack
 from tests.hostile import CASES, Case, authorization, corpus
 
@@ -44,38 +45,13 @@ SEED = int(os.environ.get("FUZZ_SEED", "0"))
 CONCURRENCY = 24
 CLIENT_TIMEOUT = 60  # far beyond the ext_proc's 5 s message timeout: a timeout here is a hang
 
-# Contract Appendix A, verbatim: the refusals a client may see, by status.
-REFUSALS: dict[int, list[dict[str, Any]]] = {
-    400: [
-        {"error": "Invalid request", "message": "Could not parse request body. Please ensure it is valid JSON."},
-        {"error": "Unable to determine client IP"},
-        {
-            "error": "Data collection is required for this model. Please enable data collection to use this model or choose another model.",
-            "message": "Data collection is required for this model. Please enable data collection to use this model or choose another model.",
-        },
-    ],
-    401: [
-        {"error": {"code": "PAID_MODEL_AUTH_REQUIRED", "message": "You need to sign in to use this model."}},
-        {
-            "error": {
-                "code": "PROMOTION_MODEL_LIMIT_REACHED",
-                "message": "Sign up for free to continue and explore 500 other models. Takes 2 minutes, no credit card required. Or come back later.",
-            }
-        },
-    ],
-    404: [
-        {"error": "Model not found", "message": "The requested model could not be found."},
-        {"error": "The alpha period for this model has ended.", "message": "The alpha period for this model has ended."},
-        {"error": "Model not allowed for your team.", "message": "The requested model is not allowed for your team."},
-    ],
-    429: [
-        {
-            "error": "Rate limit exceeded",
-            "message": "Free model usage limit reached. Please try again later or upgrade to a paid model.",
-        }
-    ],
-    503: [{"error": "Service Unavailable", "message": "The service is temporarily unavailable. Please try again later."}],
-}
+# Contract Appendix A (tests/bodies.py): the refusals a client may see, by status.
+REFUSALS: dict[int, list[dict[str, Any]]] = {}
+for _name in (
+    "INVALID_JSON", "NO_CLIENT_IP", "DATA_COLLECTION_REQUIRED", "PAID_MODEL_AUTH_REQUIRED", "PROMOTION_MODEL_LIMIT_REACHED",
+    "MODEL_NOT_FOUND", "MODEL_ALPHA_ENDED", "MODEL_NOT_ALLOWED", "FREE_MODEL_RATE_LIMITED", "SERVICE_UNAVAILABLE",
+):
+    REFUSALS.setdefault(APPENDIX_A[_name].status, []).append(APPENDIX_A[_name].body)
 # Contract 6.3: upstream errors made readable, with the upstream's status.
 STEALTH_ERROR = {"error": "Stealth model unable to process request", "message": "Stealth model unable to process request"}
 BYOK_ERRORS = [

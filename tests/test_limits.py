@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -223,14 +222,18 @@ async def test_fails_open_when_redis_is_slow() -> None:
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    slow = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=0.2, socket_connect_timeout=0.2)
+    # No socket timeout: the client alone would wait for the silent server forever, so only the
+    # limiter's own deadline can end the call.
+    slow = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=None, socket_connect_timeout=5)
     try:
-        # redis-py retries timeouts with backoff; the limiter's own deadline bounds the wait.
         limiter = FreeModelLimiter(slow, free_limit=0, timeout_seconds=0.3)
         before = errors_total()
-        started = time.monotonic()
-        assert await limiter.admit(IP, kilo_free=True, anonymous=False, request_id="slow") is Admission.ADMITTED
-        assert time.monotonic() - started < 1.0
+        # A guard against a hang only, a hundred times the deadline: the test's point is that
+        # the call ends at all, not how fast this machine gets there.
+        result = await asyncio.wait_for(
+            limiter.admit(IP, kilo_free=True, anonymous=False, request_id="slow"), timeout=30
+        )
+        assert result is Admission.ADMITTED
         assert errors_total() == before + 1
     finally:
         await slow.aclose()

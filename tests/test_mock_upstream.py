@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import re
+import statistics
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -278,8 +279,10 @@ async def test_chunk_delay_spaces_events(client: TestClient[Any, Any]) -> None:
     # keep-alive, role, 2 content, finish, usage, [DONE]: six gaps.
     assert len(arrivals) == 7
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert min(gaps) >= delay * 0.6
-    assert arrivals[-1] - arrivals[0] >= 6 * delay * 0.8
+    # A late arrival shortens the gap after it, so no single gap is bounded; the typical gap
+    # and the whole span are (without the delay both would be about zero).
+    assert statistics.median(gaps) >= delay * 0.6
+    assert arrivals[-1] - arrivals[0] >= 6 * delay * 0.5
 
 
 async def test_headers_delay(client: TestClient[Any, Any]) -> None:
@@ -332,11 +335,16 @@ async def test_generation_endpoint(client: TestClient[Any, Any]) -> None:
 
 
 async def test_generation_delay(client: TestClient[Any, Any]) -> None:
-    events = await stream(client, chat_body(mock={"generation_delay_ms": 200}))
+    # 404 right after the stream, for a delay far longer than any stall of this machine; then
+    # found once the delay has passed (polled, the timeout guards against a hang only).
+    events = await stream(client, chat_body(mock={"generation_delay_ms": 3000}))
     generation_id = data_events(events)[0]["id"]
     assert (await generation(client, generation_id)).status == 404
-    await asyncio.sleep(0.25)
-    data = (await (await generation(client, generation_id)).json())["data"]
+    deadline = time.monotonic() + 30
+    while (found := await generation(client, generation_id)).status == 404:
+        assert time.monotonic() < deadline, "the generation was never recorded"
+        await asyncio.sleep(0.1)
+    data = (await found.json())["data"]
     assert data["streamed"] is True and data["finish_reason"] == "stop"
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.catalogue import DEFAULT_FREE_MODELS, DEFAULT_RATE_LIMITED_TO_DEATH, Catalogue, FreeModel
+from extproc.catalogue import Catalogue
 from extproc.shaping.provider_rules import (
     AWS_CREDENTIALS_ERROR,
     FINE_GRAINED_TOOL_STREAMING,
@@ -29,17 +29,12 @@ from extproc.shaping.vercel import (
     vercel_eligible,
     vercel_percentage,
 )
+from tests.contract_models import catalogue as contract_catalogue
 
-CATALOGUE = Catalogue.build((FreeModel.model_validate(m) for m in DEFAULT_FREE_MODELS), DEFAULT_RATE_LIMITED_TO_DEATH)
+CATALOGUE = contract_catalogue()
 EPHEMERAL = {"type": "ephemeral"}
 ATTEMPT_COMPLETION = {"type": "function", "function": {"name": "attempt_completion", "parameters": {}}}
 RULE_PART = {"type": "text", "text": GIGA_POTATO_RULE}
-
-
-def catalogue_with(enabled: dict[str, bool]) -> Catalogue:
-    """The default catalogue with the `is_enabled` of some entries (by public id) replaced."""
-    entries = [{**m, "is_enabled": enabled.get(str(m["public_id"]), m["is_enabled"])} for m in DEFAULT_FREE_MODELS]
-    return Catalogue.build((FreeModel.model_validate(m) for m in entries), DEFAULT_RATE_LIMITED_TO_DEATH)
 
 
 def apply(
@@ -104,7 +99,7 @@ def test_map_model_id_to_vercel(model: str, vercel_id: str) -> None:
 
 
 def test_map_model_id_resolves_free_model_before_renaming_its_prefix() -> None:
-    assert map_model_id_to_vercel("z-ai/glm-5:free", catalogue_with({"z-ai/glm-5:free": True})) == "zai/glm-5"
+    assert map_model_id_to_vercel("z-ai/glm-5:free", contract_catalogue({"z-ai/glm-5:free": True})) == "zai/glm-5"
 
 
 @pytest.mark.parametrize(
@@ -214,7 +209,7 @@ def test_preferred_models_follow_free_entries() -> None:
     assert {"minimax/minimax-m2.5:free", "moonshotai/kimi-k2.5:free", "giga-potato-thinking"} <= default
     assert not {"minimax/minimax-m2.5", "moonshotai/kimi-k2.5"} & default
 
-    disabled = catalogue_with(
+    disabled = contract_catalogue(
         {"minimax/minimax-m2.5:free": False, "moonshotai/kimi-k2.5:free": False, "giga-potato-thinking": False}
     )
     preferred = preferred_models(disabled)

@@ -46,7 +46,9 @@ REPEATS = 3
 
 def test_extproc_on_sigterm_reports_not_serving_refuses_new_streams_and_finishes_open_ones(tmp_path: Path) -> None:
     gateway = start_stack(tmp_path, LLM_GATEWAY_EXTPROC_DRAIN_SECONDS="20")
-    body = {"model": "a/b:free", "stream": True, "messages": [], "mock": {"chunks": 10, "chunk_delay_ms": 200}}
+    # A stream of 10 s (within the 20 s drain): the window in which the checks below must find
+    # it still open is wide enough for a busy machine.
+    body = {"model": "a/b:free", "stream": True, "messages": [], "mock": {"chunks": 10, "chunk_delay_ms": 1000}}
     received: list[str] = []
     first_chunk = threading.Event()
 
@@ -75,8 +77,8 @@ def test_extproc_on_sigterm_reports_not_serving_refuses_new_streams_and_finishes
         assert health.get(timeout=10) == health_pb2.HealthCheckResponse.SERVING
         assert first_chunk.wait(10)
         os.kill(gateway.children["ext_proc"], signal.SIGTERM)
-        # At once: well before the open stream (10 chunks, 200 ms apart) has finished.
-        assert health.get(timeout=2) == health_pb2.HealthCheckResponse.NOT_SERVING
+        # At once: well before the open stream (10 chunks, 1 s apart) has finished.
+        assert health.get(timeout=5) == health_pb2.HealthCheckResponse.NOT_SERVING
         watch.cancel()  # an open Watch is a stream in flight too, and would hold the drain
         assert reader.is_alive()
         # A new stream is refused while the open one still runs.

@@ -9,6 +9,7 @@ through that stack's Envoy.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import threading
 import time
 import uuid
@@ -783,27 +784,55 @@ def test_a_request_through_the_stack_reaches_every_side_service(side_gateway: Ga
     # A second request: no more analytics events.
     again = httpx.post(side_gateway.chat_url, json=E2E_BODY, headers=headers, timeout=30)
     assert _rows(side_gateway, _message_id(again))
-    stand_in.wait_for(METRICS, lambda r: r["json"]["kiloUserId"] == user["id"], count=2)
-    time.sleep(0.5)
+    _writer_barrier(side_gateway, stand_in)
     assert len([r for r in stand_in.received(CAPTURE) if r["json"]["distinct_id"] == user["email"]]) == 2
 
 
+def _writer_barrier(gateway: Gateway, stand_in: StandIn) -> None:
+    """Returns once everything the ledger writer started for the rows already written has had
+    its turn: the writer sends a row's side calls (cost report, analytics) when it commits the
+    row, so a later request's cost report, once it has arrived, was started after all of them.
+    The stand-in's answers are restored to the defaults first."""
+    stand_in.behaviour.clear()
+    user = gateway.new_user(credits_usd="5")
+    headers = {"authorization": f"Bearer {user['token']}", "x-forwarded-for": fresh_ip()}
+    response = httpx.post(gateway.chat_url, json=E2E_BODY, headers=headers, timeout=30)
+    assert response.status_code == 200
+    message_id = _message_id(response)
+    assert stand_in.wait_for(COST, lambda r: r["json"]["message_id"] == message_id), "the barrier's cost report never came"
+
+
+def _timed_request(gateway: Gateway) -> tuple[float, httpx.Response, str]:
+    """A new user's request: how long it took, the response, and the user's id."""
+    user = gateway.new_user(credits_usd="5")
+    headers = {"authorization": f"Bearer {user['token']}", "x-forwarded-for": fresh_ip()}
+    started = time.monotonic()
+    response = httpx.post(gateway.chat_url, json=E2E_BODY, headers=headers, timeout=30)
+    return time.monotonic() - started, response, user["id"]
+
+
 def test_slow_or_failing_side_services_never_delay_or_fail_a_request(side_gateway: Gateway, stand_in: StandIn) -> None:
+    # The same requests with every side service answering at once, in the same run: the
+    # baseline that absorbs how fast this machine is at the moment.
+    baseline = [_timed_request(side_gateway)[0] for _ in range(3)]
     stand_in.set(CLASSIFY, delay=6)  # past the 2 s budget
     stand_in.set(METRICS, status=500)
     stand_in.set(CAPTURE, status=503)
-    user = side_gateway.new_user(credits_usd="5")
-    headers = {"authorization": f"Bearer {user['token']}", "x-forwarded-for": fresh_ip()}
-    started = time.monotonic()
-    response = httpx.post(side_gateway.chat_url, json=E2E_BODY, headers=headers, timeout=30)
-    elapsed = time.monotonic() - started
-    assert response.status_code == 200 and elapsed < 1.5
-    message_id = _message_id(response)
-    [row] = _rows(side_gateway, message_id)  # written once the 2 s budget ran out
-    assert row["cost"] > 0
-    assert stand_in.wait_for(CLASSIFY, lambda r: r["json"]["kilo_user_id"] == user["id"])
-    time.sleep(0.5)
-    assert not [r for r in stand_in.received(COST) if r["json"]["message_id"] == message_id]  # no id, no report
+    timed = [_timed_request(side_gateway) for _ in range(3)]
+    assert [response.status_code for _, response, _ in timed] == [200] * 3
+    # A request that waited for the classification would take its whole 2 s budget more:
+    # the medians may differ by half of that at most.
+    elapsed = [seconds for seconds, _, _ in timed]
+    assert statistics.median(elapsed) < statistics.median(baseline) + 1.0, (elapsed, baseline)
+    message_ids = [_message_id(response) for _, response, _ in timed]
+    for message_id in message_ids:
+        [row] = _rows(side_gateway, message_id)  # written once the 2 s budget ran out
+        assert row["cost"] > 0
+    for _, _, user_id in timed:  # each was classified, too late
+        assert stand_in.wait_for(CLASSIFY, lambda r, user_id=user_id: r["json"]["kilo_user_id"] == user_id)
+    _writer_barrier(side_gateway, stand_in)
+    # Unclassified (the answer came too late): no id, no cost report.
+    assert not [r for r in stand_in.received(COST) if r["json"]["message_id"] in message_ids]
     metrics = httpx.get(side_gateway.metrics_url).text
     assert 'llm_gateway_side_service_errors_total{service="abuse_classify"}' in metrics
     assert 'llm_gateway_side_service_errors_total{service="api_metrics"}' in metrics

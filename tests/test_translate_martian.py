@@ -3,20 +3,18 @@ routed as a synthetic custom LLM of kind `openai` (Responses API) at Martian's U
 
 from __future__ import annotations
 
-from extproc.catalogue import DEFAULT_FREE_MODELS, FreeModel
 from extproc.custom_llm import CustomLlms
 from extproc.pipeline.identity import Identity
 from extproc.pipeline.parse import ChatRequest
 from extproc.pipeline.routing import Router
 from extproc.settings import Settings
+from tests.contract_models import free_models
 
 MARTIAN_MODEL = "x-ai/grok-code-fast-1:optimized:free"
 
 
 async def test_enabled_martian_free_model_is_a_synthetic_openai_custom_llm() -> None:
-    models = tuple(
-        FreeModel(**{**m, "is_enabled": m["public_id"] == MARTIAN_MODEL or m["is_enabled"]}) for m in DEFAULT_FREE_MODELS
-    )
+    models = free_models({MARTIAN_MODEL: True})
     settings = Settings(
         free_models=models,
         providers={"martian": {"api_url": "http://127.0.0.1:9/martian/v1", "api_key": "martian-key"}},
