@@ -296,13 +296,14 @@ def _http_connection_manager(settings: Settings) -> dict[str, Any]:
             "virtual_hosts": [{"name": "gateway", "domains": ["*"], "routes": _routes(settings)}],
         },
         http_filters=[
-            # Holds the whole request body up to the limit (beyond it: 413), so the ext_proc's
-            # BUFFERED body phase sees the complete JSON document.
+            # Holds the whole request body (beyond the buffer: 413), so the ext_proc's BUFFERED
+            # body phase sees the complete JSON document. The buffer also bounds the body the
+            # ext_proc sends back, hence the shaping headroom above the client's limit.
             {
                 "name": "envoy.filters.http.buffer",
                 "typed_config": _typed(
                     "envoy.extensions.filters.http.buffer.v3.Buffer",
-                    max_request_bytes=settings.max_request_body_bytes,
+                    max_request_bytes=settings.envoy_request_buffer_bytes,
                 ),
             },
             _extproc_filter(settings),

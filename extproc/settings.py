@@ -173,7 +173,10 @@ class Settings(BaseSettings):
     envoy_admin_port: int = 9901
     # Number of trusted proxies in front of Envoy; the client IP is the address they reported.
     trusted_proxy_hops: int = Field(default=0, ge=0)
+    # The client's body limit, enforced by the ext_proc (a JSON 413). Envoy buffers up to
+    # `envoy_request_buffer_bytes`: the body it forwards is the shaped one, which is larger.
     max_request_body_bytes: int = Field(default=8 * MIB, gt=0)
+    request_shaping_headroom_bytes: int = Field(default=1 * MIB, ge=0)
     # Contract 2.15: the upstream request is aborted after 10 minutes; idle streams sooner.
     upstream_timeout_seconds: int = Field(default=600, gt=0)
     stream_idle_timeout_seconds: int = Field(default=300, gt=0)
@@ -298,6 +301,13 @@ class Settings(BaseSettings):
     @classmethod
     def _posthog_url(cls, value: str) -> str:
         return value.strip().rstrip("/")
+
+    @property
+    def envoy_request_buffer_bytes(self) -> int:
+        """Envoy's request buffer: the client's limit plus room for what shaping adds (tool
+        repair, provider fields, a translation), so a body just within the limit still fits
+        once the ext_proc has rewritten it."""
+        return self.max_request_body_bytes + self.request_shaping_headroom_bytes
 
     @cached_property
     def catalogue(self) -> Catalogue:

@@ -191,7 +191,7 @@ def test_every_cluster_the_ext_proc_chooses_has_a_route_and_reaches_its_provider
 
 def test_the_body_limit_and_error_bodies_are_the_gateways(defaults: Settings) -> None:
     config = bootstrap()
-    assert _http_filter(config, "envoy.filters.http.buffer")["max_request_bytes"] == defaults.max_request_body_bytes
+    assert _http_filter(config, "envoy.filters.http.buffer")["max_request_bytes"] == defaults.envoy_request_buffer_bytes
     mappers = _hcm(config)["local_reply_config"]["mappers"]
     replies = {}
     for mapper in mappers:

@@ -458,7 +458,7 @@ def test_traffic_policy_sets_the_provider_limits_body_size_and_timeouts(settings
     assert spec["circuitBreaker"]["maxParallelRequests"] > ENVOY_DEFAULT_MAX_REQUESTS
     assert _seconds(spec["timeout"]["http"]["requestTimeout"]) == settings.upstream_timeout_seconds
     limit = _bytes(spec["requestBuffer"]["limit"])
-    assert limit == settings.max_request_body_bytes
+    assert limit == settings.envoy_request_buffer_bytes
     assert limit == _http_filter(settings, "envoy.filters.http.buffer")["max_request_bytes"]
 
 
@@ -549,7 +549,7 @@ def test_istio_envoy_filter_inserts_the_extproc_as_envoy_config_renders_it(setti
     # Each inserted before the router in turn: the buffer ends up before the ext_proc.
     assert [p["patch"]["value"]["name"] for p in filters] == ["envoy.filters.http.buffer", EXTPROC_FILTER]
     buffer, extproc = (_typed_config(p["patch"]["value"]) for p in filters)
-    assert buffer["max_request_bytes"] == settings.max_request_body_bytes
+    assert buffer["max_request_bytes"] == settings.envoy_request_buffer_bytes
     rendered = _http_filter(settings, EXTPROC_FILTER)
     assert {k: v for k, v in extproc.items() if k != "grpc_service"} == {
         k: v for k, v in rendered.items() if k != "grpc_service"

@@ -44,6 +44,10 @@ _LIMIT_REFUSALS = {
 async def identify_caller(core: Collaborators, request: ClientRequest, raw: bytes) -> Caller:
     """Steps 2.1 to 2.9."""
     settings, catalogue = core.settings, core.settings.catalogue
+    # Envoy lets bodies through up to the limit plus the shaping headroom; the client's own
+    # limit is ours to enforce, with the same 413 Envoy gives beyond its buffer.
+    if len(raw) > settings.max_request_body_bytes:
+        raise Rejection(errors.PAYLOAD_TOO_LARGE)
     chat = parse_chat_request(raw)  # 2.1
     client = extract_client_info(request.headers, request.path)  # 2.9 (pure)
     auto = resolve_auto_model(chat.model_lower, client.mode)  # 2.3
