@@ -64,6 +64,10 @@ GATEWAY_REPLIES: dict[str, Reply] = {
         "error": "Gateway timeout",
         "message": "The gateway timed out waiting for a response. Please try again later.",
     }),
+    "BYOK_KEY_UNREADABLE": Reply(500, {
+        "error": "[BYOK] Your stored API key could not be decrypted. Please enter it again in your BYOK settings.",
+        "message": "[BYOK] Your stored API key could not be decrypted. Please enter it again in your BYOK settings.",
+    }),
     "CUSTOM_LLM_URL_REFUSED": Reply(502, {
         "error": "The custom model's endpoint is not reachable from this gateway (its address is not allowed).",
         "message": "The custom model's endpoint is not reachable from this gateway (its address is not allowed).",

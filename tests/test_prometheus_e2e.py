@@ -7,7 +7,6 @@ request ids.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
@@ -20,7 +19,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import yaml
@@ -122,17 +120,6 @@ class Burst:
     statuses: list[int]  # what each client saw
 
 
-def _ledger(gateway: Gateway, sql: str) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(gateway.database_url)
-        try:
-            return await connection.fetch(sql)
-        finally:
-            await connection.close()
-
-    return asyncio.run(run())
-
-
 @pytest.fixture(scope="module")
 def burst(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Burst]:
     tool("prometheus")  # skip before starting a stack when it is missing
@@ -178,7 +165,7 @@ def _wait_for_ledger(gateway: Gateway, rows: int) -> None:
     """Until the ledger has `rows` rows and the writer's published outbox gauge is back at 0 (it
     acknowledges only after the ledger commit and the charge counter)."""
     deadline = time.monotonic() + 60
-    while _ledger(gateway, "SELECT count(*) AS n FROM microdollar_usage")[0]["n"] < rows:
+    while gateway.sql("SELECT count(*) AS n FROM microdollar_usage")[0]["n"] < rows:
         assert time.monotonic() < deadline, "ledger rows did not arrive"
         time.sleep(0.2)
     while not re.search(r"^llm_gateway_outbox_depth 0\.0$", gateway.metrics(), re.M):
@@ -193,16 +180,15 @@ def scraped(burst: Burst) -> Burst:
 
 
 def test_charged_microdollars_match_the_ledger_exactly(scraped: Burst) -> None:
-    ledger = _ledger(scraped.gateway, "SELECT sum(cost) AS cost FROM microdollar_usage")[0]["cost"]
+    ledger = scraped.gateway.sql("SELECT sum(cost) AS cost FROM microdollar_usage")[0]["cost"]
     assert ledger > 0
     assert scraped.prometheus.scalar("sum(llm_gateway_charged_microdollars_total)") == ledger
 
 
 def test_tokens_by_type_match_the_ledger_exactly(scraped: Burst) -> None:
-    row = _ledger(
-        scraped.gateway,
+    row = scraped.gateway.sql(
         "SELECT sum(input_tokens) AS input, sum(output_tokens) AS output, sum(cache_hit_tokens) AS cached"
-        " FROM microdollar_usage",
+        " FROM microdollar_usage"
     )[0]
     tokens = scraped.prometheus.by("gen_ai_token_type", "sum by (gen_ai_token_type) (gen_ai_client_token_usage_sum)")
     assert row["output"] > 0 and row["cached"] > 0
@@ -216,9 +202,8 @@ def test_requests_by_status_class_match_the_clients_and_the_ledger(scraped: Burs
     )
     seen = Counter(f"{status // 100}xx" for status in scraped.statuses)
     assert by_class == {name: Decimal(count) for name, count in seen.items()}
-    rows = _ledger(
-        scraped.gateway,
-        "SELECT (status_code / 100)::text || 'xx' AS class, count(*) AS n FROM microdollar_usage_metadata GROUP BY 1",
+    rows = scraped.gateway.sql(
+        "SELECT (status_code / 100)::text || 'xx' AS class, count(*) AS n FROM microdollar_usage_metadata GROUP BY 1"
     )
     # The gateway's own 402 never reached a provider: no ledger row (contract 7.5).
     assert {row["class"]: Decimal(row["n"]) for row in rows} == {k: v for k, v in by_class.items() if k != "4xx"}
@@ -305,13 +290,22 @@ def test_every_dashboard_panel_runs_and_shows_the_burst(scraped: Burst) -> None:
     assert {title for title, _ in targets} - QUIET_PANELS - busy == set()
 
 
+def _log_lines(gateway: Gateway) -> list[dict[str, Any]]:
+    log = (gateway.data_dir / "stack.log").read_text()
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+
+
 def test_envoy_access_log_and_ext_proc_logs_share_the_request_id(scraped: Burst) -> None:
-    log = (scraped.gateway.data_dir / "stack.log").read_text()
-    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     # The ext_proc's warning about the upstream's 500 names its request...
-    warnings = [line for line in lines if line.get("message") == "openrouter returned error 500"]
+    warnings = [line for line in _log_lines(scraped.gateway) if line.get("message") == "openrouter returned error 500"]
     assert len(warnings) == ROUNDS
-    for warning in warnings:
-        # ...and Envoy's access log line for it carries the same id.
-        access = [line for line in lines if "upstream_cluster" in line and line.get("request_id") == warning["request_id"]]
-        assert [line["status"] for line in access] == [500]
+    ids = {warning["request_id"] for warning in warnings}
+    # ...and Envoy's access log line for it carries the same id. Envoy writes its access log
+    # in batches (every second), so the last requests' lines may still be on their way.
+    deadline = time.monotonic() + 30
+    while True:
+        access = [line for line in _log_lines(scraped.gateway) if "upstream_cluster" in line and line.get("request_id") in ids]
+        if len(access) >= ROUNDS or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert sorted((line["request_id"], line["status"]) for line in access) == sorted((i, 500) for i in ids)

@@ -31,11 +31,9 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from extproc import errors
 from extproc.admin.queries import create_user
 from extproc.auth.tokens import mint_token
-from extproc.shaping.hashing import provider_hash
-from extproc.shaping.vercel import vercel_bucket
+from tests.bodies import GATEWAY_REPLIES, Reply
 from tests.conftest import SESSION_STACK, Gateway, fresh_ip, running_stack
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -107,14 +105,22 @@ def assert_gateway_headers(received: dict[str, Any], key: str, extra: frozenset[
     assert "client-cookie" not in text and "leak-me" not in text and "test-client" not in text
 
 
-def refused(gateway: Gateway, response: httpx.Response, error: errors.GatewayError) -> None:
+def refused(gateway: Gateway, response: httpx.Response, error: Reply) -> None:
     assert response.status_code == error.status, response.text
     assert response.json() == error.body
     assert gateway.upstream_requests() == []
 
 
 def h(payload: str, provider_id: str, base_url: str = "") -> str:
-    return provider_hash(payload, provider_id, base_url)
+    """Contract 2.14: H = base64(SHA-256("d20250815" + pepper + payload)); the pepper is the base
+    URL for `custom`, "henk is a boss" for `openrouter`, otherwise the provider id."""
+    pepper = {"custom": base_url, "openrouter": "henk is a boss"}.get(provider_id, provider_id)
+    return base64.b64encode(hashlib.sha256(("d20250815" + pepper + payload).encode()).digest()).decode()
+
+
+def _vercel_bucket(seed: str) -> int:
+    """Contract 3.5: the first 4 bytes (big-endian) of SHA-256("vercel_routing_" + seed), mod 100."""
+    return int.from_bytes(hashlib.sha256(("vercel_routing_" + seed).encode()).digest()[:4], "big") % 100
 
 
 def task_id(*, vercel: bool) -> str:
@@ -122,7 +128,7 @@ def task_id(*, vercel: bool) -> str:
     buckets >= 90, so it stays there even while the 90 % failover percentage is in force."""
     while True:
         candidate = f"task-{uuid.uuid4().hex}"
-        bucket = vercel_bucket(candidate)
+        bucket = _vercel_bucket(candidate)
         if (bucket < 10) if vercel else (bucket >= 90):
             return candidate
 
@@ -418,7 +424,7 @@ def test_custom_llm_of_the_organisation(upstream: Gateway) -> None:
 def test_custom_llm_on_a_forbidden_network_is_refused(upstream: Gateway, custom_org: tuple, base_url: str) -> None:
     member, org = custom_org
     llm = add_custom_llm(upstream, org, base_url=base_url)
-    refused(upstream, chat(upstream, llm["public_id"], token=member["token"], org=org), errors.CUSTOM_LLM_URL_REFUSED)
+    refused(upstream, chat(upstream, llm["public_id"], token=member["token"], org=org), GATEWAY_REPLIES["CUSTOM_LLM_URL_REFUSED"])
 
 
 # --- 2. the rules of 5.2, observed upstream -----------------------------------------------------
@@ -905,7 +911,7 @@ def _tampered_user(gateway: Gateway) -> dict[str, Any]:
 def test_byok_unreadable_key_fails_the_request_before_the_upstream(byok: Gateway) -> None:
     user = _tampered_user(byok)
     response = chat(byok, "anthropic/claude-sonnet-4.6", token=user["token"])
-    assert response.status_code == errors.BYOK_KEY_UNREADABLE.status == 500
+    assert response.status_code == 500
     assert byok.upstream_requests() == []
     # Models without a BYOK provider are not affected.
     assert sent(byok, chat(byok, "openai/gpt-4o-mini", token=user["token"]))["path"] == "/openrouter/api/v1/chat/completions"
@@ -913,7 +919,7 @@ def test_byok_unreadable_key_fails_the_request_before_the_upstream(byok: Gateway
 
 def test_byok_unreadable_key_error_body(byok: Gateway) -> None:
     user = _tampered_user(byok)
-    refused(byok, chat(byok, "anthropic/claude-sonnet-4.6", token=user["token"]), errors.BYOK_KEY_UNREADABLE)
+    refused(byok, chat(byok, "anthropic/claude-sonnet-4.6", token=user["token"]), GATEWAY_REPLIES["BYOK_KEY_UNREADABLE"])
 
 
 # --- BYOK answers (6.2, 6.3) and accounting (7.4) ---------------------------------------------------
