@@ -10,3 +10,5 @@ SERVICE_UNAVAILABLE = {
     "error": "Service Unavailable",
     "message": "The service is temporarily unavailable. Please try again later.",
 }
+# Appendix A #20: an unhandled exception, and Envoy's answer when the ext_proc stream fails.
+INTERNAL_ERROR = {"error": "Internal server error"}
