@@ -424,6 +424,16 @@ def _extproc_cluster(settings: Settings) -> dict[str, Any]:
         "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "circuit_breakers": _HIGH_LIMITS,
+        # A replica that died (and is being restarted) refuses connections: it leaves the
+        # rotation at the first refusal, instead of failing every other request with a 500
+        # until it listens again. It is tried again after 2 s, then after longer each time.
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "base_ejection_time": "2s",
+            # Envoy's default (10 %) ejects no replica out of fewer than ten.
+            "max_ejection_percent": 50,
+        },
         "load_assignment": {
             "cluster_name": EXTPROC_CLUSTER,
             "endpoints": [
