@@ -215,10 +215,12 @@ def _access_log() -> list[dict[str, Any]]:
     ]
 
 
-def _local_reply_mapper(error: GatewayError) -> dict[str, Any]:
-    """Envoy's own local reply with this status gets the catalogue's body. The ext_proc's
-    immediate responses are local replies too; their details start with IMMEDIATE_DETAILS
-    and their bodies are already the contract's, so they are left alone."""
+def _local_reply_mapper(error: GatewayError, status: int | None = None) -> dict[str, Any]:
+    """Envoy's own local reply with this status (`status`, else the error's) becomes the
+    catalogue's error. The ext_proc's immediate responses are local replies too; their details
+    start with IMMEDIATE_DETAILS and their bodies are already the contract's, so they are left
+    alone."""
+    status = status or error.status
     return {
         "filter": {
             "and_filter": {
@@ -228,8 +230,8 @@ def _local_reply_mapper(error: GatewayError) -> dict[str, Any]:
                             "comparison": {
                                 "op": "EQ",
                                 "value": {
-                                    "default_value": error.status,
-                                    "runtime_key": f"gateway.local_reply_{error.status}",
+                                    "default_value": status,
+                                    "runtime_key": f"gateway.local_reply_{status}",
                                 },
                             }
                         }
@@ -246,6 +248,7 @@ def _local_reply_mapper(error: GatewayError) -> dict[str, Any]:
                 ]
             }
         },
+        "status_code": error.status,
         "body": {"inline_string": error.json().decode()},
         "body_format_override": {
             "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
@@ -281,13 +284,19 @@ def _http_connection_manager(settings: Settings) -> dict[str, Any]:
         # upstream unreachable) carry the catalogue's JSON bodies instead of Envoy's plain text.
         local_reply_config={
             "mappers": [
-                _local_reply_mapper(error)
-                for error in (
-                    errors.PAYLOAD_TOO_LARGE,
-                    errors.INTERNAL_ERROR,
-                    errors.SERVICE_UNAVAILABLE,
-                    errors.GATEWAY_TIMEOUT,
-                )
+                *(
+                    _local_reply_mapper(error)
+                    for error in (
+                        errors.PAYLOAD_TOO_LARGE,
+                        errors.INTERNAL_ERROR,
+                        errors.SERVICE_UNAVAILABLE,
+                        errors.GATEWAY_TIMEOUT,
+                    )
+                ),
+                # A provider that drops the connection before its response's headers got through
+                # (a reset, a cut chunked body) gets Envoy's 502 in plain text otherwise: answer
+                # it as a provider Envoy cannot connect to.
+                _local_reply_mapper(errors.SERVICE_UNAVAILABLE, status=502),
             ]
         },
         access_log=_access_log(),
@@ -416,6 +425,16 @@ def _extproc_cluster(settings: Settings) -> dict[str, Any]:
         "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "circuit_breakers": _HIGH_LIMITS,
+        # A replica that died (and is being restarted) refuses connections: it leaves the
+        # rotation at the first refusal, instead of failing every other request with a 500
+        # until it listens again. It is tried again after 2 s, then after longer each time.
+        "outlier_detection": {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "base_ejection_time": "2s",
+            # Envoy's default (10 %) ejects no replica out of fewer than ten.
+            "max_ejection_percent": 50,
+        },
         "load_assignment": {
             "cluster_name": EXTPROC_CLUSTER,
             "endpoints": [

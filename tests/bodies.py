@@ -76,3 +76,5 @@ GATEWAY_REPLIES: dict[str, Reply] = {
 
 FREE_LIMIT = APPENDIX_A["FREE_MODEL_RATE_LIMITED"].body
 SERVICE_UNAVAILABLE = APPENDIX_A["SERVICE_UNAVAILABLE"].body
+# Appendix A #20: an unhandled exception, and Envoy's answer when the ext_proc stream fails.
+INTERNAL_ERROR = APPENDIX_A["INTERNAL_ERROR"].body

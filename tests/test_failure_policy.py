@@ -11,7 +11,6 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -19,33 +18,12 @@ import orjson
 import pytest
 import redis
 
-from extproc.local.embedded import start_postgres, start_redis
-from extproc.local.processes import Child, free_port
 from tests.bodies import FREE_LIMIT, SERVICE_UNAVAILABLE
 from tests.conftest import Gateway, fresh_ip, running_stack
+from tests.services import Services
 
 KILO_FREE = "minimax/minimax-m2.5:free"
 PAID = "anthropic/claude-sonnet-4.6"
-
-
-class Services:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.pg_port, self.redis_port = free_port(), free_port()
-        self.postgres: Child | None = None
-        self.redis: Child | None = None
-        self.database_url = self.redis_url = ""
-
-    def start_postgres(self) -> None:
-        self.postgres, self.database_url = start_postgres(self.root / "pg", self.pg_port, durable=False)
-
-    def start_redis(self) -> None:
-        self.redis, self.redis_url = start_redis(self.root / "redis", self.redis_port, durable=False)
-
-    def stop(self) -> None:
-        for child in (self.redis, self.postgres):
-            if child is not None:
-                child.stop()
 
 
 @pytest.fixture(scope="module")

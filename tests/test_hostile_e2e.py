@@ -24,7 +24,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from hypothesis import strategies as st
 from tests.bodies import APPENDIX_A
 from tests.conftest import SESSION_STACK, Gateway, running_stack
 from tests.hostile import CASES, Case, authorization, corpus
+from tests.ledger_support import bills, outbox_depth
 
 CASE_COUNT = int(os.environ.get("FUZZ_CASES", "10000"))
 # The default suite draws the same cases every run (seed 0); `make fuzz` sets a random one.
@@ -251,14 +251,6 @@ async def _ledger(gateway: Gateway, task_ids: list[str]) -> list[asyncpg.Record]
         await connection.close()
 
 
-def _outbox_depth(gateway: Gateway) -> float:
-    depth = 0.0
-    for line in gateway.metrics().splitlines():
-        if line.startswith("llm_gateway_outbox_depth"):
-            depth += float(line.rsplit(" ", 1)[1])
-    return depth
-
-
 def _writer_errors(gateway: Gateway) -> list[str]:
     lines = (gateway.data_dir / "stack.log").read_text(errors="replace").splitlines()
     return [line[:1500] for line in lines if '"component":"ledger_writer"' in line and '"level":"info"' not in line]
@@ -270,32 +262,9 @@ def _settled_rows(gateway: Gateway, task_ids: list[str], served: int, timeout: f
     deadline = time.monotonic() + timeout
     while True:
         rows = asyncio.run(_ledger(gateway, task_ids))
-        if (len(rows) >= served and _outbox_depth(gateway) == 0) or time.monotonic() > deadline:
+        if (len(rows) >= served and outbox_depth(gateway) == 0) or time.monotonic() > deadline:
             return rows
         time.sleep(0.5)
-
-
-def _microdollars(usd: float) -> int:
-    """Contract 7.2's round(cost x 1,000,000), on the amount as the upstream wrote it (its
-    shortest decimal), halves rounded up: a float product would turn 0.0121905 USD into
-    12190.4999... and lose the half microdollar."""
-    return int((Decimal(repr(usd)) * 1_000_000).to_integral_value(ROUND_HALF_UP))
-
-
-async def _bills(gateway: Gateway, message_ids: list[str]) -> dict[str, int]:
-    """What the upstream billed for each generation, in microdollars (its generation record)."""
-    limit = asyncio.Semaphore(16)
-    bills: dict[str, int] = {}
-    async with httpx.AsyncClient(timeout=30) as client:
-
-        async def one(message_id: str) -> None:
-            async with limit:
-                response = await client.get(f"{gateway.mock_url}/openrouter/api/v1/generation", params={"id": message_id})
-            response.raise_for_status()
-            bills[message_id] = _microdollars(response.json()["data"]["total_cost"])
-
-        await asyncio.gather(*(one(m) for m in message_ids))
-    return bills
 
 
 @pytest.fixture(scope="module")
@@ -369,11 +338,11 @@ def check_batch(stack: Gateway, callers: Callers, cases: list[Case]) -> int:
         + "\nwriter errors:\n" + "\n".join(_writer_errors(stack)[-5:])
     )
 
-    bills = asyncio.run(_bills(stack, [o.message_id for o in served if o.message_id]))
+    billed = asyncio.run(bills(stack, [o.message_id for o in served if o.message_id]))
     wrong_charge = []
     for outcome in served:
         [row] = by_task[outcome.task_id]
-        bill = bills.get(outcome.message_id or "", 0)
+        bill = billed.get(outcome.message_id or "", 0)
         signed_in = not row["kilo_user_id"].startswith("anon:")
         expected = bill if signed_in and not is_free(row["requested_model"]) else 0
         if row["market_cost"] != bill or row["cost"] != expected or (outcome.message_id and row["message_id"] != outcome.message_id):
@@ -384,7 +353,7 @@ def check_batch(stack: Gateway, callers: Callers, cases: list[Case]) -> int:
     truthy = [o for o in served if b'"truthy_stream": true' in o.case.body and o.content_type.startswith("text/event-stream")]
     for outcome in truthy:
         [row] = by_task[outcome.task_id]
-        assert row["market_cost"] == bills[outcome.message_id or ""] > 0, dict(row)
+        assert row["market_cost"] == billed[outcome.message_id or ""] > 0, dict(row)
     return len(truthy)
 
 
@@ -441,7 +410,7 @@ def test_no_secret_reaches_logs_metrics_error_bodies_or_the_request_log(stack: G
     deadline = time.monotonic() + 120
     while True:
         count = asyncio.run(_count_request_log(stack, employee["id"]))
-        if (count >= 4 and _outbox_depth(stack) == 0) or time.monotonic() > deadline:
+        if (count >= 4 and outbox_depth(stack) == 0) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert count >= 4, "the employee's requests were not logged"

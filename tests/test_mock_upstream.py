@@ -259,6 +259,45 @@ async def test_mid_stream_error(client: TestClient[Any, Any]) -> None:
     assert data["cancelled"] is False
 
 
+async def test_cut_after_drops_the_connection_inside_an_event(client: TestClient[Any, Any]) -> None:
+    response = await client.post(CHAT, json=chat_body(mock={"content": "a b c d", "cut_after": 2, "keepalives": 0}, stream=True))
+    assert response.status == 200
+    received = b""
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async for data in response.content.iter_any():
+            received += data
+    events = received.decode().split("\n\n")
+    # Role chunk, two content chunks, then half of the third: no [DONE], no usage.
+    role, first, second, half = events
+    assert content_of(data_events([first, second])) == "a b "
+    assert half.startswith("data: {") and not half.endswith("}")
+    data = (await (await generation(client, orjson.loads(role[6:])["id"])).json())["data"]
+    assert data["native_tokens_completion"] == 2
+    assert data["finish_reason"] is None
+
+
+async def test_malformed_after_sends_one_event_that_is_not_json(client: TestClient[Any, Any]) -> None:
+    events = await stream(client, chat_body(mock={"content": "a b c", "malformed_after": 1, "keepalives": 0}))
+    assert events[-1] == "data: [DONE]"
+    bad = [e for e in events if e.startswith("data: {") and not e.endswith("}")]
+    assert bad == ['data: {"id":"gen-malformed","choices":[{"delta":{"content":"unterminated']
+    assert events.index(bad[0]) == 2  # after the role chunk and one content chunk
+    chunks = data_events([e for e in events if e not in bad])
+    assert content_of(chunks) == "a b c"
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+async def test_answer_log_records_each_request_with_its_tag(client: TestClient[Any, Any]) -> None:
+    served = await client.post(CHAT, json=chat_body(mock={"tag": "one"}))
+    generation_id = (await served.json())["id"]
+    await client.post(CHAT, json=chat_body(mock={"tag": "two", "status": 429}))
+    answers = await (await client.get("/__mock/answers")).json()
+    assert answers == [
+        {"tag": "one", "status": 200, "generation": generation_id},
+        {"tag": "two", "status": 429, "generation": None},
+    ]
+
+
 async def test_no_usage(client: TestClient[Any, Any]) -> None:
     events = await stream(client, chat_body(mock={"no_usage": True, "keepalives": 0}))
     chunks = data_events(events)

@@ -114,9 +114,12 @@ def start_redis(data_dir: Path, port: int, *, durable: bool = True) -> tuple[Chi
         "--daemonize", "no",
         "--loglevel", "warning",
         "--save", "",
-        # Append-only file: what the stack keeps in Redis survives a restart.
+        # Append-only file: what the stack keeps in Redis (the accounting outbox above all)
+        # survives a restart; a crash loses at most ~1-2 s (README, "Redis for the accounting
+        # outbox"). Nothing is evicted: the outbox stream has no expiry.
         "--appendonly", "yes" if durable else "no",
         "--appendfsync", "everysec",
+        "--maxmemory-policy", "noeviction",
     ]
     child = Child.start("redis", argv)
     wait_until("redis", lambda: _redis_ready(port), child, timeout=30)

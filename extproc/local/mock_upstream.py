@@ -19,6 +19,7 @@ import logging
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -75,6 +76,13 @@ class MockOptions:
     no_usage: bool = False
     # Stream for any truthy `stream` value ("yes", 1), as some real upstreams do.
     truthy_stream: bool = False
+    # Streaming faults: after N content chunks, drop the connection in the middle of the next
+    # event (no [DONE], no usage); or send one event whose data is not JSON, then go on.
+    cut_after: int | None = None
+    malformed_after: int | None = None
+    # Echoed in the answer log (`/__mock/answers`), so a test can tell which of its requests
+    # reached the upstream and what each was answered.
+    tag: str | None = None
 
 
 class MockRequestError(ValueError):
@@ -124,6 +132,9 @@ _OPTION_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "error_after": (_or_null(_is_count), "a non-negative integer or null"),
     "no_usage": (_is_bool, "a boolean"),
     "truthy_stream": (_is_bool, "a boolean"),
+    "cut_after": (_or_null(_is_count), "a non-negative integer or null"),
+    "malformed_after": (_or_null(_is_count), "a non-negative integer or null"),
+    "tag": (_or_null(_is_str), "a string or null"),
 }
 
 
@@ -250,6 +261,9 @@ class _State:
     defaults: MockOptions
     # dicts keep insertion order, so the first key is the oldest generation.
     generations: dict[str, _Generation] = field(default_factory=dict)
+    # Every chat request that got past validation, in arrival order: its `tag`, the status it
+    # was answered (None until then, and for good if the client left first) and its generation.
+    answers: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_GENERATIONS))
 
     def finish(self, run: _Run, finish_reason: str | None, cancelled: bool) -> dict[str, Any]:
         """Record the generation and return its usage."""
@@ -311,6 +325,8 @@ _FINISH_TAIL = (
     _CONTENT_DELTA
     + b'""},"finish_reason":"stop","native_finish_reason":"stop","logprobs":null}]}\n\n'
 )
+# An event whose data is cut inside a JSON string: not a JSON document.
+_MALFORMED_EVENT = b'data: {"id":"gen-malformed","choices":[{"delta":{"content":"unterminated\n\n'
 _ERROR_TAIL = (
     b',"error":{"code":502,"message":"Mock mid-stream error"},'
     b'"choices":[{"index":0,"delta":{"content":""},'
@@ -363,7 +379,17 @@ async def _stream(request: web.Request, state: _State, run: _Run, record: Record
         # Slicing with None sends everything; an error_after beyond the reply
         # still ends in the error event, since that is what was asked for.
         for token in plan.tokens[: options.error_after]:
-            await out.send(head + _CONTENT_DELTA + orjson.dumps(token) + _DELTA_END)
+            event = head + _CONTENT_DELTA + orjson.dumps(token) + _DELTA_END
+            if run.content_sent == options.cut_after:
+                await out.send(event[: len(event) // 2])
+                # close(), not abort(): the half event is flushed before the FIN.
+                assert request.transport is not None
+                request.transport.close()
+                state.finish(run, None, cancelled=False)
+                return response
+            if run.content_sent == options.malformed_after:
+                await out.send(_MALFORMED_EVENT)
+            await out.send(event)
             run.first_token_at = run.first_token_at or time.monotonic()
             run.content_sent += 1
         if options.error_after is not None:
@@ -395,8 +421,11 @@ async def _chat_completions(request: web.Request, body: Any, record: Recorded) -
     except MockRequestError as exc:
         return _error(400, str(exc))
     options = plan.options
+    answer: dict[str, Any] = {"tag": options.tag, "status": None, "generation": None}
+    state.answers.append(answer)
     if options.headers_delay_ms:
         await asyncio.sleep(options.headers_delay_ms / 1000)
+    answer["status"] = options.status
     if options.status != 200:
         # Real OpenRouter errors carry no generation id, so none is recorded.
         if options.error_body is None:
@@ -408,6 +437,7 @@ async def _chat_completions(request: web.Request, body: Any, record: Recorded) -
         streamed=bool(body.get("stream")) if options.truthy_stream else body.get("stream") is True,
         started=started,
     )
+    answer["generation"] = run.id
     if run.streamed:
         return await _stream(request, state, run, record)
     run.content_sent = len(plan.tokens)
@@ -449,9 +479,14 @@ async def _generation(request: web.Request) -> web.Response:
     return json_response({"data": generation.data})
 
 
+async def _list_answers(request: web.Request) -> web.Response:
+    return json_response(list(request.app[_STATE].answers))
+
+
 def build_app(defaults: MockOptions | None = None) -> web.Application:
     app = mock_app(RequestLog())
     app[_STATE] = _State(defaults or MockOptions())
+    app.router.add_get("/__mock/answers", _list_answers)
     # Match on the path suffix so any base path works (/api/v1, /v1/code, ...).
     app.router.add_post("/{base:(?:.*/)?}chat/completions", json_post(_chat_completions, _invalid_json))
     app.router.add_get("/{base:(?:.*/)?}generation", _generation)
