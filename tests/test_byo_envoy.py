@@ -148,6 +148,8 @@ def test_the_ext_proc_cluster_is_its_port_over_http2_with_raised_limits(defaults
     [thresholds] = cluster["circuit_breakers"]["thresholds"]
     assert min(thresholds[k] for k in ("max_connections", "max_pending_requests", "max_requests")) >= 100_000
     assert cluster["typed_extension_protocol_options"] == rendered["typed_extension_protocol_options"]
+    # A dead replica leaves the rotation at its first refused connection.
+    assert cluster["outlier_detection"] == rendered["outlier_detection"]
 
 
 def test_the_routing_headers_are_stripped_before_routing_and_removed_on_the_way_out(defaults: Settings) -> None:
@@ -197,14 +199,17 @@ def test_the_body_limit_and_error_bodies_are_the_gateways(defaults: Settings) ->
     for mapper in mappers:
         status_filter, details_filter = mapper["filter"]["and_filter"]["filters"]
         status = status_filter["status_code_filter"]["comparison"]["value"]["default_value"]
-        replies[status] = orjson.loads(mapper["body"]["inline_string"])
+        replies[status] = mapper.get("status_code", status), orjson.loads(mapper["body"]["inline_string"])
         expression = details_filter["extension_filter"]["typed_config"]["expression"]
         # The ext_proc's own refusals (details prefixed so) keep their bodies.
         assert expression == f"!response.code_details.startsWith('{IMMEDIATE_DETAILS}')"
         assert mapper["body_format_override"]["content_type"] == "application/json"
     envoy_replies = (GATEWAY_REPLIES["PAYLOAD_TOO_LARGE"], APPENDIX_A["INTERNAL_ERROR"], APPENDIX_A["SERVICE_UNAVAILABLE"],
                      GATEWAY_REPLIES["GATEWAY_TIMEOUT"])
-    assert replies == {reply.status: reply.body for reply in envoy_replies}
+    expected = {reply.status: (reply.status, reply.body) for reply in envoy_replies}
+    # Envoy's 502 (a provider gone before its headers) is answered as the contract's 503.
+    expected[502] = (APPENDIX_A["SERVICE_UNAVAILABLE"].status, APPENDIX_A["SERVICE_UNAVAILABLE"].body)
+    assert replies == expected
     direct = {route["name"]: route["direct_response"] for route in _routes(config) if "direct_response" in route}
     assert {(r["status"], r["body"]["inline_string"]) for r in direct.values()} == {
         (reply.status, orjson.dumps(reply.body).decode())

@@ -445,6 +445,18 @@ def test_extproc_cluster_holds_far_more_than_1024_streams(settings: Settings) ->
     assert breaker["maxPendingRequests"] > ENVOY_DEFAULT_MAX_REQUESTS
 
 
+def test_a_dead_extproc_replica_leaves_the_rotation_as_envoy_config_renders_it(settings: Settings) -> None:
+    (extproc,) = _one("EnvoyExtensionPolicy")["spec"]["extProc"]
+    passive = extproc["backendSettings"]["healthCheck"]["passive"]
+    rendered = _rendered_clusters(settings)[EXTPROC_CLUSTER]["outlier_detection"]
+    assert passive == {
+        "splitExternalLocalOriginErrors": rendered["split_external_local_origin_errors"],
+        "consecutiveLocalOriginFailures": rendered["consecutive_local_origin_failure"],
+        "baseEjectionTime": rendered["base_ejection_time"],
+        "maxEjectionPercent": rendered["max_ejection_percent"],
+    }
+
+
 def test_traffic_policy_sets_the_provider_limits_body_size_and_timeouts(settings: Settings) -> None:
     policy = _one("BackendTrafficPolicy")
     assert _targets_the_route(policy)
@@ -565,6 +577,7 @@ def test_istio_envoy_filter_inserts_the_extproc_as_envoy_config_renders_it(setti
     value = cluster_patch["patch"]["value"]
     json_format.ParseDict(value, cluster_pb2.Cluster())
     assert value["circuit_breakers"] == _rendered_clusters(settings)[EXTPROC_CLUSTER]["circuit_breakers"]
+    assert value["outlier_detection"] == _rendered_clusters(settings)[EXTPROC_CLUSTER]["outlier_detection"]
 
 
 # --- Docker Compose ----------------------------------------------------------------------------
