@@ -30,10 +30,12 @@ from redis.typing import EncodableT, FieldT
 
 from extproc import logs
 from extproc.accounting.record import UsageRecord
+from extproc.accounting.resp import RespConnection, pack
 
 logger = logging.getLogger(__name__)
 
 STREAM = "gw:usage"
+_STREAM_KEY = STREAM.encode()
 GROUP = "ledger"
 DEAD_LETTERS = "gw:usage:dead"
 _FIELD = b"record"
@@ -98,14 +100,13 @@ class Outbox:
         self.consumer = consumer
         self.claim_idle_ms = claim_idle_ms
         self._group_ready = False
+        # `add` runs on the ext_proc's hot path: its own lean connection (accounting/resp.py).
+        self._resp = RespConnection(redis)
 
     async def add(self, records: list[UsageRecord]) -> None:
         """One round trip for the batch (a pipeline, not a transaction: each XADD stands alone)."""
         with _command("XADD"):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for record in records:
-                    pipe.xadd(STREAM, {_FIELD: record.to_json()})
-                await pipe.execute()
+            await self._resp.execute([pack(b"XADD", _STREAM_KEY, b"*", _FIELD, record.to_json()) for record in records])
 
     async def _ensure_group(self) -> None:
         if self._group_ready:

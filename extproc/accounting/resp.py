@@ -1,0 +1,104 @@
+"""One Redis connection that sends pipelines of pre-packed commands and reads the replies with
+hiredis: the outbox's XADDs, on the ext_proc's hot path.
+
+Hand-written because redis-py spends most of a command's cost in its own machinery (command
+stack, packing, one parser call per reply, connection checks): measured per XADD, redis-py's
+pipeline ~200 us of CPU alone and ~70-90 us in batches of 10, this ~45 us and ~10-15 us
+(bench/README.md, "Micro-benchmarks"). The connection's parameters (address, TLS, user,
+password, database) are the redis-py client's own, so both reach the same Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import hiredis
+from redis.asyncio import Redis
+from redis.asyncio.connection import SSLConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+
+def pack(*args: bytes) -> bytes:
+    """A command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+class RespConnection:
+    """Used by one task at a time (the submitter's); reconnects on the next call after a failure."""
+
+    def __init__(self, client: Redis) -> None:
+        pool = client.connection_pool
+        self._kwargs: dict[str, Any] = pool.connection_kwargs
+        self._tls = issubclass(pool.connection_class, SSLConnection)
+        self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def execute(self, packed: list[bytes]) -> list[Any]:
+        """Sends the commands in one write and returns their replies. Raises redis-py's errors:
+        ResponseError for the first command Redis refused (the others still ran), ConnectionError
+        when the connection failed (what ran is unknown; the connection is dropped)."""
+        try:
+            replies = await self._round_trip(packed)
+        except (OSError, EOFError, hiredis.ProtocolError) as exc:
+            self.close()
+            raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:  # cancelled or timed out mid-read: replies may still be due
+            self.close()
+            raise
+        for reply in replies:
+            if isinstance(reply, hiredis.ReplyError):
+                raise ResponseError(str(reply))
+        return replies
+
+    async def _round_trip(self, packed: list[bytes]) -> list[Any]:
+        if self._stream is None:
+            self._stream = await self._connect()
+        reader, writer = self._stream
+        writer.write(b"".join(packed))
+        parser = hiredis.Reader()
+        replies: list[Any] = []
+        while len(replies) < len(packed):
+            reply = parser.gets()
+            if reply is False:
+                data = await reader.read(65536)
+                if not data:
+                    raise EOFError("Redis closed the connection")
+                parser.feed(data)
+            else:
+                replies.append(reply)
+        return replies
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        kwargs = self._kwargs
+        async with asyncio.timeout(kwargs.get("socket_connect_timeout") or 10):
+            if kwargs.get("path"):
+                stream = await asyncio.open_unix_connection(kwargs["path"])
+            else:
+                host = kwargs.get("host", "localhost")
+                tls = ssl.create_default_context() if self._tls else None
+                stream = await asyncio.open_connection(
+                    host, kwargs.get("port", 6379), ssl=tls, server_hostname=host if tls else None
+                )
+        self._stream = stream
+        hello: list[bytes] = []
+        if kwargs.get("password"):
+            credentials = [kwargs["username"]] if kwargs.get("username") else []
+            hello.append(pack(b"AUTH", *(str(c).encode() for c in [*credentials, kwargs["password"]])))
+        if kwargs.get("db"):
+            hello.append(pack(b"SELECT", str(kwargs["db"]).encode()))
+        if hello:
+            for reply in await self._round_trip(hello):
+                if isinstance(reply, hiredis.ReplyError):
+                    self.close()
+                    raise RedisConnectionError(f"Redis refused the connection's set-up: {reply}")
+        return stream
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream[1].close()
+            self._stream = None
