@@ -36,7 +36,10 @@ class RespConnection:
     def __init__(self, client: Redis) -> None:
         pool = client.connection_pool
         self._kwargs: dict[str, Any] = pool.connection_kwargs
-        self._tls = issubclass(pool.connection_class, SSLConnection)
+        # rediss://: the TLS context redis-py builds from the URL (CA, certificate checks).
+        self._tls: ssl.SSLContext | None = None
+        if issubclass(pool.connection_class, SSLConnection):
+            self._tls = pool.connection_class(**self._kwargs).ssl_context.get()
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def execute(self, packed: list[bytes]) -> list[Any]:
@@ -81,9 +84,8 @@ class RespConnection:
                 stream = await asyncio.open_unix_connection(kwargs["path"])
             else:
                 host = kwargs.get("host", "localhost")
-                tls = ssl.create_default_context() if self._tls else None
                 stream = await asyncio.open_connection(
-                    host, kwargs.get("port", 6379), ssl=tls, server_hostname=host if tls else None
+                    host, kwargs.get("port", 6379), ssl=self._tls, server_hostname=host if self._tls else None
                 )
         self._stream = stream
         hello: list[bytes] = []
