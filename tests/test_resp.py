@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from extproc.accounting.resp import RespConnection, pack
 
@@ -75,3 +76,13 @@ async def test_the_urls_password_and_database_are_used(client: aioredis.Redis, r
     finally:
         await client.connection_pool.disconnect()
     assert await client.xlen("s") == 0  # database 0 untouched
+
+
+async def test_a_reply_later_than_the_clients_socket_timeout_drops_the_connection(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=0.2)
+    resp = RespConnection(client)
+    with pytest.raises(RedisTimeoutError):
+        await resp.execute([pack(b"BLPOP", b"never", b"5")])
+    # A blocking command's own wait is allowed on top: BLPOP's 0.1 s ends in time, with nil.
+    assert await resp.execute([pack(b"BLPOP", b"never", b"0.1")], wait=0.1) == [None]
+    await client.aclose()

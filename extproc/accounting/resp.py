@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 def pack(*args: bytes) -> bytes:
@@ -42,12 +43,19 @@ class RespConnection:
             self._tls = pool.connection_class(**self._kwargs).ssl_context.get()
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
-    async def execute(self, packed: list[bytes]) -> list[Any]:
-        """Sends the commands in one write and returns their replies. Raises redis-py's errors:
-        ResponseError for the first command Redis refused (the others still ran), ConnectionError
-        when the connection failed (what ran is unknown; the connection is dropped)."""
+    async def execute(self, packed: list[bytes], wait: float = 0.0) -> list[Any]:
+        """Sends the commands in one write and returns their replies, within the client's
+        `socket_timeout` plus `wait` (a blocking command's own). Raises redis-py's errors:
+        ResponseError for the first command Redis refused (the others still ran; in a
+        transaction, EXEC's answer holds its commands' errors), ConnectionError when the
+        connection failed, TimeoutError when it took too long (what ran is unknown; the
+        connection is dropped)."""
         try:
-            replies = await self._round_trip(packed)
+            async with asyncio.timeout((self._kwargs.get("socket_timeout") or 10) + wait):
+                replies = await self._round_trip(packed)
+        except TimeoutError as exc:  # an OSError too: first
+            self.close()
+            raise RedisTimeoutError("Redis did not answer in time") from exc
         except (OSError, EOFError, hiredis.ProtocolError) as exc:
             self.close()
             raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
@@ -55,8 +63,9 @@ class RespConnection:
             self.close()
             raise
         for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                raise ResponseError(str(reply))
+            for error in reply if isinstance(reply, list) else [reply]:
+                if isinstance(error, hiredis.ReplyError):
+                    raise ResponseError(str(error))
         return replies
 
     async def _round_trip(self, packed: list[bytes]) -> list[Any]:
