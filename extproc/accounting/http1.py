@@ -55,8 +55,8 @@ class Client:
         async with asyncio.timeout(self.timeout):
             idle = self._idle.get(origin)
             while idle:
-                # A kept-alive connection the server may have closed meanwhile: a failure on it
-                # is retried once on a new connection (a GET is safe to repeat).
+                # A kept-alive connection the server may have closed meanwhile: on a failure the
+                # request goes to the next one, or a new one (a GET is safe to repeat).
                 stream = idle.pop()
                 try:
                     return await self._exchange(origin, stream, request)
