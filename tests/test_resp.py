@@ -4,6 +4,7 @@ redis-py's errors, and the client's URL (password, database) is honoured."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -86,3 +87,13 @@ async def test_a_reply_later_than_the_clients_socket_timeout_drops_the_connectio
     # A blocking command's own wait is allowed on top: BLPOP's 0.1 s ends in time, with nil.
     assert await resp.execute([pack(b"BLPOP", b"never", b"0.1")], wait=0.1) == [None]
     await client.aclose()
+
+
+async def test_concurrent_callers_each_get_their_own_replies(client: aioredis.Redis) -> None:
+    resp = RespConnection(client)
+    await resp.execute([pack(b"PING")])  # connected: both calls go to the same connection
+    blocked, pinged = await asyncio.gather(
+        resp.execute([pack(b"BLPOP", b"never", b"0.2")], wait=0.2), resp.execute([pack(b"PING")])
+    )
+    assert (blocked, pinged) == ([None], [b"PONG"])
+    resp.close()

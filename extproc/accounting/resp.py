@@ -32,7 +32,8 @@ def pack(*args: bytes) -> bytes:
 
 
 class RespConnection:
-    """Used by one task at a time (the submitter's); reconnects on the next call after a failure."""
+    """One exchange at a time (callers queue: replies must come back to the one who asked);
+    reconnects on the next call after a failure."""
 
     def __init__(self, client: Redis) -> None:
         pool = client.connection_pool
@@ -42,6 +43,7 @@ class RespConnection:
         if issubclass(pool.connection_class, SSLConnection):
             self._tls = pool.connection_class(**self._kwargs).ssl_context.get()
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._turn = asyncio.Lock()
 
     async def execute(self, packed: list[bytes], wait: float = 0.0) -> list[Any]:
         """Sends the commands in one write and returns their replies, within the client's
@@ -50,18 +52,19 @@ class RespConnection:
         transaction, EXEC's answer holds its commands' errors), ConnectionError when the
         connection failed, TimeoutError when it took too long (what ran is unknown; the
         connection is dropped)."""
-        try:
-            async with asyncio.timeout((self._kwargs.get("socket_timeout") or 10) + wait):
-                replies = await self._round_trip(packed)
-        except TimeoutError as exc:  # an OSError too: first
-            self.close()
-            raise RedisTimeoutError("Redis did not answer in time") from exc
-        except (OSError, EOFError, hiredis.ProtocolError) as exc:
-            self.close()
-            raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
-        except BaseException:  # cancelled or timed out mid-read: replies may still be due
-            self.close()
-            raise
+        async with self._turn:
+            try:
+                async with asyncio.timeout((self._kwargs.get("socket_timeout") or 10) + wait):
+                    replies = await self._round_trip(packed)
+            except TimeoutError as exc:  # an OSError too: first
+                self.close()
+                raise RedisTimeoutError("Redis did not answer in time") from exc
+            except (OSError, EOFError, hiredis.ProtocolError) as exc:
+                self.close()
+                raise RedisConnectionError(f"{type(exc).__name__}: {exc}") from exc
+            except BaseException:  # cancelled mid-exchange: replies may still be due
+                self.close()
+                raise
         for reply in replies:
             for error in reply if isinstance(reply, list) else [reply]:
                 if isinstance(error, hiredis.ReplyError):
