@@ -11,13 +11,13 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from extproc.accounting import generation
 from extproc.accounting.cost import Charge, billable, from_generation
+from extproc.accounting.http1 import Client
 from extproc.response_usage import ReportedUsage
 
 DATA = {"id": "gen-1", "total_cost": 0.000123, "native_tokens_prompt": 10, "native_tokens_completion": 5}
@@ -63,7 +63,8 @@ Fetch = Callable[[list[int]], Awaitable[tuple[dict[str, Any] | None, Endpoint]]]
 @pytest.fixture
 async def fetch() -> AsyncIterator[Fetch]:
     servers: list[TestServer] = []
-    async with aiohttp.ClientSession() as session:
+    client = Client()
+    try:
 
         async def run(statuses: list[int]) -> tuple[dict[str, Any] | None, Endpoint]:
             endpoint = Endpoint(statuses)
@@ -73,11 +74,13 @@ async def fetch() -> AsyncIterator[Fetch]:
             await server.start_server()
             servers.append(server)
             data = await generation.fetch_generation(
-                session, str(server.make_url("/api/v1")), "key", "gen-1", {}
+                client, str(server.make_url("/api/v1")), "key", "gen-1", {}
             )
             return data, endpoint
 
         yield run
+    finally:
+        await client.close()
     for server in servers:
         await server.close()
 

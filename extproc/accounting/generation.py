@@ -15,10 +15,11 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
+import orjson
 from prometheus_client import Counter
 
 from extproc import logs
+from extproc.accounting.http1 import Client, HttpError
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def _retryable(status: int) -> bool:
 
 
 async def fetch_generation(
-    session: aiohttp.ClientSession,
+    client: Client,
     api_url: str,
     api_key: str | None,
     message_id: str,
@@ -68,17 +69,17 @@ async def fetch_generation(
     delays = backoff.delays()
     for attempt in range(len(delays) + 1):
         try:
-            async with session.get(url, params={"id": message_id}, headers=request_headers) as response:
-                if response.status == 200:
-                    payload = await response.json(content_type=None)
-                    data = payload.get("data") if isinstance(payload, dict) else None
-                    if isinstance(data, dict):
-                        REFETCHES.labels("found").inc()
-                        return data
-                    break
-                if not _retryable(response.status):
-                    break
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            response = await client.get(url, {"id": message_id}, request_headers)
+            if response.status == 200:
+                payload = orjson.loads(response.body)
+                data = payload.get("data") if isinstance(payload, dict) else None
+                if isinstance(data, dict):
+                    REFETCHES.labels("found").inc()
+                    return data
+                break
+            if not _retryable(response.status):
+                break
+        except (OSError, EOFError, TimeoutError, HttpError, ValueError) as exc:  # orjson's error is a ValueError
             logger.warning(
                 "generation lookup failed",
                 extra={"message_id": message_id, **logs.failure(exc, f"GET {logs.safe_url(url)}")},

@@ -30,11 +30,14 @@ from redis.typing import EncodableT, FieldT
 
 from extproc import logs
 from extproc.accounting.record import UsageRecord
+from extproc.accounting.resp import RespConnection, pack
 
 logger = logging.getLogger(__name__)
 
 STREAM = "gw:usage"
+_STREAM_KEY = STREAM.encode()
 GROUP = "ledger"
+_GROUP_KEY = GROUP.encode()
 DEAD_LETTERS = "gw:usage:dead"
 _FIELD = b"record"
 # The stream (and its group) is gone: "NOGROUP" from any read; "UNBLOCKED" (Redis 7.0+) from
@@ -59,8 +62,16 @@ _Entry = tuple[bytes, dict[bytes, bytes]]
 
 def _read_entries(reply: object) -> list[_Entry]:
     """XREADGROUP's reply for one stream: [[stream, entries]], or nothing."""
-    streams = cast(list[tuple[bytes, list[_Entry]]], reply)
-    return streams[0][1] if streams else []
+    streams = cast(list[tuple[bytes, list[tuple[bytes, Any]]]], reply)
+    return [(entry_id, _fields(fields)) for entry_id, fields in streams[0][1]] if streams else []
+
+
+def _fields(fields: dict[bytes, bytes] | list[bytes] | None) -> dict[bytes, bytes]:
+    """redis-py hands an entry's fields over as a dict; a RESP connection as the flat list
+    [name, value, ...], or None for an entry deleted while pending."""
+    if isinstance(fields, dict):
+        return fields
+    return dict(zip(fields[::2], fields[1::2], strict=True)) if fields else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,14 +109,17 @@ class Outbox:
         self.consumer = consumer
         self.claim_idle_ms = claim_idle_ms
         self._group_ready = False
+        # The frequent commands get lean connections of their own (accounting/resp.py): `add`
+        # on the ext_proc's hot path; the writer's reads of new entries and acknowledgements.
+        self._resp = RespConnection(redis)
+        self._reads = RespConnection(redis)
+        self._acks = RespConnection(redis)
+        self._consumer_key = consumer.encode()
 
     async def add(self, records: list[UsageRecord]) -> None:
         """One round trip for the batch (a pipeline, not a transaction: each XADD stands alone)."""
         with _command("XADD"):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for record in records:
-                    pipe.xadd(STREAM, {_FIELD: record.to_json()})
-                await pipe.execute()
+            await self._resp.execute([pack(b"XADD", _STREAM_KEY, b"*", _FIELD, record.to_json()) for record in records])
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -146,10 +160,10 @@ class Outbox:
                     )
                 entries = cast(list[_Entry], claimed[1])
         else:
+            command = pack(b"XREADGROUP", b"GROUP", _GROUP_KEY, self._consumer_key, b"COUNT", b"%d" % count,
+                           b"BLOCK", b"%d" % block_ms, b"STREAMS", _STREAM_KEY, b">")
             with _command("XREADGROUP >"):
-                entries = _read_entries(
-                    await self.redis.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=count, block=block_ms)
-                )
+                entries = _read_entries((await self._reads.execute([command], wait=block_ms / 1000))[0])
         # An entry deleted while pending has no fields left: nothing to write, just release it.
         done = [entry_id for entry_id, fields in entries if not fields]
         records: list[tuple[bytes, UsageRecord]] = []
@@ -170,10 +184,12 @@ class Outbox:
     async def acknowledge(self, entry_ids: list[bytes]) -> None:
         if entry_ids:
             with _command("XACK+XDEL"):
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.xack(STREAM, GROUP, *entry_ids)
-                    pipe.xdel(STREAM, *entry_ids)
-                    await pipe.execute()
+                await self._acks.execute([
+                    pack(b"MULTI"),
+                    pack(b"XACK", _STREAM_KEY, _GROUP_KEY, *entry_ids),
+                    pack(b"XDEL", _STREAM_KEY, *entry_ids),
+                    pack(b"EXEC"),
+                ])
 
     async def dead_letter(
         self,

@@ -19,7 +19,6 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import asyncpg
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
@@ -27,6 +26,7 @@ from redis.exceptions import RedisError
 from extproc import logs
 from extproc.accounting import cost, ledger
 from extproc.accounting.generation import fetch_generation
+from extproc.accounting.http1 import Client
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.record import UsageRecord
 from extproc.db import POSTGRES_ERRORS, Connection, refuses_data
@@ -80,7 +80,7 @@ class LedgerWriter:
         # The optional side services (extproc/side): the abuse cost report and the analytics
         # events follow a written row.
         self.side = side
-        self.session: aiohttp.ClientSession | None = None
+        self.http = Client(ca_bundle=settings.ca_bundle, timeout=10)
         # Records in flight at once; most of them are just waiting on a generation lookup.
         self._slots = asyncio.Semaphore(1024)
         # Entries being written, or written and waiting for the next acknowledgement batch.
@@ -189,8 +189,7 @@ class LedgerWriter:
         await self.close(deadline)
 
     async def close(self, deadline: float) -> None:
-        if self.session is not None:
-            await self.session.close()
+        await self.http.close()
         if self.side is not None:
             # Cost reports and analytics events of the rows just written get a moment to leave.
             await self.side.close(timeout=max(1.0, deadline - time.monotonic()))
@@ -346,11 +345,9 @@ class LedgerWriter:
             return charge
         if self._stopping:
             raise LookupAbandoned(record.usage_id)
-        if self.session is None:  # created inside the running loop, which it belongs to
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         lookup = asyncio.get_running_loop().create_task(
             fetch_generation(
-                self.session,
+                self.http,
                 provider.api_url,
                 provider.api_key.get_secret_value() if provider.api_key else None,
                 record.message_id,

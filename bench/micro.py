@@ -1,0 +1,148 @@
+"""Micro-benchmarks of the accounting's hot operations, in CPU time of this process only
+(`time.process_time`), so a loaded machine changes them little:
+
+- a generation lookup (GET, small JSON answer, keep-alive): aiohttp as the writer used it
+  against the writer's own client (extproc/accounting/http1.py);
+- the outbox's XADD of a usage record: a redis-py pipeline as `Outbox.add` used it against the
+  lean RESP connection (extproc/accounting/resp.py), alone and in batches of 10.
+
+The servers (a raw HTTP/1.1 responder, an embedded Redis) run in processes of their own.
+
+    .venv/bin/python -m bench.micro
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+import uvloop
+
+from extproc.accounting.http1 import Client
+from extproc.accounting.resp import RespConnection, pack
+from extproc.local.embedded import start_redis
+from extproc.local.processes import free_port
+
+GETS = 3000
+XADDS = 10_000
+BODY = orjson.dumps({"data": {"id": "gen-1", "total_cost": 0.0012, "native_tokens_prompt": 12,
+                              "native_tokens_completion": 40, "provider_name": "X"}})
+RECORD = orjson.dumps({"usage_id": "0d3c2f7e-8a1b-4c2d-9e8f-123456789abc", "provider": "openrouter",
+                       "model": "m", "text": "a" * 400})
+HEADERS = {"Authorization": "Bearer sk-bench", "HTTP-Referer": "https://kilocode.ai", "X-Title": "Kilo Code"}
+
+# The generation endpoint's stand-in: answers every request on a connection with BODY.
+_RESPONDER = """
+import asyncio, sys, uvloop
+BODY = sys.stdin.buffer.read()
+HEAD = b"HTTP/1.1 200 OK\\r\\ncontent-type: application/json\\r\\ncontent-length: %d\\r\\n\\r\\n" % len(BODY)
+async def answer(reader, writer):
+    try:
+        while True:
+            await reader.readuntil(b"\\r\\n\\r\\n")
+            writer.write(HEAD + BODY)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+uvloop.run(main())
+"""
+
+
+async def _cpu_per_call(call: Callable[[int], Awaitable[object]], total: int, concurrency: int) -> float:
+    """Microseconds of this process's CPU per call, after a warm-up."""
+    await asyncio.gather(*(call(i) for i in range(concurrency)))
+    started = time.process_time()
+    for first in range(0, total, concurrency):
+        await asyncio.gather(*(call(i) for i in range(first, first + concurrency)))
+    return (time.process_time() - started) * 1e6 / total
+
+
+async def _gets(url: str) -> list[tuple[str, int, float]]:
+    rows = []
+    for concurrency in (1, 20):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+            async def with_aiohttp(i: int) -> object:
+                async with session.get(url, params={"id": f"gen-{i}"}, headers=HEADERS) as response:
+                    return await response.json(content_type=None)
+
+            rows.append(("GET, aiohttp", concurrency, await _cpu_per_call(with_aiohttp, GETS, concurrency)))
+        client = Client()
+
+        async def with_http1(i: int) -> object:
+            return orjson.loads((await client.get(url, {"id": f"gen-{i}"}, HEADERS)).body)
+
+        rows.append(("GET, accounting.http1", concurrency, await _cpu_per_call(with_http1, GETS, concurrency)))
+        await client.close()
+    return rows
+
+
+async def _xadds(redis_url: str) -> list[tuple[str, int, float]]:
+    redis = aioredis.Redis.from_url(redis_url)
+    resp = RespConnection(redis)
+    rows = []
+    for batch in (1, 10):
+
+        async def with_redis_py(_: int) -> object:
+            async with redis.pipeline(transaction=False) as pipe:
+                for _ in range(batch):
+                    pipe.xadd("bench:a", {b"record": RECORD})
+                return await pipe.execute()
+
+        async def with_resp(_: int) -> object:
+            return await resp.execute([pack(b"XADD", b"bench:b", b"*", b"record", RECORD) for _ in range(batch)])
+
+        for name, call in (("XADD, redis-py pipeline", with_redis_py), ("XADD, accounting.resp", with_resp)):
+            per_batch = await _cpu_per_call(call, XADDS // batch, 1)
+            rows.append((name, batch, per_batch / batch))
+    resp.close()
+    await redis.aclose()
+    return rows
+
+
+def _wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def main() -> None:
+    port = free_port()
+    responder = subprocess.Popen([sys.executable, "-c", _RESPONDER, str(port)], stdin=subprocess.PIPE)
+    assert responder.stdin is not None
+    responder.stdin.write(BODY)
+    responder.stdin.close()
+    with tempfile.TemporaryDirectory() as data:
+        redis_child, redis_url = start_redis(Path(data), free_port(), durable=False)
+        try:
+            _wait_for_port(port)
+            rows = uvloop.run(_gets(f"http://127.0.0.1:{port}/api/v1/generation"))
+            rows += uvloop.run(_xadds(redis_url))
+        finally:
+            responder.kill()
+            responder.wait()
+            redis_child.stop()
+    print("| operation | concurrency or batch | CPU per operation, us |\n|---|---|---|")
+    for name, n, micros in rows:
+        print(f"| {name} | {n} | {micros:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
