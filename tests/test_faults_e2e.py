@@ -182,7 +182,7 @@ def _prepare(gateway: Gateway, services: Services, proxy: DelayProxy) -> Run:
     gateway.cli("byok", "add", "--user", byok["id"], "--provider", "anthropic", "--key", "sk-ant-fault-test")
     # Anthropic serves the BYOK model (contract 3.3); the map is read (and cached) at the first
     # authenticated request, so it goes in first.
-    asyncio.run(_execute(gateway, "INSERT INTO models_by_provider (vercel) VALUES ($1::jsonb)", orjson.dumps(BYOK_MODELS).decode()))
+    gateway.sql("INSERT INTO models_by_provider (vercel) VALUES ($1::jsonb)", orjson.dumps(BYOK_MODELS).decode())
     return Run(
         gateway=gateway,
         services=services,
@@ -190,14 +190,6 @@ def _prepare(gateway: Gateway, services: Services, proxy: DelayProxy) -> Run:
         tokens={"paid": paid["token"], "byok": byok["token"]},
         users={"paid": paid["id"], "byok": byok["id"]},
     )
-
-
-async def _execute(gateway: Gateway, sql: str, *args: Any) -> None:
-    connection = await asyncpg.connect(gateway.database_url)
-    try:
-        await connection.execute(sql, *args)
-    finally:
-        await connection.close()
 
 
 def _round_trip(run: Run) -> float:

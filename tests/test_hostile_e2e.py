@@ -277,16 +277,8 @@ def stack() -> Iterator[Gateway]:
         # map is cached from the first one).
         byok_map = {"anthropic/claude-sonnet-4.6": {"id": "anthropic/claude-sonnet-4.6", "name": "Claude Sonnet 4.6",
                                                     "endpoints": [{"provider_name": "Anthropic", "tag": "anthropic"}]}}
-        asyncio.run(_execute(gateway, "INSERT INTO models_by_provider (vercel) VALUES ($1::jsonb)", orjson.dumps(byok_map).decode()))
+        gateway.sql("INSERT INTO models_by_provider (vercel) VALUES ($1::jsonb)", orjson.dumps(byok_map).decode())
         yield gateway
-
-
-async def _execute(gateway: Gateway, sql: str, *args: Any) -> None:
-    connection = await asyncpg.connect(gateway.database_url)
-    try:
-        await connection.execute(sql, *args)
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(scope="module")
