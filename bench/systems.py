@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from extproc.envoy_config import UPSTREAM_HEADER
+from extproc.envoy_config import PROCESSING_MODE, UPSTREAM_HEADER
 from extproc.local.processes import Child, free_port, port_open, wait_until
 from extproc.local.stack import envoy_binary
 
@@ -247,15 +247,6 @@ def start_extproc_floor(work: Path, upstream: str, workers: int) -> System:
     )
 
 
-# The gateway's processing modes (extproc/envoy_config.py), the per-response override included.
-PROCESSING_MODE = {
-    "request_header_mode": "SEND",
-    "request_body_mode": "BUFFERED",
-    "request_trailer_mode": "SKIP",
-    "response_header_mode": "SEND",
-    "response_body_mode": "STREAMED",
-    "response_trailer_mode": "SKIP",
-}
 FLOOR_CLUSTER = "provider_openrouter"
 
 

@@ -161,14 +161,7 @@ def _extproc_filter(settings: Settings) -> dict[str, Any]:
             "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             # No grpc_service timeout: the side stream lives as long as the generation.
             grpc_service={"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
-            processing_mode={
-                "request_header_mode": "SEND",
-                "request_body_mode": "BUFFERED",
-                "request_trailer_mode": "SKIP",
-                "response_header_mode": "SEND",
-                "response_body_mode": "STREAMED",
-                "response_trailer_mode": "SKIP",
-            },
+            processing_mode=PROCESSING_MODE,
             allow_mode_override=True,
             message_timeout=f"{settings.extproc_message_timeout_ms / 1000:g}s",
             max_message_timeout="30s",
@@ -213,6 +206,18 @@ def _access_log() -> list[dict[str, Any]]:
             ),
         }
     ]
+
+
+# What the ext_proc is sent: request headers, the whole request body, response headers and the
+# response body streamed (the ext_proc may override the mode for one response).
+PROCESSING_MODE = {
+    "request_header_mode": "SEND",
+    "request_body_mode": "BUFFERED",
+    "request_trailer_mode": "SKIP",
+    "response_header_mode": "SEND",
+    "response_body_mode": "STREAMED",
+    "response_trailer_mode": "SKIP",
+}
 
 
 def _local_reply_mapper(error: GatewayError, status: int | None = None) -> dict[str, Any]:
