@@ -34,6 +34,12 @@ class Submitter(Protocol):
 
     def submit(self, record: UsageRecord, abuse_request_id: Awaitable[int] | None = None) -> None: ...
 
+    def write_ahead(self, record: UsageRecord) -> None:
+        """The record an admitted request gets if this replica dies before it ends."""
+
+    def forget(self, usage_id: str) -> None:
+        """An admitted request that ends unaccounted: its written-ahead record goes."""
+
 
 class AbuseClassifier(Protocol):
     """Contract 8.3: started at provider selection, never awaited by the request."""

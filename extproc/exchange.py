@@ -10,6 +10,7 @@ accounting and never touch the client's stream.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingRequest,
@@ -17,22 +18,24 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 
 from extproc import errors, logs, protocol
+from extproc.accounting.record import UsageRecord
 from extproc.collaborators import Collaborators
 from extproc.db.cache import DirectoryUnavailable
 from extproc.errors import GatewayError
-from extproc.phases.finish import finish_request
+from extproc.phases.finish import finish_request, unanswered_record
 from extproc.phases.request_body import identify_caller, send_upstream
 from extproc.phases.request_headers import read_request
 from extproc.phases.response_body import reply_to_chunk, tap_response_body
 from extproc.phases.response_headers import open_response
 from extproc.pipeline.rejection import Rejection
+from extproc.response_usage import StreamTap
 from extproc.state import AdmittedRequest, ClientRequest, ResponseTap
 
 logger = logging.getLogger(__name__)
 
 
 class ChatExchange:
-    __slots__ = ("core", "request", "admitted", "response", "refused_status", "provider_id")
+    __slots__ = ("core", "request", "admitted", "response", "refused_status", "provider_id", "written_ahead")
 
     def __init__(self, core: Collaborators) -> None:
         self.core = core
@@ -41,6 +44,9 @@ class ChatExchange:
         self.response: ResponseTap | None = None
         self.refused_status: int | None = None  # the status we answered with ourselves
         self.provider_id: str | None = None  # once a route is chosen, even if refused later
+        # The record written ahead for this request (accounting/inflight.py), until the
+        # response's message id is in it.
+        self.written_ahead: UsageRecord | None = None
 
     @property
     def request_id(self) -> str:
@@ -66,6 +72,8 @@ class ChatExchange:
             route = await self.core.router.select(caller.chat, caller.identity, caller.client.task_id)  # 3.2
             self.provider_id = route.provider.id
             self.admitted, forwarded = await send_upstream(self.core, request, caller, route)
+            self.written_ahead = unanswered_record(self.core.settings, self.admitted)
+            self.core.submitter.write_ahead(self.written_ahead)
             return forwarded.reply
         except Rejection as rejection:
             return self._refuse(rejection.error)
@@ -99,9 +107,23 @@ class ChatExchange:
         try:
             if self.response is not None:
                 tap_response_body(self.admitted, self.response, message.response_body)
+                self._write_ahead_message_id(self.response)
         except Exception:
             # Accounting must never break the stream the client is reading.
             logger.exception("response tap failed", extra={"request_id": self.request_id})
+
+    def _write_ahead_message_id(self, response: ResponseTap) -> None:
+        """Once a stream's message id is known, the written-ahead record gets it (and the
+        status), so that if this replica dies the ledger writer can still look the upstream's
+        bill up (contract 7.3). A whole JSON body ends the request at once: no update."""
+        written = self.written_ahead
+        if written is None or not isinstance(response.reader, StreamTap):
+            return
+        message_id = response.reader.message_id
+        if message_id is None:
+            return
+        self.written_ahead = None
+        self.core.submitter.write_ahead(replace(written, message_id=message_id, status_code=response.status))
 
     def finish(self, aborted: bool) -> None:
         """Once, at the end of the stream: completed, refused, or reset by Envoy (aborted)."""

@@ -12,6 +12,7 @@ import logging
 import signal
 
 from extproc import metrics
+from extproc.accounting.inflight import Reaper
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.writer import LedgerWriter
 from extproc.event_loop import run_event_loop
@@ -33,7 +34,10 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     logger.info("ledger writer running", extra={"consumer": settings.ledger_consumer})
+    # Moves the write-ahead records of replicas that died into the outbox (accounting/inflight.py).
+    reaper = asyncio.create_task(Reaper(resources.redis, grace_seconds=settings.inflight_ttl_seconds).run(stop))
     await writer.run(stop)
+    await reaper
     await writer.drain(timeout=settings.accounting_drain_seconds)
     await resources.close()
     stop_metrics()

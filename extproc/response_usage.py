@@ -78,6 +78,11 @@ class StreamTap:
             if isinstance(item, SseEvent):
                 self._apply(item.data)
 
+    @property
+    def message_id(self) -> str | None:
+        """The last message id seen so far."""
+        return self._summary.message_id
+
     def finish(self, aborted: bool = False) -> ResponseSummary:
         for item in self._parser.finish():
             if isinstance(item, SseEvent):

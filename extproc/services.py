@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import uuid
 from dataclasses import dataclass
 
+from extproc.accounting.inflight import InFlightLog
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.submit import UsageSubmitter
 from extproc.accounting.writer import LedgerWriter
@@ -31,7 +33,9 @@ class Services:
     def build(cls, settings: Settings, resources: Resources) -> Services:
         side = SideServices.build(settings)  # optional and fail-open
         outbox = Outbox(resources.redis, settings.ledger_consumer)
-        submitter = UsageSubmitter(outbox, LedgerWriter(settings, resources.db, outbox, side))
+        # Each process start is a replica of its own for the write-ahead records.
+        inflight = InFlightLog(replica=uuid.uuid4().hex, ttl_ms=int(settings.inflight_ttl_seconds * 1000))
+        submitter = UsageSubmitter(outbox, LedgerWriter(settings, resources.db, outbox, side), inflight)
         query_timeout = settings.directory_query_timeout_seconds
         router = Router(
             settings=settings,

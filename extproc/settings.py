@@ -207,6 +207,11 @@ class Settings(BaseSettings):
     # its metrics port when it runs on its own (under `llm-gateway run` the stack serves every
     # process's metrics on metrics_port).
     ledger_consumer: str = Field(default_factory=lambda: f"{socket.gethostname()}:ledger")
+    # A replica that goes this long without renewing its heartbeat in Redis is taken for dead:
+    # the ledger writer then moves the write-ahead records of its requests in flight into the
+    # outbox (accounting/inflight.py). Longer than any pause a live replica has (a Redis
+    # failover, a long GC), short enough that the rows of a crash arrive soon.
+    inflight_ttl_seconds: float = Field(default=10.0, gt=0)
     ledger_metrics_port: int = 9465
     # Attempts at a record whose write fails with an error that is neither a lost connection
     # (retried until Postgres is back) nor refused data (dead-lettered at once), before it goes

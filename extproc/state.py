@@ -7,6 +7,7 @@ the request-body phase sent it upstream) and, on the way back, the mutable `Resp
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -70,6 +71,8 @@ class AdmittedRequest:
     tools: TransformResult  # tools offered and used, for the API metrics (8.1)
     upstream_body: bytes  # the request body as sent upstream
     translator: ResponseTranslator | None  # custom LLMs of another protocol (3.4)
+    # The ledger row's id, from admission on: the write-ahead record and the final one share it.
+    usage_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     @property
     def chat(self) -> ChatRequest:

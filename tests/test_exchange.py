@@ -181,9 +181,17 @@ class FakeErrorRates:
 @dataclass
 class FakeSubmitter:
     records: list[UsageRecord] = field(default_factory=list)
+    written_ahead: list[UsageRecord] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
 
     def submit(self, record: UsageRecord, abuse_request_id: Any = None) -> None:
         self.records.append(record)
+
+    def write_ahead(self, record: UsageRecord) -> None:
+        self.written_ahead.append(record)
+
+    def forget(self, usage_id: str) -> None:
+        self.forgotten.append(usage_id)
 
 
 @dataclass
@@ -740,6 +748,7 @@ async def test_402_on_kilos_key_is_reported_but_not_accounted(world: World) -> N
     exchange, _ = await send(world, chat(NOT_AB), signed_in(world))
     await respond(exchange, 402, b'{"error":"pay"}', "application/json")
     assert world.submitter.records == []  # 6.2
+    assert world.submitter.forgotten == [world.submitter.written_ahead[0].usage_id]  # and no row after all
     assert [a.status for a, _ in world.api_metrics.reports] == [402]  # 6.2: metrics still emitted
 
 
@@ -767,6 +776,50 @@ async def test_a_refused_request_is_not_accounted(world: World) -> None:
     assert refusal(reply)[0] == 401
     exchange.finish(aborted=False)
     assert world.submitter.records == [] and world.api_metrics.reports == []
+    assert world.submitter.written_ahead == []  # nothing went upstream
+
+
+# --- write-ahead: the record a request gets if its replica dies (accounting/inflight.py) ----------
+
+
+async def test_an_admitted_request_is_written_ahead_as_cut_and_unanswered(world: World) -> None:
+    exchange, reply = await send(world, chat(NOT_AB), signed_in(world))
+    assert reply.HasField("request_body")
+    [ahead] = world.submitter.written_ahead
+    # No response yet: no status, cut, an error, charged nothing; the final record's usage id.
+    assert (ahead.kilo_user_id, ahead.provider, ahead.status_code, ahead.aborted, ahead.has_error) == (
+        "user-1", "openrouter", 0, True, True,
+    )
+    assert (ahead.message_id, ahead.cost_microdollars, ahead.input_tokens) == (None, 0, 0)
+    await respond(exchange, 200, completion(NOT_AB, stream=False), "application/json")
+    [record] = world.submitter.records
+    assert record.usage_id == ahead.usage_id and record.status_code == 200
+    assert len(world.submitter.written_ahead) == 1  # a JSON body ends the request at once
+
+
+async def test_a_streams_message_id_is_written_ahead_once(world: World) -> None:
+    """So that the ledger writer can look the bill up (7.3) if the replica dies mid-stream."""
+    exchange, _ = await send(world, chat(NOT_AB, stream=True), signed_in(world))
+    await exchange.on_response_headers(response_headers(200, "text/event-stream"))
+    first, rest = completion(NOT_AB, stream=True).split(b"\n\n", 1)
+    for body in (first + b"\n\n", rest):
+        chunk = response_chunk(body, end_of_stream=False)
+        await exchange.on_response_body(chunk)
+        exchange.tap_response_body(chunk)
+    admitted, updated = world.submitter.written_ahead
+    assert (updated.usage_id, updated.message_id, updated.status_code) == (admitted.usage_id, "gen-1", 200)
+    assert updated.cost_microdollars == 0 and updated.aborted  # still what a crash leaves
+
+
+async def test_a_request_cut_before_its_response_is_accounted_unanswered(world: World) -> None:
+    """Envoy reset the stream before the response's headers reached us (the upstream dropped
+    the connection): one row, an error charged nothing, under the written-ahead usage id."""
+    exchange, _ = await send(world, chat(NOT_AB, stream=True), signed_in(world))
+    exchange.finish(aborted=True)
+    [ahead] = world.submitter.written_ahead
+    [record] = world.submitter.records
+    assert (record.usage_id, record.status_code, record.aborted, record.has_error) == (ahead.usage_id, 0, True, True)
+    assert (record.cost_microdollars, record.kilo_user_id, record.streamed) == (0, "user-1", True)
 
 
 async def test_every_upstream_response_is_reported_to_the_api_metrics(world: World) -> None:

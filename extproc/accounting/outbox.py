@@ -39,7 +39,7 @@ _STREAM_KEY = STREAM.encode()
 GROUP = "ledger"
 _GROUP_KEY = GROUP.encode()
 DEAD_LETTERS = "gw:usage:dead"
-_FIELD = b"record"
+RECORD_FIELD = b"record"  # the one field of an entry: the record's JSON
 # The stream (and its group) is gone: "NOGROUP" from any read; "UNBLOCKED" (Redis 7.0+) from
 # an XREADGROUP that was blocked when the key was deleted; 6.2 keeps such a read blocked
 # until its timeout instead.
@@ -116,10 +116,19 @@ class Outbox:
         self._acks = RespConnection(redis)
         self._consumer_key = consumer.encode()
 
-    async def add(self, records: list[UsageRecord]) -> None:
-        """One round trip for the batch (a pipeline, not a transaction: each XADD stands alone)."""
+    @staticmethod
+    def entry(record: UsageRecord) -> bytes:
+        """The XADD of one record, packed for `send`."""
+        return pack(b"XADD", _STREAM_KEY, b"*", RECORD_FIELD, record.to_json())
+
+    async def send(self, commands: list[bytes]) -> None:
+        """One round trip for the batch (a pipeline, not a transaction: each command stands
+        alone), in order: the submitter's XADDs and its in-flight records' commands."""
         with _command("XADD"):
-            await self._resp.execute([pack(b"XADD", _STREAM_KEY, b"*", _FIELD, record.to_json()) for record in records])
+            await self._resp.execute(commands)
+
+    async def add(self, records: list[UsageRecord]) -> None:
+        await self.send([self.entry(record) for record in records])
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -171,12 +180,12 @@ class Outbox:
             if not fields:
                 continue
             try:
-                records.append((entry_id, UsageRecord.from_json(fields[_FIELD])))
+                records.append((entry_id, UsageRecord.from_json(fields[RECORD_FIELD])))
             except (KeyError, TypeError, ValueError) as exc:  # orjson's decode error is a ValueError
                 # Not a record this version can read: retrying cannot help, so it waits in the
                 # dead letters instead of failing every read.
                 logger.error("outbox entry unreadable; dead-lettered", extra={"entry_id": entry_id, **logs.failure(exc)})
-                await self.dead_letter(fields.get(_FIELD) or repr(fields).encode(), f"{type(exc).__name__}: {exc}")
+                await self.dead_letter(fields.get(RECORD_FIELD) or repr(fields).encode(), f"{type(exc).__name__}: {exc}")
                 done.append(entry_id)
         await self.acknowledge(done)
         return records
@@ -201,7 +210,7 @@ class Outbox:
         priced: dict[str, Any] | None = None,
     ) -> None:
         fields: dict[FieldT, EncodableT] = {
-            _FIELD: record,
+            RECORD_FIELD: record,
             b"error": error,
             b"columns": orjson.dumps(columns or []),
             b"charged": b"1" if charged else b"0",
@@ -215,7 +224,7 @@ class Outbox:
         return [
             DeadLetter(
                 entry_id=entry_id.decode(),
-                record=fields[_FIELD],
+                record=fields[RECORD_FIELD],
                 error=fields[b"error"].decode(),
                 columns=orjson.loads(fields[b"columns"]),
                 charged=fields[b"charged"] == b"1",

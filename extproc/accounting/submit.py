@@ -6,6 +6,13 @@ while the previous batch was on its way: under load that is a fraction of a roun
 request, and alone a record still leaves at once. If Redis refuses a batch, its records are
 kept in memory and offered again every second; on shutdown what Redis still refuses is
 written straight to the ledger, so a Redis outage loses no usage.
+
+The same pipelines carry the replica's write-ahead records (accounting/inflight.py): `write_ahead`
+when a request is admitted or its message id is first seen, `forget` when it ends without a
+record, and the heartbeat that keeps them from being reaped. Every command leaves in the order
+the requests made them, so a record's final XADD and the deletion of its write-ahead copy come
+after that copy. Write-ahead records Redis refuses are not offered again: they only matter if
+the replica dies, and the final record is what is kept.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from extproc import logs
+from extproc.accounting.inflight import InFlightLog
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.record import UsageRecord
 from extproc.accounting.writer import LedgerWriter
@@ -33,14 +41,30 @@ _BATCH = 256
 
 
 class UsageSubmitter:
-    def __init__(self, outbox: Outbox, fallback: LedgerWriter) -> None:
+    def __init__(self, outbox: Outbox, fallback: LedgerWriter, inflight: InFlightLog) -> None:
         self.outbox = outbox
         # Used only at shutdown, for records Redis never took.
         self.fallback = fallback
+        self.inflight = inflight
         self.pending: list[UsageRecord] = []  # waiting for the next batch
         self.unsent: collections.deque[UsageRecord] = collections.deque()  # refused by Redis
+        # Write-ahead commands (inflight.py), sent before the batch's final records; the first
+        # heartbeat registers the replica before any of its records reach Redis.
+        self._ahead: list[bytes] = inflight.heartbeat()
+        self._heartbeat_every = min(_RETRY_SECONDS, inflight.ttl_ms / 3000)
+        self._heartbeat_due = time.monotonic() + self._heartbeat_every
         self._wake = asyncio.Event()
         self._waiting: set[asyncio.Task[None]] = set()  # records waiting for their abuse id
+
+    def write_ahead(self, record: UsageRecord) -> None:
+        """The record the request gets if this replica dies before it ends (again, to update it)."""
+        self._ahead.append(self.inflight.write(record))
+        self._wake.set()
+
+    def forget(self, usage_id: str) -> None:
+        """The request ended and is not accounted (contract 6.2): its write-ahead record goes."""
+        self._ahead.append(self.inflight.forget(usage_id))
+        self._wake.set()
 
     def submit(self, record: UsageRecord, abuse_request_id: Awaitable[int] | None = None) -> None:
         """`abuse_request_id`: the abuse classification's id, awaited first (bounded by its own
@@ -68,10 +92,13 @@ class UsageSubmitter:
         retry_at = 0.0
         while not stop.is_set():
             try:
-                await asyncio.wait_for(self._wake.wait(), _RETRY_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), self._heartbeat_every)
             except TimeoutError:
                 pass
             self._wake.clear()
+            if time.monotonic() >= self._heartbeat_due:
+                self._heartbeat_due = time.monotonic() + self._heartbeat_every
+                self._ahead[:0] = self.inflight.heartbeat()
             if self.unsent and time.monotonic() >= retry_at:
                 if await self._resend():
                     retry_at = 0.0
@@ -80,11 +107,13 @@ class UsageSubmitter:
             await self._flush()
 
     async def _flush(self) -> None:
-        while self.pending:
+        while self.pending or self._ahead:
+            ahead, self._ahead = self._ahead, []
             batch, self.pending = self.pending[:_BATCH], self.pending[_BATCH:]
-            if not await self._send(batch):
+            if not await self._send(batch, ahead):
                 OUTBOX_FAILURES.inc(len(batch))
                 self.unsent.extend(batch)
+                self._heartbeat_due = 0.0  # the next batch registers the replica again first
 
     async def _resend(self) -> bool:
         while self.unsent:
@@ -95,10 +124,13 @@ class UsageSubmitter:
                 self.unsent.popleft()
         return True
 
-    async def _send(self, batch: list[UsageRecord]) -> bool:
+    async def _send(self, batch: list[UsageRecord], ahead: list[bytes] | None = None) -> bool:
+        commands = list(ahead or ())
+        for record in batch:
+            commands += (self.outbox.entry(record), self.inflight.forget(record.usage_id))
         try:
             async with asyncio.timeout(2):
-                await self.outbox.add(batch)
+                await self.outbox.send(commands)
             return True
         except (RedisError, OSError, TimeoutError) as exc:
             logger.error("outbox unavailable; keeping usage records in memory",
@@ -127,4 +159,14 @@ class UsageSubmitter:
             self.unsent.popleft()
         if self.unsent:
             logger.error("usage records could not be saved before exit", extra={"count": len(self.unsent)})
+        await self._leave(deadline)
         await self.fallback.close(deadline)
+
+    async def _leave(self, deadline: float) -> None:
+        """Says this replica stopped, so that whatever it could not finish is reaped now."""
+        try:
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                await self.outbox.send([self.inflight.leave()])
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning("could not mark this replica stopped; its in-flight records are reaped after their expiry",
+                           extra=logs.failure(exc))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 from extproc import metrics
 from extproc.accounting.record import UsageRecord, response_fields
@@ -54,8 +53,14 @@ def finish_request(
     provider = provider_id or "none"
     model = (summary.model if summary is not None else None) or "none"
     metrics.REQUESTS.labels(status="aborted" if aborted else str(status), provider=provider, model=model).inc()
-    if admitted is None or tap is None or summary is None:
-        return  # refused, or cut before the upstream answered: nothing was reported to account
+    if admitted is None:
+        return  # refused: nothing reached an upstream
+    if tap is None or summary is None:
+        # Cut before the response reached us (the upstream dropped the connection, or the
+        # client left, before the response's headers got through Envoy): the written-ahead
+        # record is the row, an error charged nothing, since no message id came to look up.
+        core.submitter.submit(unanswered_record(core.settings, admitted))
+        return
     request_id = admitted.request.request_id
     if suspicious_no_usage(summary):
         logger.warning("SUSPICIOUS: No usage chunk in stream", extra={"request_id": request_id})
@@ -67,6 +72,7 @@ def finish_request(
         core.api_metrics.report(answered, summary)  # 8.1: every upstream response, the 402 too
     # Contract 6.2: a provider's 402 on Kilo's own key is answered 503 and not accounted.
     if tap.status == 402 and not admitted.user_byok:
+        core.submitter.forget(admitted.usage_id)
         return
     record = build_record(core.settings, admitted, tap, summary, reported, aborted)
     # 8.3: the abuse request id only serves the cost report, which needs a message id.
@@ -76,31 +82,44 @@ def finish_request(
     core.submitter.submit(record, abuse)
 
 
+_NOTHING_REPORTED = ReportedUsage(
+    input_tokens=0, output_tokens=0, cache_hit_tokens=0, cache_write_tokens=0, cost_microdollars=0, is_byok=None
+)
+
+
+def unanswered_record(settings: Settings, admitted: AdmittedRequest) -> UsageRecord:
+    """The record of an admitted request whose response never reached the gateway: no status
+    (0), cut, an error, nothing reported. Written ahead at admission (accounting/inflight.py)."""
+    summary = ResponseSummary(status=0, streamed=admitted.chat.stream, has_error=True)
+    return build_record(settings, admitted, None, summary, _NOTHING_REPORTED, aborted=True)
+
+
 def build_record(
     settings: Settings,
     admitted: AdmittedRequest,
-    tap: ResponseTap,
+    tap: ResponseTap | None,
     summary: ResponseSummary,
     reported: ReportedUsage,
     aborted: bool,
 ) -> UsageRecord:
+    """`tap`: None when no response reached the gateway."""
     chat, identity, client, facts = admitted.chat, admitted.identity, admitted.client, admitted.facts
     catalogue = settings.catalogue
     user = identity.user
     request_log = None
-    if tap.response_copy is not None:
+    if tap is not None and tap.response_copy is not None:
         # 8.2: the final request as sent upstream, and the response.
         logged = without_byok_credentials(chat.body) if admitted.user_byok else chat.body
         request_log = {"request": logged, "response": bytes(tap.response_copy).decode("utf-8", "replace")}
     return UsageRecord(
-        usage_id=str(uuid.uuid4()),
+        usage_id=admitted.usage_id,
         created_at=time.time(),
         kilo_user_id=identity.user_id,
         organization_id=identity.organization_id,
         provider=admitted.provider.id,
         requested_model=chat.model_lower,  # resolved (contract 7.6); the kilo/auto* id is auto_model
         auto_model=admitted.caller.auto_model,
-        status_code=tap.status,
+        status_code=tap.status if tap is not None else 0,
         streamed=chat.stream,
         aborted=aborted,
         free_model=catalogue.is_free_model(chat.model_lower),

@@ -1,0 +1,156 @@
+"""Write-ahead records of the requests a replica has in flight, so its crash loses no usage.
+
+A request's usage record is built when its response ends, in the ext_proc's memory: a replica
+that is SIGKILLed (or OOM-killed, or whose host dies) would take the records of the requests it
+was serving with it, though the upstream served and billed them. So, when a request is
+admitted, its replica writes ahead the record it would get if it never heard back (no status,
+cut, charged nothing) into a Redis hash of its own, updates it when the response's message id
+is first seen (then the ledger writer's generation lookup finds the upstream's bill, contract
+7.3), and deletes it in the same pipeline that adds the final record to the outbox. The
+record's usage id is the final one's, so a record written both ways is one row (the ledger
+writes are idempotent by usage id).
+
+Each replica keeps a key alive while it runs (`heartbeat`, every second or so, expiring after
+`inflight_ttl_seconds`). The ledger writer's `Reaper` moves the records of a replica whose key
+has been gone for as long again into the outbox, atomically (one Lua script), so two writers
+never move them twice. A clean shutdown deletes the key at the end, so what a replica could not
+finish is moved after that grace, not after the expiry too.
+
+A replica taken for dead that was not (cut off from Redis for longer than both, while the
+writer was not) has the records of its requests in flight written from their write-ahead
+copies; their final records then come second and are skipped as duplicates: those requests
+are charged what the write-ahead copy allowed (the upstream's bill if the message id was in
+it, else nothing).
+
+The commands are packed here and sent by the submitter (accounting/submit.py) on its own
+connection, in the order the requests made them, batched with the outbox's XADDs: the hot
+path pays no round trip for them. What is lost is only what was not yet sent when the
+replica died (milliseconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter
+from redis.exceptions import RedisError
+
+from extproc import logs
+from extproc.accounting.outbox import RECORD_FIELD, STREAM
+from extproc.accounting.record import UsageRecord
+from extproc.accounting.resp import pack
+
+logger = logging.getLogger(__name__)
+
+REPLICAS = "gw:inflight:replicas"
+ALIVE_PREFIX = "gw:inflight:alive:"
+RECORDS_PREFIX = "gw:inflight:records:"
+
+REAPED = Counter(
+    "llm_gateway_inflight_reaped",
+    "Write-ahead usage records of requests whose replica stopped without finishing them, moved to the outbox.",
+)
+
+# Atomic, so a replica's records move once however many writers reap: nothing if its key is
+# still alive, else every record into the outbox, then the hash and the registration go.
+_REAP = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local records = redis.call('HVALS', KEYS[2])
+for _, record in ipairs(records) do
+  redis.call('XADD', KEYS[3], '*', ARGV[2], record)
+end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[4], ARGV[1])
+return #records
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightLog:
+    """A replica's commands on its write-ahead records (packed RESP, for the submitter)."""
+
+    replica: str  # unique per process start: a restarted replica is another one
+    ttl_ms: int
+
+    @property
+    def _alive(self) -> bytes:
+        return (ALIVE_PREFIX + self.replica).encode()
+
+    @property
+    def _records(self) -> bytes:
+        return (RECORDS_PREFIX + self.replica).encode()
+
+    def heartbeat(self) -> list[bytes]:
+        # SADD each time, not once: a Redis that lost the set (no AOF) gets it back.
+        return [
+            pack(b"SET", self._alive, b"%d" % int(time.time()), b"PX", b"%d" % self.ttl_ms),
+            pack(b"SADD", REPLICAS.encode(), self.replica.encode()),
+        ]
+
+    def write(self, record: UsageRecord) -> bytes:
+        """Writes (or rewrites) the record a request gets if its replica dies."""
+        return pack(b"HSET", self._records, record.usage_id.encode(), record.to_json())
+
+    def forget(self, usage_id: str) -> bytes:
+        return pack(b"HDEL", self._records, usage_id.encode())
+
+    def leave(self) -> bytes:
+        """At a clean exit: the records left (none, unless a record could not be finished)
+        move to the outbox at the reaper's next pass instead of after the key's expiry."""
+        return pack(b"DEL", self._alive)
+
+
+class Reaper:
+    """The ledger writer's side: moves the records of replicas that stopped to the outbox.
+
+    A replica is reaped once its key has been missing for `grace_seconds` as this reaper saw
+    it, with Redis answering all along. A Redis outage restarts that clock: while Redis was
+    down (or after it came back without the keys) no replica could renew its key, and the
+    live ones get the grace to do so before their records are taken for a dead replica's.
+    """
+
+    def __init__(self, redis: aioredis.Redis, grace_seconds: float, interval_seconds: float = 1.0) -> None:
+        self.redis = redis
+        self.grace = grace_seconds
+        self.interval = interval_seconds
+        self._script = redis.register_script(_REAP)
+        self._missing_since: dict[str, float] = {}
+
+    async def reap(self) -> int:
+        """Records moved in this pass."""
+        moved = 0
+        now = time.monotonic()
+        for replica in await self.redis.smembers(REPLICAS):
+            name = replica.decode() if isinstance(replica, bytes) else str(replica)
+            if await self.redis.exists(ALIVE_PREFIX + name):
+                self._missing_since.pop(name, None)
+                continue
+            if now - self._missing_since.setdefault(name, now) < self.grace:
+                continue
+            keys = [ALIVE_PREFIX + name, RECORDS_PREFIX + name, STREAM, REPLICAS]
+            count = int(await self._script(keys=keys, args=[name, RECORD_FIELD]))
+            self._missing_since.pop(name, None)
+            if count > 0:
+                REAPED.inc(count)
+                moved += count
+                logger.warning(
+                    "replica stopped with requests in flight; their usage records moved to the outbox",
+                    extra={"replica": name, "count": count},
+                )
+        return moved
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.reap()
+            except (RedisError, OSError) as exc:
+                self._missing_since.clear()
+                logger.error("in-flight records not reaped (next pass soon)", extra=logs.failure(exc))
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval)
+            except TimeoutError:
+                pass
