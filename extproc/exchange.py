@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 class ChatExchange:
-    __slots__ = ("core", "request", "admitted", "response", "refused_status", "provider_id", "written_ahead")
+    __slots__ = ("core", "request", "admitted", "response", "refused_status", "provider_id", "written_ahead", "message_id_written")
 
     def __init__(self, core: Collaborators) -> None:
         self.core = core
@@ -44,9 +44,10 @@ class ChatExchange:
         self.response: ResponseTap | None = None
         self.refused_status: int | None = None  # the status we answered with ourselves
         self.provider_id: str | None = None  # once a route is chosen, even if refused later
-        # The record written ahead for this request (accounting/inflight.py), until the
-        # response's message id is in it.
+        # The record written ahead for this request (accounting/inflight.py); the final one is
+        # this with the response's fields.
         self.written_ahead: UsageRecord | None = None
+        self.message_id_written = False
 
     @property
     def request_id(self) -> str:
@@ -117,12 +118,12 @@ class ChatExchange:
         status), so that if this replica dies the ledger writer can still look the upstream's
         bill up (contract 7.3). A whole JSON body ends the request at once: no update."""
         written = self.written_ahead
-        if written is None or not isinstance(response.reader, StreamTap):
+        if written is None or self.message_id_written or not isinstance(response.reader, StreamTap):
             return
         message_id = response.reader.message_id
         if message_id is None:
             return
-        self.written_ahead = None
+        self.message_id_written = True
         self.core.submitter.write_ahead(replace(written, message_id=message_id, status_code=response.status))
 
     def finish(self, aborted: bool) -> None:
@@ -131,7 +132,13 @@ class ChatExchange:
         status = response.status if response is not None else self.refused_status or 0
         try:
             finish_request(
-                self.core, self.admitted, response, status=status, provider_id=self.provider_id, aborted=aborted
+                self.core,
+                self.admitted,
+                self.written_ahead,
+                response,
+                status=status,
+                provider_id=self.provider_id,
+                aborted=aborted,
             )
         except Exception:
             # Logged, never raised into gRPC; the record is what failed, so say so loudly.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
+from typing import Any
 
 from extproc import metrics
 from extproc.accounting.record import UsageRecord, response_fields
@@ -41,25 +43,27 @@ def summarize(admitted: AdmittedRequest, tap: ResponseTap, aborted: bool) -> Res
 def finish_request(
     core: Collaborators,
     admitted: AdmittedRequest | None,
+    written_ahead: UsageRecord | None,
     tap: ResponseTap | None,
     *,
     status: int,
     provider_id: str | None,
     aborted: bool,
 ) -> None:
-    """`status`: the upstream's, or the one we answered with; `provider_id`: the route chosen,
-    also for a request refused after provider selection."""
+    """`written_ahead`: the admitted request's `unanswered_record`; `status`: the upstream's, or
+    the one we answered with; `provider_id`: the route chosen, also for a request refused after
+    provider selection."""
     summary = summarize(admitted, tap, aborted) if admitted is not None and tap is not None else None
     provider = provider_id or "none"
     model = (summary.model if summary is not None else None) or "none"
     metrics.REQUESTS.labels(status="aborted" if aborted else str(status), provider=provider, model=model).inc()
-    if admitted is None:
+    if admitted is None or written_ahead is None:
         return  # refused: nothing reached an upstream
     if tap is None or summary is None:
         # Cut before the response reached us (the upstream dropped the connection, or the
         # client left, before the response's headers got through Envoy): the written-ahead
         # record is the row, an error charged nothing, since no message id came to look up.
-        core.submitter.submit(unanswered_record(core.settings, admitted))
+        core.submitter.submit(replace(written_ahead, created_at=time.time()))
         return
     request_id = admitted.request.request_id
     if suspicious_no_usage(summary):
@@ -74,7 +78,14 @@ def finish_request(
     if tap.status == 402 and not admitted.user_byok:
         core.submitter.forget(admitted.usage_id)
         return
-    record = build_record(core.settings, admitted, tap, summary, reported, aborted)
+    record = replace(
+        written_ahead,
+        created_at=time.time(),
+        status_code=tap.status,
+        aborted=aborted,
+        request_log=_request_log(admitted, tap),
+        **response_fields(summary, reported),
+    )
     # 8.3: the abuse request id only serves the cost report, which needs a message id.
     abuse = None
     if admitted.abuse is not None and record.message_id:
@@ -82,35 +93,22 @@ def finish_request(
     core.submitter.submit(record, abuse)
 
 
-_NOTHING_REPORTED = ReportedUsage(
-    input_tokens=0, output_tokens=0, cache_hit_tokens=0, cache_write_tokens=0, cost_microdollars=0, is_byok=None
-)
+def _request_log(admitted: AdmittedRequest, tap: ResponseTap) -> dict[str, Any] | None:
+    """8.2, employees only: the final request as sent upstream, and the response."""
+    if tap.response_copy is None:
+        return None
+    chat = admitted.chat
+    logged = without_byok_credentials(chat.body) if admitted.user_byok else chat.body
+    return {"request": logged, "response": bytes(tap.response_copy).decode("utf-8", "replace")}
 
 
 def unanswered_record(settings: Settings, admitted: AdmittedRequest) -> UsageRecord:
     """The record of an admitted request whose response never reached the gateway: no status
-    (0), cut, an error, nothing reported. Written ahead at admission (accounting/inflight.py)."""
-    summary = ResponseSummary(status=0, streamed=admitted.chat.stream, has_error=True)
-    return build_record(settings, admitted, None, summary, _NOTHING_REPORTED, aborted=True)
-
-
-def build_record(
-    settings: Settings,
-    admitted: AdmittedRequest,
-    tap: ResponseTap | None,
-    summary: ResponseSummary,
-    reported: ReportedUsage,
-    aborted: bool,
-) -> UsageRecord:
-    """`tap`: None when no response reached the gateway."""
+    (0), cut, an error, nothing reported. Written ahead at admission (accounting/inflight.py);
+    the final record is this one with the response's fields."""
     chat, identity, client, facts = admitted.chat, admitted.identity, admitted.client, admitted.facts
     catalogue = settings.catalogue
     user = identity.user
-    request_log = None
-    if tap is not None and tap.response_copy is not None:
-        # 8.2: the final request as sent upstream, and the response.
-        logged = without_byok_credentials(chat.body) if admitted.user_byok else chat.body
-        request_log = {"request": logged, "response": bytes(tap.response_copy).decode("utf-8", "replace")}
     return UsageRecord(
         usage_id=admitted.usage_id,
         created_at=time.time(),
@@ -119,14 +117,23 @@ def build_record(
         provider=admitted.provider.id,
         requested_model=chat.model_lower,  # resolved (contract 7.6); the kilo/auto* id is auto_model
         auto_model=admitted.caller.auto_model,
-        status_code=tap.status if tap is not None else 0,
+        status_code=0,
         streamed=chat.stream,
-        aborted=aborted,
+        aborted=True,
         free_model=catalogue.is_free_model(chat.model_lower),
         stealth_model=catalogue.is_kilo_stealth_model(chat.model_lower),
         user_byok=admitted.user_byok,
         promotion=admitted.promotion,
-        **response_fields(summary, reported),
+        message_id=None,
+        model=None,
+        inference_provider=None,
+        finish_reason=None,
+        has_error=True,
+        input_tokens=0,
+        output_tokens=0,
+        cache_hit_tokens=0,
+        cost_microdollars=0,
+        is_byok=None,
         project_id=client.project_id,
         prompt=facts.prompt_info(),
         max_tokens=facts.max_tokens if isinstance(facts.max_tokens, int) else None,  # a bigint column
@@ -139,7 +146,6 @@ def build_record(
         feature=client.feature,
         user_agent=client.user_agent,
         forwarded_for=client.forwarded_for,
-        request_log=request_log,
         # 7.5: the analytics events' inputs, carried only when analytics is on.
         posthog_distinct_id=user.email if user is not None and settings.posthog_api_key else None,
         prior_microdollar_usage=user.microdollars_used if user is not None else None,
