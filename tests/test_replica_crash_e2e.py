@@ -130,6 +130,9 @@ def test_requests_in_flight_on_a_killed_replica_are_accounted_once(stack: Gatewa
     assert unanswered["cancelled"] and unanswered["has_error"]
     [used] = stack.sql("SELECT microdollars_used FROM kilocode_users WHERE id = $1", user["id"])
     assert used["microdollars_used"] == bill
+    # Operators see it: the writer counts the records it took from the dead replica.
+    [reaped] = [line for line in stack.metrics().splitlines() if line.startswith("llm_gateway_inflight_reaped_total")]
+    assert float(reaped.rsplit(" ", 1)[1]) == 2
 
     # The supervisor's new replica serves (once Envoy tries it again after the ejection), and
     # nothing is written twice meanwhile.
