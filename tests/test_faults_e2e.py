@@ -48,6 +48,7 @@ import orjson
 import pytest
 import redis
 
+from extproc.accounting.inflight import RECORDS_PREFIX
 from extproc.local.processes import free_port
 from tests.bodies import INTERNAL_ERROR, SERVICE_UNAVAILABLE
 from tests.conftest import Gateway, running_stack
@@ -364,7 +365,7 @@ def _outbox_settled(run: Run) -> bool:
         if client.xlen("gw:usage"):
             return False
         # A killed replica's write-ahead records are still to be reaped (accounting/inflight.py).
-        if any(client.hlen(key) for key in client.scan_iter("gw:inflight:records:*")):
+        if any(client.hlen(key) for key in client.scan_iter(f"{RECORDS_PREFIX}*")):
             return False
         groups = client.xinfo_groups("gw:usage")
         return all(group["pending"] == 0 for group in groups)

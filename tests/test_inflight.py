@@ -19,6 +19,7 @@ from typing import cast
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from extproc.accounting.inflight import ALIVE_PREFIX, RECORDS_PREFIX, REPLICAS, InFlightLog, Reaper
 from extproc.accounting.outbox import STREAM, Outbox
@@ -154,3 +155,10 @@ async def test_a_replica_is_reaped_only_after_its_key_stayed_missing_for_the_gra
     first_seen = time.monotonic()
     await until(lambda: asyncio.sleep(0, time.monotonic() - first_seen > 0.2), "the grace to pass")
     assert await reaper.reap() == 1
+
+
+def test_every_key_the_reaper_touches_is_in_the_outbox_streams_cluster_slot() -> None:
+    """Redis Cluster runs a script only on keys of one slot (CRC16 of the key or its hash tag)."""
+    replica = uuid.uuid4().hex
+    keys = [REPLICAS, ALIVE_PREFIX + replica, RECORDS_PREFIX + replica]
+    assert {key_slot(key.encode()) for key in keys} == {key_slot(STREAM.encode())}

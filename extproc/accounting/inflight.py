@@ -46,9 +46,13 @@ from extproc.accounting.resp import pack
 
 logger = logging.getLogger(__name__)
 
-REPLICAS = "gw:inflight:replicas"
-ALIVE_PREFIX = "gw:inflight:alive:"
-RECORDS_PREFIX = "gw:inflight:records:"
+# The hash tag puts every key in the outbox stream's Redis Cluster slot (a key without one
+# hashes its whole name, so `{gw:usage}` hashes as `gw:usage` does): the reaper's script
+# touches them and the stream together, which Redis Cluster allows within one slot only.
+_SLOT = "{" + STREAM + "}"
+REPLICAS = f"gw:inflight:{_SLOT}:replicas"
+ALIVE_PREFIX = f"gw:inflight:{_SLOT}:alive:"
+RECORDS_PREFIX = f"gw:inflight:{_SLOT}:records:"
 
 REAPED = Counter(
     "llm_gateway_inflight_reaped",
