@@ -352,13 +352,17 @@ class RedisCommands:
         self.client.ping()
 
     def admission(self) -> int:
-        """Commands other than accounting's outbox stream (X*) and our own INFO readings."""
+        """Commands other than accounting's and our own INFO readings. Accounting's: the outbox
+        stream (X*; MULTI/EXEC wrap its acknowledgements), and the write-ahead records of
+        requests in flight (accounting/inflight.py: HSET/HDEL per request, batched after the
+        reply; SET/SADD heartbeats and the writer's SMEMBERS/EXISTS, every second). Admission
+        itself only ever runs the limiter's script."""
         stats = self.client.info("commandstats")
+        accounting = {f"cmdstat_{c}" for c in ("info", "multi", "exec", "hset", "hdel", "set", "sadd", "smembers", "exists")}
         return sum(
             int(value["calls"])
             for name, value in stats.items()
-            # MULTI/EXEC wrap the outbox's acknowledgements.
-            if not name.startswith(("cmdstat_x", "cmdstat_info", "cmdstat_multi", "cmdstat_exec"))
+            if not name.startswith("cmdstat_x") and name not in accounting
         )
 
     def scripts(self) -> int:

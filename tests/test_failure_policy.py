@@ -76,9 +76,13 @@ def test_free_model_limit_is_exact_across_two_replicas(replicas: Gateway) -> Non
                 *(client.post(replicas.chat_url, json=body, headers={"x-forwarded-for": ip}) for _ in range(260))
             )
 
+    failed_open_before = _metric_total(replicas.metrics(), "llm_gateway_rate_limit_errors_total")
     responses = asyncio.run(burst())
     statuses = Counter(r.status_code for r in responses)
-    assert statuses == {200: 200, 429: 60}
+    # Exact, except for checks Redis did not answer within the limiter's deadline (1 s): those
+    # fail open by policy (extproc/limits.py), so a loaded machine may admit a few more.
+    failed_open = int(_metric_total(replicas.metrics(), "llm_gateway_rate_limit_errors_total") - failed_open_before)
+    assert statuses == {200: 200 + failed_open, 429: 60 - failed_open}
     assert all(r.json() == FREE_LIMIT for r in responses if r.status_code == 429)
     # Both replicas decided some of them: Envoy opened ext_proc streams to each.
     clusters = httpx.get(f"{replicas.admin_url}/clusters").text
