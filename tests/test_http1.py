@@ -110,3 +110,23 @@ async def test_garbage_is_an_http_error(serve) -> None:  # type: ignore[no-untyp
     with pytest.raises(HttpError):
         await client.get(server.url, {}, {})
     await client.close()
+
+
+async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_opening_more(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(Server([_sized("200 OK", BODY)]))
+    client = Client(connections_per_origin=4)
+    for _ in range(3):  # bursts, as the writer's lookups come: each larger than the pool
+        responses = await asyncio.gather(*(client.get(server.url, {"id": str(i)}, {}) for i in range(20)))
+        assert [r.status for r in responses] == [200] * 20
+    await client.close()
+    assert len(server.requests) == 60
+    assert server.connections == 4
+
+
+async def test_a_waiting_request_opens_the_connection_a_closed_one_leaves_room_for(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(Server([_sized("200 OK", BODY, "connection: close\r\n")], close_after=1))
+    client = Client(connections_per_origin=2, timeout=5)
+    responses = await asyncio.gather(*(client.get(server.url, {}, {}) for _ in range(6)))
+    assert [r.status for r in responses] == [200] * 6
+    await client.close()
+    assert server.connections == 6

@@ -4,7 +4,7 @@ Hand-written on asyncio streams because the client libraries cost several times 
 own work: measured with `python -m bench.micro`, aiohttp ~300-400 us of CPU per GET, this
 ~100-180 us (by hand, the same way: httpx ~3 ms, a client on h11 ~200 us). It does only what
 the lookup needs: GET, a JSON body sized by Content-Length, chunked or the connection's end, TLS
-with the configured CA bundle, idle connections reused per origin. No redirects, proxies or compression (the lookup
+with the configured CA bundle, a bounded pool of kept-alive connections per origin. No redirects, proxies or compression (the lookup
 asks for none, as it did with aiohttp: no proxy from the environment, no Accept-Encoding).
 """
 
@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
 # Bounds on what a server may send, so a broken one cannot hold unbounded memory (the head is
 # bounded by the stream's 64 KiB limit).
 _MAX_BODY = 16 * 1024 * 1024
-_IDLE_PER_ORIGIN = 64
+# Connections per origin. The writer's lookups come in bursts (records read together wait their
+# 200 ms together); beyond this many at once they queue for a connection instead of opening
+# new ones: a connection opened and closed per burst cost more CPU than the GETs themselves
+# (socket, handshake and teardown on both ends), measured under `make bench`. At 100 ms per
+# lookup this still carries ~1,000 lookups a second per origin.
+CONNECTIONS_PER_ORIGIN = 128
 
 
 class HttpError(Exception):
@@ -36,10 +42,52 @@ _Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 @dataclass(slots=True)
+class _Pool:
+    """An origin's connections: at most `limit` open (idle or in use, or being opened)."""
+
+    limit: int
+    idle: list[_Stream] = field(default_factory=list)
+    open: int = 0
+    # Requests waiting for a connection: handed an idle one, or None (leave to open one).
+    waiters: deque[asyncio.Future[_Stream | None]] = field(default_factory=deque)
+
+    async def acquire(self) -> _Stream | None:
+        """An idle connection, or None: the caller may open one (and counts as its owner)."""
+        if self.idle:
+            return self.idle.pop()
+        if self.open < self.limit:
+            self.open += 1
+            return None
+        waiter: asyncio.Future[_Stream | None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed one just as we were cancelled
+                self.release(waiter.result())
+            raise
+
+    def release(self, stream: _Stream | None) -> None:
+        """A connection back (None: it was closed), to the next waiter or the idle list."""
+        if stream is None:
+            self.open -= 1
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                if stream is None:
+                    self.open += 1
+                waiter.set_result(stream)
+                return
+        if stream is not None:
+            self.idle.append(stream)
+
+
+@dataclass(slots=True)
 class Client:
     ca_bundle: str | None = None
     timeout: float = 10.0
-    _idle: dict[_Origin, list[_Stream]] = field(default_factory=dict)
+    connections_per_origin: int = CONNECTIONS_PER_ORIGIN
+    _pools: dict[_Origin, _Pool] = field(default_factory=dict)
     _tls: ssl.SSLContext | None = None
 
     async def get(self, url: str, params: dict[str, str], headers: dict[str, str]) -> Response:
@@ -52,17 +100,33 @@ class Client:
         host = parts.netloc.rpartition("@")[2]
         lines = [f"GET {target} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = _Pool(self.connections_per_origin)
         async with asyncio.timeout(self.timeout):
-            idle = self._idle.get(origin)
-            while idle:
-                # A kept-alive connection the server may have closed meanwhile: on a failure the
-                # request goes to the next one, or a new one (a GET is safe to repeat).
-                stream = idle.pop()
+            while True:
+                stream = await pool.acquire()
+                reused = stream is not None
                 try:
-                    return await self._exchange(origin, stream, request)
+                    if stream is None:
+                        stream = await self._connect(origin)
+                    response, reusable = await _exchange(stream, request)
                 except (OSError, EOFError):
-                    continue
-            return await self._exchange(origin, await self._connect(origin), request)
+                    pool.release(None)
+                    if reused:
+                        # A kept-alive connection the server may have closed meanwhile: the
+                        # request goes to the next one, or a new one (a GET is safe to repeat).
+                        continue
+                    raise
+                except BaseException:
+                    pool.release(None)
+                    raise
+                if reusable:
+                    pool.release(stream)
+                else:
+                    stream[1].close()
+                    pool.release(None)
+                return response
 
     async def _connect(self, origin: _Origin) -> _Stream:
         scheme, host, port = origin
@@ -72,29 +136,28 @@ class Client:
             return await asyncio.open_connection(host, port, ssl=self._tls, server_hostname=host)
         return await asyncio.open_connection(host, port)
 
-    async def _exchange(self, origin: _Origin, stream: _Stream, request: bytes) -> Response:
-        reader, writer = stream
-        try:
-            writer.write(request)
-            status, headers = _parse_head(await reader.readuntil(b"\r\n\r\n"))
-            body, reusable = await _read_body(reader, headers)
-        except asyncio.LimitOverrunError:
-            writer.close()
-            raise HttpError("response line longer than 64 KiB") from None
-        except BaseException:
-            writer.close()
-            raise
-        if reusable and len(idle := self._idle.setdefault(origin, [])) < _IDLE_PER_ORIGIN:
-            idle.append(stream)
-        else:
-            writer.close()
-        return Response(status, body)
-
     async def close(self) -> None:
-        for streams in self._idle.values():
-            for _, writer in streams:
+        for pool in self._pools.values():
+            for _, writer in pool.idle:
                 writer.close()
-        self._idle.clear()
+        self._pools.clear()
+
+
+async def _exchange(stream: _Stream, request: bytes) -> tuple[Response, bool]:
+    """The response, and whether the connection may carry another request; a connection that
+    failed is closed here."""
+    reader, writer = stream
+    try:
+        writer.write(request)
+        status, headers = _parse_head(await reader.readuntil(b"\r\n\r\n"))
+        body, reusable = await _read_body(reader, headers)
+    except asyncio.LimitOverrunError:
+        writer.close()
+        raise HttpError("response line longer than 64 KiB") from None
+    except BaseException:
+        writer.close()
+        raise
+    return Response(status, body), reusable
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
