@@ -419,7 +419,7 @@ def _describe(error: BaseException) -> str:
     known; never the values (they may hold prompt text, which asyncpg's own messages quote)."""
     state = getattr(error, "sqlstate", None)
     message = _QUOTED_ARGUMENT.sub(r"\1\2", str(error))
-    column = getattr(error, "column_name", None) or ledger.argument_name(message)
+    column = getattr(error, "column_name", None)
     return f"{type(error).__name__}{f' [{state}]' if state else ''}: {message}{f' (column {column})' if column else ''}"
 
 
