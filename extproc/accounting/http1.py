@@ -11,10 +11,11 @@ asks for none, as it did with aiohttp: no proxy from the environment, no Accept-
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote_plus, urlsplit
 
 # Bounds on what a server may send, so a broken one cannot hold unbounded memory (the head is
 # bounded by the stream's 64 KiB limit).
@@ -92,12 +93,9 @@ class Client:
 
     async def get(self, url: str, params: dict[str, str], headers: dict[str, str]) -> Response:
         """Raises OSError, TimeoutError, EOFError (asyncio.IncompleteReadError) or HttpError."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise HttpError(f"unsupported URL scheme or host: {parts.scheme}")
-        origin = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-        target = f"{parts.path or '/'}?{urlencode(params)}" if params else parts.path or "/"
-        host = parts.netloc.rpartition("@")[2]
+        origin, path, host = _split(url)
+        # What urlencode makes of str pairs, without its per-call type checks.
+        target = f"{path}?{'&'.join(f'{quote_plus(k)}={quote_plus(v)}' for k, v in params.items())}" if params else path
         lines = [f"GET {target} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         pool = self._pools.get(origin)
@@ -141,6 +139,16 @@ class Client:
             for _, writer in pool.idle:
                 writer.close()
         self._pools.clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _split(url: str) -> tuple[_Origin, str, str]:
+    """The origin, path and Host header of a URL; cached, as every lookup asks the same one."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise HttpError(f"unsupported URL scheme or host: {parts.scheme}")
+    origin = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    return origin, parts.path or "/", parts.netloc.rpartition("@")[2]
 
 
 async def _exchange(stream: _Stream, request: bytes) -> tuple[Response, bool]:

@@ -42,6 +42,8 @@ CHARGED = Counter(
     "llm_gateway_charged_microdollars", "Microdollars charged to users and organisations.", ["provider"]
 )
 LEDGER_ROWS = Counter("llm_gateway_ledger_rows", "Usage rows written (duplicates skipped).", ["result"])
+# Bound once: `labels()` takes a lock and builds a key on every call, per record.
+_INSERTED, _DUPLICATE = LEDGER_ROWS.labels("inserted"), LEDGER_ROWS.labels("duplicate")
 LEDGER_FAILURES = Counter("llm_gateway_ledger_write_failures", "Ledger transactions that failed (retried).")
 # `charged`: "true" when the row and its charge were written without the refused text.
 DEAD_LETTERS = Counter(
@@ -89,8 +91,9 @@ class LedgerWriter:
         self._failures = 0
         self._gauges_at = float("-inf")
         self._tasks: set[asyncio.Task[None]] = set()
-        # Generation lookups under way, abandoned at shutdown (`_abandon_lookups`).
-        self._lookups: set[asyncio.Task[dict[str, Any] | None]] = set()
+        # Records' tasks waiting on a generation lookup, cancelled at shutdown (`_abandon_lookups`).
+        self._lookups: set[asyncio.Task[Any]] = set()
+        self._charged: dict[str, Any] = {}  # CHARGED's series by provider
         self._stopping = False
         self._batch = _Batch(db)
         # Failed attempts per usage id for errors that are neither transient nor refused data.
@@ -241,9 +244,12 @@ class LedgerWriter:
 
     def _after_commit(self, item: ledger.Item, written: ledger.Written, first_usage: bool, used_after: int | None) -> None:
         record, charge, charged, _ = item
-        LEDGER_ROWS.labels("inserted" if written.inserted else "duplicate").inc()
+        (_INSERTED if written.inserted else _DUPLICATE).inc()
         if written.inserted and charged:
-            CHARGED.labels(record.provider).inc(charged)
+            series = self._charged.get(record.provider)
+            if series is None:
+                series = self._charged[record.provider] = CHARGED.labels(record.provider)
+            series.inc(charged)
         side = self.side
         if written.inserted and side is not None:
             # After the commit, fire-and-forget (extproc/side): 8.3's cost report with the
@@ -345,23 +351,26 @@ class LedgerWriter:
             return charge
         if self._stopping:
             raise LookupAbandoned(record.usage_id)
-        lookup = asyncio.get_running_loop().create_task(
-            fetch_generation(
+        # The record's own task is what shutdown cancels while it waits on the lookup (no task
+        # of the lookup's own: one task per record is enough, and a task costs CPU per record).
+        task = asyncio.current_task()
+        assert task is not None
+        self._lookups.add(task)
+        try:
+            data = await fetch_generation(
                 self.http,
                 provider.api_url,
                 provider.api_key.get_secret_value() if provider.api_key else None,
                 record.message_id,
                 {"HTTP-Referer": self.settings.http_referer, "X-Title": self.settings.x_title},
             )
-        )
-        self._lookups.add(lookup)
-        lookup.add_done_callback(self._lookups.discard)
-        try:
-            data = await lookup
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # we are cancelled ourselves
+            if not self._stopping:
                 raise
+            task.uncancel()  # abandoned by `_abandon_lookups`: the record stays in the outbox
             raise LookupAbandoned(record.usage_id) from None
+        finally:
+            self._lookups.discard(task)
         return cost.from_generation(charge, data, record.streamed) if data is not None else charge
 
     async def _update_gauges(self) -> None:
