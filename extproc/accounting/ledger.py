@@ -178,7 +178,8 @@ def stored_model(record: UsageRecord) -> str:
 _EXACT = frozenset(
     {"cost", "input_tokens", "output_tokens", "cache_write_tokens", "cache_hit_tokens", "cache_discount", "market_cost"}
 )
-# What `_row` makes storable: the text (lookup values included) and the descriptive numbers.
+# What is made storable: the text (lookup values included; `_document`) and the descriptive
+# numbers (`_row`).
 _TEXT_FIELDS = tuple(name for name, kind in _FIELDS if kind == "text")
 _DESCRIPTIVE_NUMBERS = tuple(
     (name, kind) for name, kind in _COLUMNS if kind in ("smallint", "integer", "bigint", "real") and name not in _EXACT
@@ -196,8 +197,9 @@ _MISSING_MESSAGE_ID = "<missing>"  # message_id is NOT NULL (contract 7.5)
 def _row(
     record: UsageRecord, charge: Charge, cost: int, cache_discount: int | None, emptied: frozenset[str]
 ) -> dict[str, Any]:
-    """The record's columns and lookup values (`lk_<lookup>`) by name, as stored: every
-    descriptive value made storable (`extproc/storable.py`), those in `emptied` left out."""
+    """The record's columns and lookup values (`lk_<lookup>`) by name: descriptive numbers made
+    storable (`extproc/storable.py`), those in `emptied` left out. Its text is made storable
+    with the whole batch's (`_document`)."""
     prompt = record.prompt
     org = record.organization_id
     # Contract 7.4: organisation requests never store prompt text.
@@ -251,10 +253,6 @@ def _row(
         "lk_mode": record.mode,
         "lk_auto_model": record.auto_model,
     }
-    for name in _TEXT_FIELDS:
-        value = row[name]
-        if isinstance(value, str):
-            row[name] = storable.text(value)
     for name, kind in _DESCRIPTIVE_NUMBERS:
         row[name] = storable.number(kind, row[name])
     for name in emptied:
@@ -339,6 +337,30 @@ async def write_many(connection: Connection, items: list[Item]) -> list[Written]
     return await _write_usage(connection, items)
 
 
+def _document(rows: list[dict[str, Any]]) -> str:
+    """The statement's JSON, every text value made storable. What `storable.text` replaces
+    (NUL, lone surrogates) cannot hide in JSON: orjson writes NUL as the escape `\\u0000` and
+    refuses a lone surrogate. So a document without that escape, serialised without error,
+    holds only storable text and goes as it is: one search of the whole batch in C instead of
+    a call per text value. Otherwise (or on a false alarm: an escaped backslash before
+    "u0000") each text value passes through `storable.text`."""
+    try:
+        document = orjson.dumps(rows)
+        if b"\\u0000" not in document:
+            return document.decode()
+    except orjson.JSONEncodeError:
+        pass
+    for row in rows:
+        for name in _TEXT_FIELDS:
+            value = row[name]
+            if isinstance(value, str):
+                row[name] = storable.text(value)
+    try:
+        return orjson.dumps(rows).decode()
+    except orjson.JSONEncodeError as exc:  # a value JSON cannot carry: refused, like asyncpg's own
+        raise asyncpg.exceptions.DataError(f"usage row not encodable: {exc}") from exc
+
+
 async def _write_usage(
     connection: Connection,
     items: list[Item],
@@ -356,11 +378,7 @@ async def _write_usage(
         fields = _row(record, charge, cost, discount, emptied)
         fields["user_charge"] = cost if charge_users and record.organization_id is None else 0
         document.append(fields)
-    try:
-        text = orjson.dumps(document).decode()
-    except orjson.JSONEncodeError as exc:  # a value JSON cannot carry: refused, like asyncpg's own
-        raise asyncpg.exceptions.DataError(f"usage row not encodable: {exc}") from exc
-    rows = await connection.fetch(_WRITE_USAGE, text)
+    rows = await connection.fetch(_WRITE_USAGE, _document(document))
     inserted = {row["usage_id"] for row in rows if row["usage_id"] is not None}
     charged = {row["user_id"]: row for row in rows if row["user_id"] is not None}
     for user_id in {
