@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from urllib.parse import quote_plus
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from extproc.accounting.http1 import Client, HttpError
+from extproc.accounting.http1 import Client, HttpError, _quote
 
 BODY = b'{"data":{"id":"gen-1","total_cost":0.000123}}'
 
@@ -130,3 +133,9 @@ async def test_a_waiting_request_opens_the_connection_a_closed_one_leaves_room_f
     assert [r.status for r in responses] == [200] * 6
     await client.close()
     assert server.connections == 6
+
+
+# Any text, and text made mostly of what needs no quoting, with what does now and then.
+@given(st.one_of(st.text(), st.text(alphabet="aZ09_.~-" * 4 + " /+é%&=\x00")))
+def test_query_values_are_quoted_as_urlencode_quotes_them(value: str) -> None:
+    assert _quote(value) == quote_plus(value)

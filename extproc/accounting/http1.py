@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
@@ -95,7 +96,7 @@ class Client:
         """Raises OSError, TimeoutError, EOFError (asyncio.IncompleteReadError) or HttpError."""
         origin, path, host = _split(url)
         # What urlencode makes of str pairs, without its per-call type checks.
-        target = f"{path}?{'&'.join(f'{quote_plus(k)}={quote_plus(v)}' for k, v in params.items())}" if params else path
+        target = f"{path}?{'&'.join(f'{_quote(k)}={_quote(v)}' for k, v in params.items())}" if params else path
         lines = [f"GET {target} HTTP/1.1", f"Host: {host}", *(f"{k}: {v}" for k, v in headers.items())]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         pool = self._pools.get(origin)
@@ -141,6 +142,16 @@ class Client:
         self._pools.clear()
 
 
+# What quote_plus leaves as it is (RFC 3986's unreserved characters).
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _quote(value: str) -> str:
+    """quote_plus, without its generic per-character work when there is nothing to quote (a
+    generation id is unreserved characters)."""
+    return value if _UNRESERVED.fullmatch(value) else quote_plus(value)
+
+
 @functools.lru_cache(maxsize=64)
 def _split(url: str) -> tuple[_Origin, str, str]:
     """The origin, path and Host header of a URL; cached, as every lookup asks the same one."""
@@ -168,17 +179,22 @@ async def _exchange(stream: _Stream, request: bytes) -> tuple[Response, bool]:
     return Response(status, body), reusable
 
 
+_FRAMING = frozenset({b"connection", b"content-length", b"transfer-encoding"})
+
+
 def _parse_head(head: bytes) -> tuple[int, dict[bytes, bytes]]:
     status_line, *lines = head[:-4].split(b"\r\n")
     version, _, rest = status_line.partition(b" ")
     if not version.startswith(b"HTTP/1.") or not rest[:3].isdigit():
         raise HttpError(f"not an HTTP/1.x status line: {status_line[:40]!r}")
-    headers: dict[bytes, bytes] = {}
+    headers: dict[bytes, bytes] = {}  # only those that frame the body: the rest is never read
     for line in lines:
         name, sep, value = line.partition(b":")
         if not sep:
             raise HttpError("malformed header line")
-        headers[name.strip().lower()] = value.strip()
+        name = name.strip().lower()
+        if name in _FRAMING:
+            headers[name] = value.strip()
     if version == b"HTTP/1.0" and headers.get(b"connection", b"").lower() != b"keep-alive":
         headers[b"connection"] = b"close"
     return int(rest[:3]), headers
