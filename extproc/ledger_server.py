@@ -8,6 +8,7 @@ what is waiting within `accounting_drain_seconds`, and leaves the rest for its n
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -33,6 +34,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # What start-up built (modules, settings, pools) lives as long as the process: out of the
+    # collector's way, so that its full collections walk only the records' objects.
+    gc.freeze()
     logger.info("ledger writer running", extra={"consumer": settings.ledger_consumer})
     # Moves the write-ahead records of replicas that died into the outbox (accounting/inflight.py).
     reaper = asyncio.create_task(Reaper(resources.redis, grace_seconds=settings.inflight_ttl_seconds).run(stop))

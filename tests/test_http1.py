@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from urllib.parse import quote_plus
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from extproc.accounting.http1 import Client, HttpError
+from extproc.accounting.http1 import Client, HttpError, _quote
 
 BODY = b'{"data":{"id":"gen-1","total_cost":0.000123}}'
 
@@ -110,3 +113,29 @@ async def test_garbage_is_an_http_error(serve) -> None:  # type: ignore[no-untyp
     with pytest.raises(HttpError):
         await client.get(server.url, {}, {})
     await client.close()
+
+
+async def test_a_burst_beyond_the_pool_waits_for_connections_instead_of_opening_more(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(Server([_sized("200 OK", BODY)]))
+    client = Client(connections_per_origin=4)
+    for _ in range(3):  # bursts, as the writer's lookups come: each larger than the pool
+        responses = await asyncio.gather(*(client.get(server.url, {"id": str(i)}, {}) for i in range(20)))
+        assert [r.status for r in responses] == [200] * 20
+    await client.close()
+    assert len(server.requests) == 60
+    assert server.connections == 4
+
+
+async def test_a_waiting_request_opens_the_connection_a_closed_one_leaves_room_for(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(Server([_sized("200 OK", BODY, "connection: close\r\n")], close_after=1))
+    client = Client(connections_per_origin=2, timeout=5)
+    responses = await asyncio.gather(*(client.get(server.url, {}, {}) for _ in range(6)))
+    assert [r.status for r in responses] == [200] * 6
+    await client.close()
+    assert server.connections == 6
+
+
+# Any text, and text made mostly of what needs no quoting, with what does now and then.
+@given(st.one_of(st.text(), st.text(alphabet="aZ09_.~-" * 4 + " /+é%&=\x00")))
+def test_query_values_are_quoted_as_urlencode_quotes_them(value: str) -> None:
+    assert _quote(value) == quote_plus(value)

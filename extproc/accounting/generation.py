@@ -10,6 +10,7 @@ responses and streams the client cut included, so they are charged what the upst
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ REFETCHES = Counter(
     "Generation endpoint lookups, by outcome (found, not_found, failed).",
     ["outcome"],
 )
-for _outcome in ("found", "not_found", "failed"):  # zero series before the first of each
-    REFETCHES.labels(_outcome)
+# Bound once: zero series before the first of each, and no label lookup per record.
+_FOUND, _NOT_FOUND, _FAILED = (REFETCHES.labels(outcome) for outcome in ("found", "not_found", "failed"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +41,20 @@ class Backoff:
     jitter: float = 0.025
     budget: float = 20.0
 
-    def delays(self) -> list[float]:
-        delays, total, delay = [], 0.0, self.first_delay
-        while total + delay <= self.budget:
-            delays.append(delay)
-            total += delay
-            delay *= self.factor
-        return delays
+    def delays(self) -> tuple[float, ...]:
+        return _delays(self)
+
+
+@functools.lru_cache(maxsize=8)
+def _delays(backoff: Backoff) -> tuple[float, ...]:
+    """The nominal waits between tries: computed once per schedule, not per record."""
+    delays: list[float] = []
+    total, delay = 0.0, backoff.first_delay
+    while total + delay <= backoff.budget:
+        delays.append(delay)
+        total += delay
+        delay *= backoff.factor
+    return tuple(delays)
 
 
 def _retryable(status: int) -> bool:
@@ -74,7 +82,7 @@ async def fetch_generation(
                 payload = orjson.loads(response.body)
                 data = payload.get("data") if isinstance(payload, dict) else None
                 if isinstance(data, dict):
-                    REFETCHES.labels("found").inc()
+                    _FOUND.inc()
                     return data
                 break
             if not _retryable(response.status):
@@ -88,7 +96,7 @@ async def fetch_generation(
             delay = delays[attempt]
             await asyncio.sleep(delay * random.uniform(1 - backoff.jitter, 1 + backoff.jitter))
     else:
-        REFETCHES.labels("not_found").inc()
+        _NOT_FOUND.inc()
         return None
-    REFETCHES.labels("failed").inc()
+    _FAILED.inc()
     return None

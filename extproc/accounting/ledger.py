@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import orjson
 
 from extproc import storable
@@ -41,15 +41,21 @@ LOOKUPS = (
     "auto_model",
 )
 
-# One statement for one record or many, passed as arrays: the lookup ids, the usage rows, their
-# metadata rows and the users' charges (summed per user), the last two only for the usage rows
-# it inserted (a usage id already written inserts nothing and charges nobody). A user's record
-# without an organisation or a request log needs nothing else: one round trip, atomic without
-# an explicit transaction. A value already in its lookup table is read (f_), not upserted: an
-# upsert writes a new row version every time, and nearly every request repeats known values. A
-# new value is inserted with DO UPDATE (not DO NOTHING), so that a concurrent insert of the same
-# value still returns its id. The columns of each table with the types of their arrays (`id`
-# and `created_at` are shared: the metadata row repeats them).
+# One statement for one record or many, passed as one JSON array of rows: the lookup ids, the
+# usage rows, their metadata rows and the users' charges (summed per user), the last two only
+# for the usage rows it inserted (a usage id already written inserts nothing and charges
+# nobody). A user's record without an organisation or a request log needs nothing else: one
+# round trip, atomic without an explicit transaction. A value already in its lookup table is
+# read (f_), not upserted: an upsert writes a new row version every time, and nearly every
+# request repeats known values. A new value is inserted with DO UPDATE (not DO NOTHING), so
+# that a concurrent insert of the same value still returns its id. The columns of each table
+# with their types (`id` and `created_at` are shared: the metadata row repeats them).
+#
+# JSON rather than one array parameter per column: asyncpg encodes arrays element by element
+# with Python-level checks (an ABC isinstance per element, ~46 per record), which cost the
+# writer more than the rest of the statement; one JSON text is serialised by orjson in C and
+# parsed by Postgres in C. Every value keeps its exact type: integers are JSON integers
+# (bigint, exact), timestamps RFC 3339 with microseconds, text JSON strings.
 _USAGE = (
     ("id", "uuid"), ("kilo_user_id", "text"), ("organization_id", "uuid"), ("provider", "text"),
     ("cost", "bigint"), ("input_tokens", "bigint"), ("output_tokens", "bigint"), ("cache_write_tokens", "bigint"),
@@ -66,8 +72,9 @@ _METADATA = (
 _COLUMNS = _USAGE + _METADATA
 _USAGE_COLUMNS = [name for name, _ in _USAGE]
 _METADATA_COLUMNS = ["id", "created_at", *(name for name, _ in _METADATA)]
-# The statement's array parameters: the columns, then the lookup values, then the user's charge.
-_ARRAYS = [*_COLUMNS, *((f"lk_{n}", "text") for n in LOOKUPS), ("user_charge", "bigint")]
+# The fields of each row of the statement's JSON: the columns, then the lookup values, then the
+# user's charge.
+_FIELDS = [*_COLUMNS, *((f"lk_{n}", "text") for n in LOOKUPS), ("user_charge", "bigint")]
 _LOOKUP_CTES = ",\n".join(
     f"""f_{name} AS (SELECT {name}_id, {name} FROM {name} WHERE {name} IN (SELECT lk_{name} FROM input)),
 l_{name} AS (
@@ -79,8 +86,7 @@ l_{name} AS (
 )
 _WRITE_USAGE = f"""
 WITH input AS (
-  SELECT * FROM unnest({", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(_ARRAYS, 1))})
-  AS t({", ".join(name for name, _ in _ARRAYS)})
+  SELECT * FROM json_to_recordset($1::json) AS t({", ".join(f"{name} {kind}" for name, kind in _FIELDS)})
 ),
 {_LOOKUP_CTES},
 usage AS (
@@ -172,7 +178,13 @@ def stored_model(record: UsageRecord) -> str:
 _EXACT = frozenset(
     {"cost", "input_tokens", "output_tokens", "cache_write_tokens", "cache_hit_tokens", "cache_discount", "market_cost"}
 )
-_KINDS = dict(_COLUMNS)
+# What is made storable: the text (lookup values included; `_document`) and the descriptive
+# numbers (`_row`).
+_TEXT_FIELDS = tuple(name for name, kind in _FIELDS if kind == "text")
+_DESCRIPTIVE_NUMBERS = tuple(
+    (name, kind) for name, kind in _COLUMNS if kind in ("smallint", "integer", "bigint", "real") and name not in _EXACT
+)
+_LOOKUP_FIELDS = {name: f"lk_{name}" for name in LOOKUPS}
 # The text that only describes a request: what a record can be written without when Postgres
 # refuses it (`emptied`), so that the charge is still made. `request_log` is the employee log row.
 EMPTIABLE = frozenset(
@@ -182,31 +194,19 @@ EMPTIABLE = frozenset(
 _MISSING_MESSAGE_ID = "<missing>"  # message_id is NOT NULL (contract 7.5)
 
 
-def _values(
+def _row(
     record: UsageRecord, charge: Charge, cost: int, cache_discount: int | None, emptied: frozenset[str]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The record's columns and lookup values by name, as stored: every descriptive value made
-    storable (`extproc/storable.py`), those in `emptied` left out."""
+) -> dict[str, Any]:
+    """The record's columns and lookup values (`lk_<lookup>`) by name: descriptive numbers made
+    storable (`extproc/storable.py`), those in `emptied` left out. Its text is made storable
+    with the whole batch's (`_document`)."""
     prompt = record.prompt
     org = record.organization_id
     # Contract 7.4: organisation requests never store prompt text.
     user_prefix = None if org or prompt is None else prompt.user_prompt_prefix
     system_prefix = None if org or prompt is None else (prompt.system_prompt_prefix or None)
-    lookups: dict[str, Any] = {
-        "http_user_agent": record.user_agent,
-        "http_ip": record.forwarded_for,
-        "vercel_ip_country": None,
-        "vercel_ip_city": None,
-        "ja4_digest": None,
-        "system_prompt_prefix": system_prefix,
-        "finish_reason": charge.finish_reason,
-        "editor_name": record.editor_name,
-        "feature": record.feature,
-        "mode": record.mode,
-        "auto_model": record.auto_model,
-    }
     usage = charge.usage
-    columns: dict[str, Any] = {
+    row: dict[str, Any] = {
         "id": record.usage_id,
         "kilo_user_id": record.kilo_user_id,
         "organization_id": org,
@@ -241,18 +241,26 @@ def _values(
         "machine_id": record.machine_id,
         "session_id": record.session_id,
         "market_cost": usage.cost_microdollars,  # before zeroing (contract 7.4)
+        "lk_http_user_agent": record.user_agent,
+        "lk_http_ip": record.forwarded_for,
+        "lk_vercel_ip_country": None,
+        "lk_vercel_ip_city": None,
+        "lk_ja4_digest": None,
+        "lk_system_prompt_prefix": system_prefix,
+        "lk_finish_reason": charge.finish_reason,
+        "lk_editor_name": record.editor_name,
+        "lk_feature": record.feature,
+        "lk_mode": record.mode,
+        "lk_auto_model": record.auto_model,
     }
-    for name, value in columns.items():
-        kind = _KINDS[name]
-        if name in emptied:
-            columns[name] = _MISSING_MESSAGE_ID if name == "message_id" else None
-        elif kind == "text" and isinstance(value, str):
-            columns[name] = storable.text(value)
-        elif kind in ("smallint", "integer", "bigint", "real") and name not in _EXACT:
-            columns[name] = storable.number(kind, value)
-    for name, value in lookups.items():
-        lookups[name] = None if name in emptied else storable.optional_text(value)
-    return columns, lookups
+    for name, kind in _DESCRIPTIVE_NUMBERS:
+        row[name] = storable.number(kind, row[name])
+    for name in emptied:
+        if name in _LOOKUP_FIELDS:
+            row[_LOOKUP_FIELDS[name]] = None
+        elif name in row:
+            row[name] = _MISSING_MESSAGE_ID if name == "message_id" else None
+    return row
 
 
 async def write(
@@ -317,14 +325,6 @@ async def _log_request(connection: Connection, record: UsageRecord) -> None:
 Item = tuple[UsageRecord, Charge, int, int | None]  # record, charge, cost charged, cache discount
 
 
-def argument_name(message: str) -> str | None:
-    """The column (or lookup) behind the statement's `$N` that asyncpg names in an encoding
-    error, so that a refused value's log line says where it was headed."""
-    match = re.search(r"query argument \$(\d+)", message)
-    index = int(match.group(1)) - 1 if match else -1
-    return _ARRAYS[index][0].removeprefix("lk_") if 0 <= index < len(_ARRAYS) else None
-
-
 def batchable(record: UsageRecord) -> bool:
     """Records `write_many` takes: a user's, without an organisation or a request log."""
     return record.organization_id is None and record.request_log is None
@@ -335,6 +335,30 @@ async def write_many(connection: Connection, items: list[Item]) -> list[Written]
     appears twice in `items` is written once; the later copies are duplicates."""
     assert all(batchable(record) for record, _, _, _ in items)
     return await _write_usage(connection, items)
+
+
+def _document(rows: list[dict[str, Any]]) -> str:
+    """The statement's JSON, every text value made storable. What `storable.text` replaces
+    (NUL, lone surrogates) cannot hide in JSON: orjson writes NUL as the escape `\\u0000` and
+    refuses a lone surrogate. So a document without that escape, serialised without error,
+    holds only storable text and goes as it is: one search of the whole batch in C instead of
+    a call per text value. Otherwise (or on a false alarm: an escaped backslash before
+    "u0000") each text value passes through `storable.text`."""
+    try:
+        document = orjson.dumps(rows)
+        if b"\\u0000" not in document:
+            return document.decode()
+    except orjson.JSONEncodeError:
+        pass
+    for row in rows:
+        for name in _TEXT_FIELDS:
+            value = row[name]
+            if isinstance(value, str):
+                row[name] = storable.text(value)
+    try:
+        return orjson.dumps(rows).decode()
+    except orjson.JSONEncodeError as exc:  # a value JSON cannot carry: refused, like asyncpg's own
+        raise asyncpg.exceptions.DataError(f"usage row not encodable: {exc}") from exc
 
 
 async def _write_usage(
@@ -349,14 +373,12 @@ async def _write_usage(
     for index, (record, _, _, _) in enumerate(items):
         first.setdefault(record.usage_id, index)
     unique = [items[index] for index in sorted(first.values())]
-    arrays: list[list[Any]] = [[] for _ in range(len(_ARRAYS))]
+    document: list[dict[str, Any]] = []
     for record, charge, cost, discount in unique:
-        columns, lookups = _values(record, charge, cost, discount, emptied)
-        user_charge = cost if charge_users and record.organization_id is None else 0
-        values = [*(columns[n] for n, _ in _COLUMNS), *(lookups[n] for n in LOOKUPS), user_charge]
-        for array, value in zip(arrays, values, strict=True):
-            array.append(value)
-    rows = await connection.fetch(_WRITE_USAGE, *arrays)
+        fields = _row(record, charge, cost, discount, emptied)
+        fields["user_charge"] = cost if charge_users and record.organization_id is None else 0
+        document.append(fields)
+    rows = await connection.fetch(_WRITE_USAGE, _document(document))
     inserted = {row["usage_id"] for row in rows if row["usage_id"] is not None}
     charged = {row["user_id"]: row for row in rows if row["user_id"] is not None}
     for user_id in {

@@ -145,9 +145,11 @@ class UsageRecord:
     def from_json(cls, data: bytes | str) -> UsageRecord:
         values = orjson.loads(data)
         prompt = values.pop("prompt", None)
-        # Fields this version does not know (written by a newer replica) are ignored.
-        known = {key: value for key, value in values.items() if key in _RECORD_FIELDS}
-        return cls(**known, prompt=PromptInfo(**prompt) if prompt else None)
+        # Fields this version does not know (written by a newer replica) are ignored; checked
+        # for the whole record at once, as a record nearly always has none.
+        if not values.keys() <= _RECORD_FIELDS:
+            values = {key: value for key, value in values.items() if key in _RECORD_FIELDS}
+        return cls(**values, prompt=PromptInfo(**prompt) if prompt else None)
 
 
 _RECORD_FIELDS = frozenset(f.name for f in fields(UsageRecord)) - {"prompt"}
