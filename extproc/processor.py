@@ -95,9 +95,10 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
                 if finished:
                     break
         finally:
-            await _close(messages)
             if untapped is not None:
                 exchange.tap_response_body(untapped)
             # Reached on completion, and also when Envoy resets the stream because the client
             # went away: the request is summarised either way, marked aborted in the latter.
             exchange.finish(aborted=not finished)
+            # After `finish`: nothing that closing the stream might raise costs the usage record.
+            await _close(messages)
