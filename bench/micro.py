@@ -4,7 +4,11 @@
 - a generation lookup (GET, small JSON answer, keep-alive): aiohttp as the writer used it
   against the writer's own client (extproc/accounting/http1.py);
 - the outbox's XADD of a usage record: a redis-py pipeline as `Outbox.add` used it against the
-  lean RESP connection (extproc/accounting/resp.py), alone and in batches of 10.
+  lean RESP connection (extproc/accounting/resp.py), alone and in batches of 10;
+- the ext_proc's per-request work: the request-body reply built with nested keyword
+  constructors (as extproc/protocol.py did) against `protocol.request_body_replace`; a labelled
+  metric through `labels()` against `metrics.child`; gRPC's request iterator (an async
+  generator) left unfinished to asyncio's finaliser against closed by the Processor.
 
 The servers (a raw HTTP/1.1 responder, an embedded Redis) run in processes of their own.
 
@@ -19,14 +23,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import orjson
 import redis.asyncio as aioredis
 import uvloop
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    BodyMutation,
+    BodyResponse,
+    CommonResponse,
+    HeaderMutation,
+    ProcessingResponse,
+)
 
+from extproc import metrics, protocol
 from extproc.accounting.http1 import Client
 from extproc.accounting.resp import RespConnection, pack
 from extproc.local.embedded import start_redis
@@ -111,6 +124,75 @@ async def _xadds(redis_url: str) -> list[tuple[str, int, float]]:
     return rows
 
 
+REPLIES = 20_000
+UPSTREAM_HEADERS = {"x-gateway-upstream": "provider_openrouter", ":path": "/api/v1/chat/completions",
+                    "http-referer": "https://kilocode.ai", "x-title": "Kilo Code", "content-type": "application/json",
+                    "content-length": "420", "authorization": "Bearer sk-or-v1-" + "0" * 64}
+CLIENT_HEADERS = ["user-agent", "accept", "x-kilocode-taskid"]
+
+
+def _keyword_reply() -> bytes:
+    mutation = HeaderMutation(
+        set_headers=[
+            HeaderValueOption(header=HeaderValue(key=key, raw_value=value.encode("latin-1")),
+                              append_action=HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD)
+            for key, value in UPSTREAM_HEADERS.items()
+        ],
+        remove_headers=CLIENT_HEADERS,
+    )
+    return ProcessingResponse(request_body=BodyResponse(response=CommonResponse(
+        header_mutation=mutation, body_mutation=BodyMutation(body=RECORD), clear_route_cache=True,
+    ))).SerializeToString()
+
+
+def _protocol_reply() -> bytes:
+    mutation = protocol.header_mutation(UPSTREAM_HEADERS, CLIENT_HEADERS)
+    return protocol.request_body_replace(RECORD, mutation, clear_route_cache=True).SerializeToString()
+
+
+def _cpu_per_sync_call(call: Callable[[], object], total: int) -> float:
+    call()
+    started = time.process_time()
+    for _ in range(total):
+        call()
+    return (time.process_time() - started) * 1e6 / total
+
+
+async def _streams_closed() -> list[tuple[str, int, float]]:
+    async def messages() -> AsyncIterator[bytes]:
+        while True:
+            yield RECORD
+
+    async def left_to_finaliser(_: int) -> None:
+        stream = messages()
+        await anext(stream)
+        del stream
+        await asyncio.sleep(0)  # the finaliser's task runs
+
+    async def closed(_: int) -> None:
+        stream = messages()
+        await anext(stream)
+        await stream.aclose()
+        await asyncio.sleep(0)  # the same loop iteration, for a fair comparison
+
+    return [(name, 1, await _cpu_per_call(call, REPLIES, 1))
+            for name, call in (("request iterator, left to the finaliser", left_to_finaliser),
+                               ("request iterator, closed by the Processor", closed))]
+
+
+def _ext_proc() -> list[tuple[str, int, float]]:
+    assert _keyword_reply() == _protocol_reply()
+    labels = ("chat", "openrouter", "openai/gpt-4o-mini", "input")
+    return [
+        ("request-body reply, keyword constructors", 1, _cpu_per_sync_call(_keyword_reply, REPLIES)),
+        ("request-body reply, extproc.protocol", 1, _cpu_per_sync_call(_protocol_reply, REPLIES)),
+        ("labelled histogram, labels()", 1, _cpu_per_sync_call(lambda: metrics.TOKEN_USAGE.labels(*labels), REPLIES)),
+        ("labelled histogram, metrics.child", 1,
+         _cpu_per_sync_call(lambda: metrics.child(metrics.TOKEN_USAGE, *labels), REPLIES)),
+        *uvloop.run(_streams_closed()),
+    ]
+
+
 def _wait_for_port(port: int) -> None:
     deadline = time.monotonic() + 30
     while True:
@@ -124,6 +206,7 @@ def _wait_for_port(port: int) -> None:
 
 
 def main() -> None:
+    rows = _ext_proc()
     port = free_port()
     responder = subprocess.Popen([sys.executable, "-c", _RESPONDER, str(port)], stdin=subprocess.PIPE)
     assert responder.stdin is not None
@@ -133,7 +216,7 @@ def main() -> None:
         redis_child, redis_url = start_redis(Path(data), free_port(), durable=False)
         try:
             _wait_for_port(port)
-            rows = uvloop.run(_gets(f"http://127.0.0.1:{port}/api/v1/generation"))
+            rows += uvloop.run(_gets(f"http://127.0.0.1:{port}/api/v1/generation"))
             rows += uvloop.run(_xadds(redis_url))
         finally:
             responder.kill()

@@ -40,6 +40,12 @@ def _handler(exchange: ChatExchange, phase: str | None) -> Callable[[ProcessingR
     return exchange.on_unexpected
 
 
+async def _close(messages: AsyncIterator[ProcessingRequest]) -> None:
+    close = getattr(messages, "aclose", None)
+    if close is not None:
+        await close()
+
+
 # xds-protos ships no stubs, so mypy sees the generated servicer base class as Any.
 class Processor(ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, core: Collaborators) -> None:
@@ -53,8 +59,13 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
         exchange = ChatExchange(self.core)
         finished = False
         untapped: ProcessingRequest | None = None
+        # gRPC's request iterator is an async generator we leave unfinished (we stop at the last
+        # message, before Envoy half-closes). Closed here, at once: left to the garbage
+        # collector, asyncio's finaliser would schedule its closing as a task of its own and wake
+        # the loop from outside (a syscall), per request.
+        messages = aiter(request_iterator)
         try:
-            async for request in request_iterator:
+            async for request in messages:
                 phase = request.WhichOneof("request")
                 started = time.perf_counter()
                 if phase == "response_body":
@@ -89,3 +100,5 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
             # Reached on completion, and also when Envoy resets the stream because the client
             # went away: the request is summarised either way, marked aborted in the latter.
             exchange.finish(aborted=not finished)
+            # After `finish`: nothing that closing the stream might raise costs the usage record.
+            await _close(messages)

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.config.core.v3.base_pb2 import HeaderValueOption
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
-    BodyMutation,
     BodyResponse,
-    CommonResponse,
     HeaderMutation,
-    HeadersResponse,
     HttpHeaders,
-    ImmediateResponse,
     ProcessingResponse,
 )
-from envoy.type.v3.http_status_pb2 import HttpStatus
 
 from extproc.envoy_names import IMMEDIATE_DETAILS, LOG_NAMESPACE
 from extproc.errors import GatewayError
@@ -28,46 +23,59 @@ from extproc.errors import GatewayError
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
 BUFFERED = ProcessingMode.BodySendMode.BUFFERED
 STREAMED = ProcessingMode.BodySendMode.STREAMED
+_JSON_CONTENT = {"content-type": "application/json"}
 
 
 def read_headers(headers: HttpHeaders) -> dict[str, str]:
     """Envoy's header map as a dict of lowercase names; repeated headers joined by ','."""
     result: dict[str, str] = {}
     for header in headers.headers.headers:
-        value = header.raw_value.decode("latin-1") if header.raw_value else header.value
+        raw = header.raw_value
+        value = raw.decode("latin-1") if raw else header.value
         key = header.key.lower()
-        result[key] = f"{result[key]},{value}" if key in result else value
+        previous = result.get(key)
+        result[key] = value if previous is None else f"{previous},{value}"
     return result
+
+
+# The builders below fill each reply in place, field by field: nested messages passed to
+# constructors as keyword arguments are each built and then copied again into their parent,
+# which measured about three times the CPU for a request-body reply (bench/micro.py).
 
 
 def header_mutation(
     set_headers: Mapping[str, str] | None = None, remove: Iterable[str] = ()
 ) -> HeaderMutation:
-    return HeaderMutation(
-        set_headers=[
-            HeaderValueOption(
-                header=HeaderValue(key=key, raw_value=value.encode("latin-1")),
-                append_action=_OVERWRITE,
-            )
-            for key, value in (set_headers or {}).items()
-        ],
-        remove_headers=list(remove),
-    )
+    mutation = HeaderMutation()
+    _fill_mutation(mutation, set_headers, remove)
+    return mutation
+
+
+def _fill_mutation(
+    mutation: HeaderMutation, set_headers: Mapping[str, str] | None, remove: Iterable[str]
+) -> None:
+    add = mutation.set_headers.add
+    for key, value in (set_headers or {}).items():
+        option = add(append_action=_OVERWRITE)
+        option.header.key = key
+        option.header.raw_value = value.encode("latin-1")
+    mutation.remove_headers.extend(remove)
 
 
 def immediate(error: GatewayError) -> ProcessingResponse:
-    return ProcessingResponse(
-        immediate_response=ImmediateResponse(
-            status=HttpStatus(code=error.status),
-            headers=header_mutation({"content-type": "application/json"}),
-            body=error.json(),
-            details=f"{IMMEDIATE_DETAILS}{error.status}",
-        )
-    )
+    reply = ProcessingResponse()
+    answer = reply.immediate_response
+    answer.status.code = error.status
+    _fill_mutation(answer.headers, _JSON_CONTENT, ())
+    answer.body = error.json()
+    answer.details = f"{IMMEDIATE_DETAILS}{error.status}"
+    return reply
 
 
 def request_headers_continue() -> ProcessingResponse:
-    return ProcessingResponse(request_headers=HeadersResponse())
+    reply = ProcessingResponse()
+    reply.request_headers.SetInParent()
+    return reply
 
 
 def with_request_id(reply: ProcessingResponse, request_id: str) -> ProcessingResponse:
@@ -81,24 +89,21 @@ def with_request_id(reply: ProcessingResponse, request_id: str) -> ProcessingRes
 def request_body_replace(
     body: bytes, mutation: HeaderMutation, clear_route_cache: bool
 ) -> ProcessingResponse:
-    return ProcessingResponse(
-        request_body=BodyResponse(
-            response=CommonResponse(
-                header_mutation=mutation,
-                body_mutation=BodyMutation(body=body),
-                clear_route_cache=clear_route_cache,
-            )
-        )
-    )
+    reply = ProcessingResponse()
+    common = reply.request_body.response
+    common.header_mutation.CopyFrom(mutation)
+    common.body_mutation.body = body
+    common.clear_route_cache = clear_route_cache
+    return reply
 
 
 def response_headers_reply(
     mutation: HeaderMutation, body_mode: ProcessingMode.BodySendMode.ValueType
 ) -> ProcessingResponse:
-    return ProcessingResponse(
-        response_headers=HeadersResponse(response=CommonResponse(header_mutation=mutation)),
-        mode_override=ProcessingMode(response_body_mode=body_mode),
-    )
+    reply = ProcessingResponse()
+    reply.response_headers.response.header_mutation.CopyFrom(mutation)
+    reply.mode_override.response_body_mode = body_mode
+    return reply
 
 
 # Answering a body chunk unchanged is the same message every time: build it once.
@@ -108,8 +113,9 @@ RESPONSE_BODY_CONTINUE = ProcessingResponse(response_body=BodyResponse())
 def response_body_replace(body: bytes, mutation: HeaderMutation | None = None) -> ProcessingResponse:
     """Replace this response chunk (STREAMED) or the whole body (BUFFERED, where headers are
     still held and may be mutated too)."""
-    return ProcessingResponse(
-        response_body=BodyResponse(
-            response=CommonResponse(header_mutation=mutation, body_mutation=BodyMutation(body=body))
-        )
-    )
+    reply = ProcessingResponse()
+    common = reply.response_body.response
+    if mutation is not None:
+        common.header_mutation.CopyFrom(mutation)
+    common.body_mutation.body = body
+    return reply

@@ -56,7 +56,7 @@ def finish_request(
     summary = summarize(admitted, tap, aborted) if admitted is not None and tap is not None else None
     provider = provider_id or "none"
     model = (summary.model if summary is not None else None) or "none"
-    metrics.REQUESTS.labels(status="aborted" if aborted else str(status), provider=provider, model=model).inc()
+    metrics.child(metrics.REQUESTS, "aborted" if aborted else str(status), provider, model).inc()
     if admitted is None or written_ahead is None:
         return  # refused: nothing reached an upstream
     if tap is None or summary is None:
@@ -166,12 +166,12 @@ def _record_genai_metrics(
         ("output", reported.output_tokens),
         ("cached_input", reported.cache_hit_tokens),
     ):
-        metrics.TOKEN_USAGE.labels(*labels, token_type).observe(count)
+        metrics.child(metrics.TOKEN_USAGE, *labels, token_type).observe(count)
     started = admitted.request.started
     duration = time.monotonic() - started
-    metrics.REQUEST_DURATION.labels(*labels).observe(duration)
+    metrics.child(metrics.REQUEST_DURATION, *labels).observe(duration)
     if summary.streamed and tap.first_chunk_at is not None:
         ttft = tap.first_chunk_at - started
-        metrics.TIME_TO_FIRST_TOKEN.labels(*labels).observe(ttft)
+        metrics.child(metrics.TIME_TO_FIRST_TOKEN, *labels).observe(ttft)
         if reported.output_tokens > 1:
-            metrics.TIME_PER_OUTPUT_TOKEN.labels(*labels).observe((duration - ttft) / (reported.output_tokens - 1))
+            metrics.child(metrics.TIME_PER_OUTPUT_TOKEN, *labels).observe((duration - ttft) / (reported.output_tokens - 1))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from prometheus_client import Counter
 
-from extproc import errors
+from extproc import errors, metrics
 from extproc.byok import ByokDecryptionError
 from extproc.custom_llm import FORWARDABLE_KIND, TRANSLATED_KINDS, CustomLlm, UnsafeCustomLlmUrl, martian_llm
 from extproc.envoy_names import CUSTOM_HTTP_CLUSTER, CUSTOM_HTTPS_CLUSTER
@@ -52,7 +52,7 @@ class Route:
 
     def record_metrics(self) -> None:
         """Metrics, once the request is on its way upstream (not when it is refused later)."""
-        ROUTED.labels(self.provider.id).inc()
+        metrics.child(ROUTED, self.provider.id).inc()
         if self.ab_decision is not None:
             routed_to, percentage = self.ab_decision
             reason = "openrouter_error_rate" if percentage > _DEFAULT_VERCEL_SHARE else "default_share"
