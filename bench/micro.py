@@ -5,6 +5,8 @@
   against the writer's own client (extproc/accounting/http1.py);
 - the outbox's XADD of a usage record: a redis-py pipeline as `Outbox.add` used it against the
   lean RESP connection (extproc/accounting/resp.py), alone and in batches of 10;
+- the submitter (extproc/accounting/submit.py) at a steady 600 requests/s, each a write-ahead
+  record then a final one: flushed at every wake-up against gathered for 20 ms;
 - the ext_proc's per-request work: the request-body reply built with nested keyword
   constructors (as extproc/protocol.py did) against `protocol.request_body_replace`; a labelled
   metric through `labels()` against `metrics.child`; gRPC's request iterator (an async
@@ -23,8 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import orjson
@@ -40,8 +44,13 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 )
 
 from extproc import metrics, protocol
+from extproc.accounting import submit
 from extproc.accounting.http1 import Client
+from extproc.accounting.inflight import InFlightLog
+from extproc.accounting.outbox import Outbox
+from extproc.accounting.record import UsageRecord
 from extproc.accounting.resp import RespConnection, pack
+from extproc.accounting.writer import LedgerWriter
 from extproc.local.embedded import start_redis
 from extproc.local.processes import free_port
 
@@ -120,6 +129,59 @@ async def _xadds(redis_url: str) -> list[tuple[str, int, float]]:
             per_batch = await _cpu_per_call(call, XADDS // batch, 1)
             rows.append((name, batch, per_batch / batch))
     resp.close()
+    await redis.aclose()
+    return rows
+
+
+def _record() -> UsageRecord:
+    """A paid streamed request's record, as the ext_proc writes it ahead."""
+    return UsageRecord(
+        usage_id=str(uuid.uuid4()), created_at=time.time(), kilo_user_id="bench-user", organization_id=None,
+        provider="openrouter", requested_model="openai/gpt-4o-mini", auto_model=None, status_code=0, streamed=True,
+        aborted=True, free_model=False, stealth_model=False, user_byok=False, promotion=False, message_id=None,
+        model=None, inference_provider=None, finish_reason=None, has_error=True, input_tokens=0, output_tokens=0,
+        cache_hit_tokens=0, cost_microdollars=0, is_byok=None, user_agent="Kilo-Code/4.1.0", session_id="bench-task",
+    )
+
+
+SUBMITTED_PER_SECOND = 600
+SUBMITTED = 3_000
+
+
+async def _submitter(redis_url: str) -> list[tuple[str, int, float]]:
+    """The submitter's CPU per request at a steady rate: each request's write-ahead record, then
+    5 ms later its final record, sent with and without the gather window. The first row is the
+    same loop with nothing sent: subtract it."""
+    redis = aioredis.Redis.from_url(redis_url)
+    rows = []
+    for name, gather, sends in (("requests alone, nothing sent", 0.0, False),
+                                ("submitter, flushed at each wake-up", 0.0, True),
+                                ("submitter, 20 ms gather window", submit._GATHER_SECONDS, True)):
+        submit._GATHER_SECONDS = gather
+        outbox = Outbox(redis, "bench:ledger")
+        submitter = submit.UsageSubmitter(outbox, cast(LedgerWriter, None), InFlightLog(uuid.uuid4().hex, 10_000))
+        stop = asyncio.Event()
+        task = asyncio.create_task(submitter.run(stop))
+
+        async def request(record: UsageRecord) -> None:
+            if sends:
+                submitter.write_ahead(record)
+            await asyncio.sleep(0.005)
+            if sends:
+                submitter.submit(record)
+
+        started, cpu = time.monotonic(), time.process_time()
+        requests = []
+        for n in range(SUBMITTED):
+            requests.append(asyncio.create_task(request(_record())))
+            await asyncio.sleep(max(0.0, started + (n + 1) / SUBMITTED_PER_SECOND - time.monotonic()))
+        await asyncio.gather(*requests)
+        while submitter.pending or submitter._ahead:
+            await asyncio.sleep(0.005)
+        rows.append((name, SUBMITTED_PER_SECOND, (time.process_time() - cpu) / SUBMITTED * 1e6))
+        stop.set()
+        submitter._wake.set()
+        await task
     await redis.aclose()
     return rows
 
@@ -218,6 +280,7 @@ def main() -> None:
             _wait_for_port(port)
             rows += uvloop.run(_gets(f"http://127.0.0.1:{port}/api/v1/generation"))
             rows += uvloop.run(_xadds(redis_url))
+            rows += uvloop.run(_submitter(redis_url))
         finally:
             responder.kill()
             responder.wait()

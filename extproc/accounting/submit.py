@@ -38,6 +38,11 @@ OUTBOX_FAILURES = Counter("llm_gateway_outbox_failures", "Usage records Redis re
 
 _RETRY_SECONDS = 1.0
 _BATCH = 256
+# After a wake-up, the commands of the next few milliseconds join the same round trip: under
+# load a request would otherwise cost two (its write-ahead record, then its final record), each
+# ~0.1 ms of the ext_proc's CPU alone against ~0.015 ms per command in a batch of ten
+# (bench/micro.py). Delays only bookkeeping; a crash loses at most this window's write-aheads.
+_GATHER_SECONDS = 0.02
 
 
 class UsageSubmitter:
@@ -92,7 +97,9 @@ class UsageSubmitter:
         retry_at = 0.0
         while not stop.is_set():
             try:
-                await asyncio.wait_for(self._wake.wait(), self._heartbeat_every)
+                async with asyncio.timeout(self._heartbeat_every):
+                    await self._wake.wait()
+                await asyncio.sleep(_GATHER_SECONDS)
             except TimeoutError:
                 pass
             self._wake.clear()
