@@ -156,6 +156,10 @@ class LedgerWriter:
         except LookupAbandoned:
             logger.info("generation lookup abandoned at shutdown; the record stays in the outbox",
                         extra={"usage_id": record.usage_id})
+        except Exception:
+            # Not acknowledged: the entry stays pending and is read again, like a failed write.
+            logger.exception("ledger write failed unexpectedly; the record stays in the outbox",
+                             extra={"usage_id": record.usage_id})
         finally:
             if written:
                 self._failures = 0

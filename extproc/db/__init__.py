@@ -20,6 +20,10 @@ POSTGRES_ERRORS: tuple[type[Exception], ...] = (
     TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # asyncpg's "cannot switch to state N; another operation is in progress": a pooled
+    # connection left mid-protocol when Postgres dropped it (seen around a Postgres restart in
+    # tests/test_faults_e2e.py, where a free model's usage insert then answered 500).
+    asyncpg.InternalClientError,
 )
 
 # The ledger's idempotency conflict: the usage id already written (not a fault of the data).
