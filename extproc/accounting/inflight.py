@@ -43,6 +43,7 @@ from extproc import logs
 from extproc.accounting.outbox import RECORD_FIELD, STREAM
 from extproc.accounting.record import UsageRecord
 from extproc.accounting.resp import pack
+from extproc.event_loop import sleep_or_stop
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,4 @@ class Reaper:
             except (RedisError, OSError) as exc:
                 self._missing_since.clear()
                 logger.error("in-flight records not reaped (next pass soon)", extra=logs.failure(exc))
-            try:
-                await asyncio.wait_for(stop.wait(), self.interval)
-            except TimeoutError:
-                pass
+            await sleep_or_stop(stop, self.interval)

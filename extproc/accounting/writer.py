@@ -30,6 +30,7 @@ from extproc.accounting.http1 import Client
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.record import UsageRecord
 from extproc.db import POSTGRES_ERRORS, Connection, refuses_data
+from extproc.event_loop import sleep_or_stop
 from extproc.settings import Settings
 from extproc.side import analytics
 
@@ -130,11 +131,11 @@ class LedgerWriter:
                     rescan_at = min(rescan_at, time.monotonic() + self._retry_delay())
                 await self._update_gauges()
                 if len(entries) < _BATCH:
-                    await _sleep_or_stop(stop, _READ_PAUSE_SECONDS)
+                    await sleep_or_stop(stop, _READ_PAUSE_SECONDS)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._failures += 1
                 logger.error("outbox read failed", extra=logs.failure(exc))
-                await _sleep_or_stop(stop, self._retry_delay())
+                await sleep_or_stop(stop, self._retry_delay())
         await watcher
 
     async def _abandon_lookups_on(self, stop: asyncio.Event) -> None:
@@ -457,10 +458,3 @@ async def _write_checking_first_usage(
         if written.inserted and charged > 0:
             used_after = await analytics.microdollars_used(connection, record.kilo_user_id)
     return written, written.inserted and not earlier, used_after
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

@@ -102,6 +102,11 @@ def _request_log(admitted: AdmittedRequest, tap: ResponseTap) -> dict[str, Any] 
     return {"request": logged, "response": bytes(tap.response_copy).decode("utf-8", "replace")}
 
 
+_NOTHING_REPORTED = ReportedUsage(
+    input_tokens=0, output_tokens=0, cache_hit_tokens=0, cache_write_tokens=0, cost_microdollars=0, is_byok=None
+)
+
+
 def unanswered_record(settings: Settings, admitted: AdmittedRequest) -> UsageRecord:
     """The record of an admitted request whose response never reached the gateway: no status
     (0), cut, an error, nothing reported. Written ahead at admission (accounting/inflight.py);
@@ -124,16 +129,7 @@ def unanswered_record(settings: Settings, admitted: AdmittedRequest) -> UsageRec
         stealth_model=catalogue.is_kilo_stealth_model(chat.model_lower),
         user_byok=admitted.user_byok,
         promotion=admitted.promotion,
-        message_id=None,
-        model=None,
-        inference_provider=None,
-        finish_reason=None,
-        has_error=True,
-        input_tokens=0,
-        output_tokens=0,
-        cache_hit_tokens=0,
-        cost_microdollars=0,
-        is_byok=None,
+        **response_fields(ResponseSummary(status=0, streamed=chat.stream, has_error=True), _NOTHING_REPORTED),
         project_id=client.project_id,
         prompt=facts.prompt_info(),
         max_tokens=facts.max_tokens if isinstance(facts.max_tokens, int) else None,  # a bigint column
