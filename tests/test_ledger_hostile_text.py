@@ -299,7 +299,7 @@ async def test_an_unreadable_outbox_entry_is_dead_lettered_not_read_forever(writ
     await redis.delete("gw:usage")
     good = record(await new_user(writer.db))
     await redis.xadd("gw:usage", {"record": b"{not json"})
-    await outbox.add([good])
+    await outbox.send([Outbox.entry(good)])
     entries = await outbox.read(10, 100, pending=False)
     assert [record.usage_id for _, record in entries] == [good.usage_id]
     [letter] = await outbox.dead_letters()

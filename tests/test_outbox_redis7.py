@@ -82,7 +82,7 @@ async def _until_blocked(redis: aioredis.Redis, clients: int = 1) -> None:
 async def test_a_blocked_read_whose_stream_is_deleted_recovers(client: aioredis.Redis, redis7_url: str) -> None:
     # Left over by an earlier stack: the stream, the group, a written and acknowledged record.
     earlier = Outbox(client, "earlier:ledger")
-    await earlier.add([record()])
+    await earlier.send([Outbox.entry(record())])
     [(entry_id, _)] = await earlier.read(10, 10, pending=False)
     await earlier.acknowledge([entry_id])
 
@@ -94,7 +94,7 @@ async def test_a_blocked_read_whose_stream_is_deleted_recovers(client: aioredis.
     assert await reading == []
     # The stream and group are back: what the ext_proc adds now is read.
     later = record()
-    await Outbox(client, "ext_proc").add([later])
+    await Outbox(client, "ext_proc").send([Outbox.entry(later)])
     [(_, read)] = await outbox.read(10, 1000, pending=False)
     assert read.usage_id == later.usage_id
     await outbox.redis.aclose()

@@ -124,11 +124,8 @@ class Outbox:
     async def send(self, commands: list[bytes]) -> None:
         """One round trip for the batch (a pipeline, not a transaction: each command stands
         alone), in order: the submitter's XADDs and its in-flight records' commands."""
-        with _command("XADD"):
+        with _command("pipeline (XADD, in-flight records)"):
             await self._resp.execute(commands)
-
-    async def add(self, records: list[UsageRecord]) -> None:
-        await self.send([self.entry(record) for record in records])
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
