@@ -23,7 +23,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
-from extproc import logs
+from extproc import logs, metrics
 from extproc.accounting import cost, ledger
 from extproc.accounting.generation import fetch_generation
 from extproc.accounting.http1 import Client
@@ -43,8 +43,6 @@ CHARGED = Counter(
     "llm_gateway_charged_microdollars", "Microdollars charged to users and organisations.", ["provider"]
 )
 LEDGER_ROWS = Counter("llm_gateway_ledger_rows", "Usage rows written (duplicates skipped).", ["result"])
-# Bound once: `labels()` takes a lock and builds a key on every call, per record.
-_INSERTED, _DUPLICATE = LEDGER_ROWS.labels("inserted"), LEDGER_ROWS.labels("duplicate")
 LEDGER_FAILURES = Counter("llm_gateway_ledger_write_failures", "Ledger transactions that failed (retried).")
 # `charged`: "true" when the row and its charge were written without the refused text.
 DEAD_LETTERS = Counter(
@@ -96,7 +94,6 @@ class LedgerWriter:
         self._tasks: set[asyncio.Task[None]] = set()
         # Records' tasks waiting on a generation lookup, cancelled at shutdown (`_abandon_lookups`).
         self._lookups: set[asyncio.Task[Any]] = set()
-        self._charged: dict[str, Any] = {}  # CHARGED's series by provider
         self._stopping = False
         self._batch = _Batch(db)
         # Failed attempts per usage id for errors that are neither transient nor refused data.
@@ -251,12 +248,9 @@ class LedgerWriter:
 
     def _after_commit(self, item: ledger.Item, written: ledger.Written, first_usage: bool, used_after: int | None) -> None:
         record, charge, charged, _ = item
-        (_INSERTED if written.inserted else _DUPLICATE).inc()
+        metrics.child(LEDGER_ROWS, "inserted" if written.inserted else "duplicate").inc()
         if written.inserted and charged:
-            series = self._charged.get(record.provider)
-            if series is None:
-                series = self._charged[record.provider] = CHARGED.labels(record.provider)
-            series.inc(charged)
+            metrics.child(CHARGED, record.provider).inc(charged)
         side = self.side
         if written.inserted and side is not None:
             # After the commit, fire-and-forget (extproc/side): 8.3's cost report with the
