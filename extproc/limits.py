@@ -59,7 +59,7 @@ import redis.asyncio
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from extproc import logs
+from extproc import logs, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -191,5 +191,5 @@ class FreeModelLimiter:
                 extra={"request_id": request_id, **logs.failure(exc, "redis EVALSHA free-model limiter")},
             )
             decision = Admission.ADMITTED
-        RATE_LIMIT_DECISIONS.labels(decision=decision.value).inc()
+        metrics.child(RATE_LIMIT_DECISIONS, decision.value).inc()
         return decision

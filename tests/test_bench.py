@@ -200,3 +200,62 @@ def test_issue_16_targets_read_the_wrk_runs_against_the_minimal_floor_and_litell
     assert verdicts["throughput vs LiteLLM at c=1"]["met"] is True  # 6x at c=1
     assert verdicts["throughput vs LiteLLM at c=64"]["value"] == 10.556
     assert verdicts["throughput vs LiteLLM at c=64"]["met"] is True  # 10x at c=64
+
+
+# bench/profile.py: py-spy's raw samples split by step, perf's report by layer. The stacks are
+# py-spy's format (outermost first, paths below their sys.path entry), cut to what matters.
+_ENTRY = "_run_module_as_main (<frozen runpy>:198);<module> (extproc/cli.py:113);Runner.run (asyncio/runners.py:118)"
+_PROCESS = f"{_ENTRY};Processor.Process (extproc/processor.py:85)"
+
+
+def test_profile_labels_a_sample_by_its_phase_and_step() -> None:
+    from bench.profile import MACHINERY, METRICS, PARTIAL, THREADS, split_samples
+
+    lines = [
+        f"{_PROCESS};ChatExchange.on_request_body (extproc/exchange.py:75);"
+        "send_upstream (extproc/phases/request_body.py:123);forward (extproc/pipeline/upstream.py:117) 7",
+        f"{_PROCESS};ChatExchange.on_request_body (extproc/exchange.py:72);identify_caller "
+        "(extproc/phases/request_body.py:66) 2",
+        f"{_PROCESS};ChatExchange.on_request_body (extproc/exchange.py:75);send_upstream "
+        "(extproc/phases/request_body.py:118) 1",
+        # A metric's write counts as metrics, wherever it was recorded.
+        f"{_PROCESS};ChatExchange.finish (extproc/exchange.py:134);finish_request (extproc/phases/finish.py:59);"
+        "Histogram.observe (prometheus_client/metrics.py:681) 3",
+        f"{_PROCESS} 5",  # only the stream's loop: gRPC reading or replying
+        f"{_ENTRY} 4",
+        "Thread._bootstrap (threading.py:995);Thread.run (threading.py:975) 6",
+        "send_upstream (extproc/phases/request_body.py:123);forward (extproc/pipeline/upstream.py:117) 1",
+        "",
+    ]
+    assert split_samples(lines) == {
+        "ChatExchange.on_request_body › send_upstream": 8,
+        "ChatExchange.on_request_body › identify_caller": 2,
+        METRICS: 3,
+        MACHINERY: 9,
+        THREADS: 6,
+        PARTIAL: 1,
+    }
+
+
+def test_profile_splits_perf_samples_by_layer() -> None:
+    from bench.profile import split_layers
+
+    perf_report = """# Samples: 4K of event 'cpu-clock:ppp'
+#
+# Overhead  Shared Object
+# ........  ..........................
+#
+    46.22%  libpython3.11.so.1.0
+    19.63%  [kernel.kallsyms]
+    17.98%  cygrpc.cpython-311-x86_64-linux-gnu.so
+     6.28%  libc.so.6
+     0.10%  libm.so.6
+     0.05%  libmvec.so.1
+"""
+    assert split_layers(perf_report) == pytest.approx({
+        "Python interpreter": 0.4622,
+        "kernel (syscalls, wake-ups)": 0.1963,
+        "gRPC core and its Cython layer": 0.1798,
+        "C library (malloc, ...)": 0.0628,
+        "other": 0.0015,
+    })

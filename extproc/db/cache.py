@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 from prometheus_client import Counter
 
-from extproc import logs
+from extproc import logs, metrics
 from extproc.db import POSTGRES_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class TtlCache(Generic[K, V]):
     async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
         entry = self._entries.get(key)
         if entry is not None and time.monotonic() - entry[0] < self.ttl:
-            LOOKUPS.labels(self.kind, "cache").inc()
+            metrics.child(LOOKUPS, self.kind, "cache").inc()
             return entry[1]
         task = self._loading.get(key)
         if task is None:
@@ -75,18 +75,18 @@ class TtlCache(Generic[K, V]):
             value = await load()
         except POSTGRES_ERRORS as exc:
             if entry is not None and time.monotonic() - entry[0] < self.ttl + self.stale:
-                LOOKUPS.labels(self.kind, "stale").inc()
+                metrics.child(LOOKUPS, self.kind, "stale").inc()
                 logger.warning(
                     "postgres unavailable; serving a cached entry",
                     extra={"kind": self.kind, **logs.failure(exc, f"SELECT {self.kind}")},
                 )
                 return entry[1]
-            LOOKUPS.labels(self.kind, "failed").inc()
+            metrics.child(LOOKUPS, self.kind, "failed").inc()
             logger.error(
                 "postgres unavailable and nothing cached", extra={"kind": self.kind, **logs.failure(exc, f"SELECT {self.kind}")}
             )
             raise DirectoryUnavailable(self.kind) from exc
-        LOOKUPS.labels(self.kind, "postgres").inc()
+        metrics.child(LOOKUPS, self.kind, "postgres").inc()
         if len(self._entries) >= self.max_entries:
             self._entries.clear()  # crude but bounded; entries live seconds anyway
         self._entries[key] = (time.monotonic(), value)
