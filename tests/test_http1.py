@@ -1,6 +1,6 @@
 """The generation lookup's HTTP/1.1 client (extproc/accounting/http1.py) against a scripted raw
-server: each framing a server may use, keep-alive reuse, and a kept-alive connection the server
-closed meanwhile."""
+server: each framing a server may use, keep-alive reuse, a kept-alive connection the server
+closed meanwhile, and requests timing out or cancelled."""
 
 from __future__ import annotations
 

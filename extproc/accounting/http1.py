@@ -88,9 +88,10 @@ class _Pool:
 @dataclass(slots=True)
 class _Deadlines:
     """Cancels the requests that run past their deadline, checking every `tick` seconds: one
-    timer for all of them, not an `asyncio.timeout` each (its context object and a timer
-    scheduled and cancelled per request were ~10 % of the writer's CPU under bench.accounting).
-    A request ends between its timeout and one tick later."""
+    timer for all of them, not an `asyncio.timeout` each (its context object, and a timer
+    scheduled and cancelled per request: a GET cost a median ~95 us of CPU with it and ~68
+    without, measured against bench.micro's responder). A request ends between its timeout
+    and one tick later."""
 
     tick: float
     running: dict[asyncio.Task[Any], float] = field(default_factory=dict)
@@ -123,7 +124,10 @@ class Client:
     connections_per_origin: int = CONNECTIONS_PER_ORIGIN
     _pools: dict[_Origin, _Pool] = field(default_factory=dict)
     _tls: ssl.SSLContext | None = None
-    _deadlines: _Deadlines | None = None
+    _deadlines: _Deadlines = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._deadlines = _Deadlines(self.timeout / 10)
 
     async def get(self, url: str, params: dict[str, str], headers: dict[str, str]) -> Response:
         """Raises OSError, TimeoutError, EOFError (asyncio.IncompleteReadError) or HttpError."""
@@ -136,8 +140,6 @@ class Client:
         if pool is None:
             pool = self._pools[origin] = _Pool(self.connections_per_origin)
         deadlines = self._deadlines
-        if deadlines is None:
-            deadlines = self._deadlines = _Deadlines(self.timeout / 10)
         task = asyncio.current_task()
         assert task is not None
         cancelling = task.cancelling()
