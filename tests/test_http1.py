@@ -1,6 +1,6 @@
 """The generation lookup's HTTP/1.1 client (extproc/accounting/http1.py) against a scripted raw
-server: each framing a server may use, keep-alive reuse, and a kept-alive connection the server
-closed meanwhile."""
+server: each framing a server may use, keep-alive reuse, a kept-alive connection the server
+closed meanwhile, and requests timing out or cancelled."""
 
 from __future__ import annotations
 
@@ -133,6 +133,48 @@ async def test_a_waiting_request_opens_the_connection_a_closed_one_leaves_room_f
     assert [r.status for r in responses] == [200] * 6
     await client.close()
     assert server.connections == 6
+
+
+@dataclass
+class SilentServer:
+    """Reads requests and never answers; `received` is set at the first."""
+
+    received: asyncio.Event = field(default_factory=asyncio.Event)
+    requests: int = 0
+    url: str = ""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        self.requests += 1
+        self.received.set()
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+
+async def test_a_server_that_never_answers_times_out_and_frees_its_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(SilentServer())
+    client = Client(timeout=0.3, connections_per_origin=1)
+    loop = asyncio.get_running_loop()
+    for _ in range(2):  # the second request gets the pool's one connection: the first let it go
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.get(server.url, {}, {})
+        # Between the timeout and one check (a tenth of it) later.
+        assert 0.3 <= loop.time() - started < 0.3 * 1.1 + 0.1
+    await client.close()
+    assert server.requests == 2
+
+
+async def test_a_lookup_cancelled_from_outside_is_cancelled_not_timed_out(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(SilentServer())
+    client = Client(timeout=30)
+    lookup = asyncio.get_running_loop().create_task(client.get(server.url, {}, {}))
+    await server.received.wait()
+    lookup.cancel()  # as the writer's shutdown abandons a lookup
+    with pytest.raises(asyncio.CancelledError):
+        await lookup
+    assert lookup.cancelled()
+    await client.close()
 
 
 # Any text, and text made mostly of what needs no quoting, with what does now and then.

@@ -203,6 +203,14 @@ def dead_letter_count(charged: str) -> float:
     return REGISTRY.get_sample_value("llm_gateway_ledger_dead_letters_total", {"charged": charged}) or 0.0
 
 
+def ledger_rows(result: str) -> float:
+    return REGISTRY.get_sample_value("llm_gateway_ledger_rows_total", {"result": result}) or 0.0
+
+
+def charged_total(provider: str) -> float:
+    return REGISTRY.get_sample_value("llm_gateway_charged_microdollars_total", {"provider": provider}) or 0.0
+
+
 def write_failures() -> float:
     return REGISTRY.get_sample_value("llm_gateway_ledger_write_failures_total") or 0.0
 
@@ -233,11 +241,15 @@ async def test_a_refused_text_is_dead_lettered_after_one_attempt_charged_and_rep
         good = [record(users[0]), record(users[1])]
         bad = record(users[2], prompt=PromptInfo("system", 6, MARKER))
         failures, charged_before = write_failures(), dead_letter_count("true")
+        rows_before, microdollars_before = ledger_rows("inserted"), charged_total(bad.provider)
         # Priced together, so they share one batch statement, which the marker makes fail.
         results = await asyncio.gather(*(writer.write(r) for r in [*good, bad]))
         assert results == [True, True, True]  # every outbox entry can go: nothing is retried
         assert write_failures() == failures
         assert dead_letter_count("true") == charged_before + 1
+        # Each written once (alone, after the batch failed), each charge counted once.
+        assert ledger_rows("inserted") == rows_before + 3
+        assert charged_total(bad.provider) == microdollars_before + 3 * COST
         for r, user_id in zip([*good, bad], users, strict=True):
             assert await used(pool, user_id) == COST  # the bad one is charged too
         row = await pool.fetchrow(ROW, bad.usage_id)
@@ -264,6 +276,17 @@ async def test_a_refused_text_is_dead_lettered_after_one_attempt_charged_and_rep
     assert await used(pool, users[2]) == COST  # not charged again
     assert await pool.fetchval("SELECT count(*) FROM microdollar_usage WHERE id = $1", bad.usage_id) == 1
     assert cli(migrated, redis_url, "dead-letters")["count"] == 0
+
+
+async def test_a_batchs_rows_and_charges_are_counted_once_each(writer: LedgerWriter) -> None:
+    users = [await new_user(writer.db) for _ in range(2)]
+    first, second = record(users[0]), record(users[1])
+    inserted, duplicates, microdollars = ledger_rows("inserted"), ledger_rows("duplicate"), charged_total(first.provider)
+    # Priced together: one batch statement, in which the repeated record is a duplicate.
+    assert await asyncio.gather(*(writer.write(r) for r in [first, second, first])) == [True, True, True]
+    assert (ledger_rows("inserted"), ledger_rows("duplicate")) == (inserted + 2, duplicates + 1)
+    assert charged_total(first.provider) == microdollars + 2 * COST
+    assert [await used(writer.db, user_id) for user_id in users] == [COST, COST]
 
 
 async def test_a_refused_charge_waits_uncharged_in_the_dead_letters_until_replayed(

@@ -16,6 +16,7 @@ import re
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote_plus, urlsplit
 
 # Bounds on what a server may send, so a broken one cannot hold unbounded memory (the head is
@@ -85,12 +86,48 @@ class _Pool:
 
 
 @dataclass(slots=True)
+class _Deadlines:
+    """Cancels the requests that run past their deadline, checking every `tick` seconds: one
+    timer for all of them, not an `asyncio.timeout` each (its context object, and a timer
+    scheduled and cancelled per request: a GET cost a median ~95 us of CPU with it and ~68
+    without, measured against bench.micro's responder). A request ends between its timeout
+    and one tick later."""
+
+    tick: float
+    running: dict[asyncio.Task[Any], float] = field(default_factory=dict)
+    expired: set[asyncio.Task[Any]] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
+
+    def enter(self, task: asyncio.Task[Any], deadline: float) -> None:
+        self.running[task] = deadline
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.tick, self._check)
+
+    def leave(self, task: asyncio.Task[Any]) -> None:
+        del self.running[task]
+        self.expired.discard(task)
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for task, deadline in self.running.items():
+            if deadline <= now and task not in self.expired:
+                self.expired.add(task)
+                task.cancel()
+        self.timer = loop.call_later(self.tick, self._check) if self.running else None
+
+
+@dataclass(slots=True)
 class Client:
     ca_bundle: str | None = None
     timeout: float = 10.0
     connections_per_origin: int = CONNECTIONS_PER_ORIGIN
     _pools: dict[_Origin, _Pool] = field(default_factory=dict)
     _tls: ssl.SSLContext | None = None
+    _deadlines: _Deadlines = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._deadlines = _Deadlines(self.timeout / 10)
 
     async def get(self, url: str, params: dict[str, str], headers: dict[str, str]) -> Response:
         """Raises OSError, TimeoutError, EOFError (asyncio.IncompleteReadError) or HttpError."""
@@ -102,30 +139,46 @@ class Client:
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = _Pool(self.connections_per_origin)
-        async with asyncio.timeout(self.timeout):
-            while True:
-                stream = await pool.acquire()
-                reused = stream is not None
-                try:
-                    if stream is None:
-                        stream = await self._connect(origin)
-                    response, reusable = await _exchange(stream, request)
-                except (OSError, EOFError):
-                    pool.release(None)
-                    if reused:
-                        # A kept-alive connection the server may have closed meanwhile: the
-                        # request goes to the next one, or a new one (a GET is safe to repeat).
-                        continue
-                    raise
-                except BaseException:
-                    pool.release(None)
-                    raise
-                if reusable:
-                    pool.release(stream)
-                else:
-                    stream[1].close()
-                    pool.release(None)
-                return response
+        deadlines = self._deadlines
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        deadlines.enter(task, asyncio.get_running_loop().time() + self.timeout)
+        try:
+            return await self._get(pool, origin, request)
+        except asyncio.CancelledError:
+            # A timeout when only `_deadlines` cancelled it, not also someone else (shutdown): as
+            # `asyncio.timeout` decides.
+            if task in deadlines.expired and task.uncancel() <= cancelling:
+                raise TimeoutError(f"no response within {self.timeout} s") from None
+            raise
+        finally:
+            deadlines.leave(task)
+
+    async def _get(self, pool: _Pool, origin: _Origin, request: bytes) -> Response:
+        while True:
+            stream = await pool.acquire()
+            reused = stream is not None
+            try:
+                if stream is None:
+                    stream = await self._connect(origin)
+                response, reusable = await _exchange(stream, request)
+            except (OSError, EOFError):
+                pool.release(None)
+                if reused:
+                    # A kept-alive connection the server may have closed meanwhile: the
+                    # request goes to the next one, or a new one (a GET is safe to repeat).
+                    continue
+                raise
+            except BaseException:
+                pool.release(None)
+                raise
+            if reusable:
+                pool.release(stream)
+            else:
+                stream[1].close()
+                pool.release(None)
+            return response
 
     async def _connect(self, origin: _Origin) -> _Stream:
         scheme, host, port = origin

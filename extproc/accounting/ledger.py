@@ -40,6 +40,11 @@ LOOKUPS = (
     "mode",
     "auto_model",
 )
+# The reference's lookups this gateway never learns (it is not behind Vercel's edge and sees no
+# TLS fingerprint): their ids stay NULL, so the statement has no CTEs for them. Two CTEs per
+# lookup cost Postgres work on every batch even when they find and insert nothing.
+_UNKNOWN_LOOKUPS = frozenset({"vercel_ip_country", "vercel_ip_city", "ja4_digest"})
+_FILLED_LOOKUPS = tuple(name for name in LOOKUPS if name not in _UNKNOWN_LOOKUPS)
 
 # One statement for one record or many, passed as one JSON array of rows: the lookup ids, the
 # usage rows, their metadata rows and the users' charges (summed per user), the last two only
@@ -74,7 +79,7 @@ _USAGE_COLUMNS = [name for name, _ in _USAGE]
 _METADATA_COLUMNS = ["id", "created_at", *(name for name, _ in _METADATA)]
 # The fields of each row of the statement's JSON: the columns, then the lookup values, then the
 # user's charge.
-_FIELDS = [*_COLUMNS, *((f"lk_{n}", "text") for n in LOOKUPS), ("user_charge", "bigint")]
+_FIELDS = [*_COLUMNS, *((f"lk_{n}", "text") for n in _FILLED_LOOKUPS), ("user_charge", "bigint")]
 _LOOKUP_CTES = ",\n".join(
     f"""f_{name} AS (SELECT {name}_id, {name} FROM {name} WHERE {name} IN (SELECT lk_{name} FROM input)),
 l_{name} AS (
@@ -82,7 +87,7 @@ l_{name} AS (
   WHERE lk_{name} IS NOT NULL AND lk_{name} NOT IN (SELECT {name} FROM f_{name})
   ON CONFLICT ({name}) DO UPDATE SET {name} = EXCLUDED.{name} RETURNING {name}_id, {name}
 )"""
-    for name in LOOKUPS
+    for name in _FILLED_LOOKUPS
 )
 _WRITE_USAGE = f"""
 WITH input AS (
@@ -96,9 +101,9 @@ usage AS (
   RETURNING id
 ),
 metadata AS (
-  INSERT INTO microdollar_usage_metadata ({", ".join(_METADATA_COLUMNS)}, {", ".join(f"{n}_id" for n in LOOKUPS)})
+  INSERT INTO microdollar_usage_metadata ({", ".join(_METADATA_COLUMNS)}, {", ".join(f"{n}_id" for n in _FILLED_LOOKUPS)})
   SELECT {", ".join(f"i.{c}" for c in _METADATA_COLUMNS)},
-    {", ".join(f"COALESCE((SELECT {n}_id FROM f_{n} WHERE {n} = i.lk_{n}), (SELECT {n}_id FROM l_{n} WHERE {n} = i.lk_{n}))" for n in LOOKUPS)}
+    {", ".join(f"COALESCE((SELECT {n}_id FROM f_{n} WHERE {n} = i.lk_{n}), (SELECT {n}_id FROM l_{n} WHERE {n} = i.lk_{n}))" for n in _FILLED_LOOKUPS)}
   FROM input i JOIN usage u ON u.id = i.id
   RETURNING id
 ),
@@ -184,7 +189,7 @@ _TEXT_FIELDS = tuple(name for name, kind in _FIELDS if kind == "text")
 _DESCRIPTIVE_NUMBERS = tuple(
     (name, kind) for name, kind in _COLUMNS if kind in ("smallint", "integer", "bigint", "real") and name not in _EXACT
 )
-_LOOKUP_FIELDS = {name: f"lk_{name}" for name in LOOKUPS}
+_LOOKUP_FIELDS = {name: f"lk_{name}" for name in _FILLED_LOOKUPS}
 # The text that only describes a request: what a record can be written without when Postgres
 # refuses it (`emptied`), so that the charge is still made. `request_log` is the employee log row.
 EMPTIABLE = frozenset(
@@ -243,9 +248,6 @@ def _row(
         "market_cost": usage.cost_microdollars,  # before zeroing (contract 7.4)
         "lk_http_user_agent": record.user_agent,
         "lk_http_ip": record.forwarded_for,
-        "lk_vercel_ip_country": None,
-        "lk_vercel_ip_city": None,
-        "lk_ja4_digest": None,
         "lk_system_prompt_prefix": system_prefix,
         "lk_finish_reason": charge.finish_reason,
         "lk_editor_name": record.editor_name,
