@@ -1,7 +1,8 @@
 """Instructions the ext_proc's own Python executes per request (issue 16), counted by valgrind.
 
 `python -m bench.instructions` drives `Processor.Process` in process, with the in-memory
-collaborators of tests/test_exchange.py (no gRPC, no Redis, no Postgres), through the four Envoy
+collaborators of tests/test_exchange.py and the real usage submitter (no gRPC, no Redis, no
+Postgres: its batches are never sent), through the four Envoy
 messages of a JSON request and of a streamed one (a role chunk, `--chunks` content chunks, the
 usage chunk and `[DONE]`), `--requests` times each after a warm-up, and prints the instructions
 per request. Instruction counts do not move with the load of the shared machine, as CPU time
@@ -42,8 +43,13 @@ def _exchanges(chunks: int) -> tuple[Any, dict[str, Callable[[], list[Any]]]]:
     """The world (a signed-in user with credits) and, per kind, the Envoy messages of one
     request. Imported here: the parent process needs none of the gateway."""
     import orjson
+    from redis import asyncio as aioredis
 
     from bench.systems import COMPLETION, MODEL
+    from extproc.accounting.inflight import InFlightLog
+    from extproc.accounting.outbox import Outbox
+    from extproc.accounting.submit import UsageSubmitter
+    from extproc.accounting.writer import LedgerWriter
     from tests.test_exchange import (
         World,
         make_settings,
@@ -54,7 +60,12 @@ def _exchanges(chunks: int) -> tuple[Any, dict[str, Callable[[], list[Any]]]]:
         signed_in,
     )
 
-    world = World(make_settings())
+    settings = make_settings()
+    # The real submitter (write-ahead records packed as it sends them), its batches never sent:
+    # the outbox's Redis client connects only when used.
+    outbox = Outbox(aioredis.Redis(), "bench")
+    submitter = UsageSubmitter(outbox, LedgerWriter(settings, None, outbox), InFlightLog("bench", 30_000))  # type: ignore[arg-type]
+    world = World(settings, submitter=submitter)  # type: ignore[arg-type]
     headers = signed_in(world)
     messages = [{"role": "user", "content": "Say hello to the benchmark."}]
     head = {"id": "gen-bench", "object": "chat.completion.chunk", "created": 1764230400, "model": MODEL}
@@ -104,10 +115,9 @@ async def _requests(world: Any, requests: list[list[Any]]) -> None:
     processor = Processor(world.core())
     for messages in requests:
         replies = [reply async for reply in processor.Process(_feed(messages), None)]
-        if replies[-1].WhichOneof("response") != "response_body" or len(world.submitter.records) != 1:
+        if replies[-1].WhichOneof("response") != "response_body" or len(world.submitter.pending) != 1:
             raise RuntimeError(f"the request was not served and accounted: {replies[-1]}")
-        world.submitter.records.clear()
-        world.submitter.written_ahead.clear()
+        world.submitter.pending.clear()
 
 
 def _callgrind(*command: str) -> None:
