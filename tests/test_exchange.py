@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -188,7 +188,8 @@ class FakeSubmitter:
         self.records.append(record)
 
     def write_ahead(self, record: UsageRecord) -> None:
-        self.written_ahead.append(record)
+        # The record as it is now, as the real submitter serialises it at once.
+        self.written_ahead.append(replace(record))
 
     def forget(self, usage_id: str) -> None:
         self.forgotten.append(usage_id)

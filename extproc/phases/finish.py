@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import Any
 
 from extproc import metrics
@@ -63,7 +62,8 @@ def finish_request(
         # Cut before the response reached us (the upstream dropped the connection, or the
         # client left, before the response's headers got through Envoy): the written-ahead
         # record is the row, an error charged nothing, since no message id came to look up.
-        core.submitter.submit(replace(written_ahead, created_at=time.time()))
+        written_ahead.created_at = time.time()
+        core.submitter.submit(written_ahead)
         return
     request_id = admitted.request.request_id
     if suspicious_no_usage(summary):
@@ -78,14 +78,15 @@ def finish_request(
     if tap.status == 402 and not admitted.user_byok:
         core.submitter.forget(admitted.usage_id)
         return
-    record = replace(
-        written_ahead,
-        created_at=time.time(),
-        status_code=tap.status,
-        aborted=aborted,
-        request_log=_request_log(admitted, tap),
-        **response_fields(summary, reported),
-    )
+    # The written-ahead record was serialised when written (Submitter.write_ahead) and is the
+    # exchange's alone: completed in place, as copying its 47 fields cost ~2 % of a request.
+    record = written_ahead
+    record.created_at = time.time()
+    record.status_code = tap.status
+    record.aborted = aborted
+    record.request_log = _request_log(admitted, tap)
+    for name, value in response_fields(summary, reported).items():
+        setattr(record, name, value)
     # 8.3: the abuse request id only serves the cost report, which needs a message id.
     abuse = None
     if admitted.abuse is not None and record.message_id:
