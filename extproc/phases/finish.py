@@ -79,7 +79,7 @@ def finish_request(
         core.submitter.forget(admitted.usage_id)
         return
     # The written-ahead record was serialised when written (Submitter.write_ahead) and is the
-    # exchange's alone: completed in place, as copying its 47 fields cost ~2 % of a request.
+    # exchange's alone: completed in place, as copying its 47 fields cost ~6 % of a JSON request.
     record = written_ahead
     record.created_at = time.time()
     record.status_code = tap.status
