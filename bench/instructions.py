@@ -66,6 +66,7 @@ def _exchanges(chunks: int) -> tuple[Any, dict[str, Callable[[], list[Any]]]]:
     outbox = Outbox(aioredis.Redis(), "bench")
     submitter = UsageSubmitter(outbox, LedgerWriter(settings, None, outbox), InFlightLog("bench", 30_000))  # type: ignore[arg-type]
     world = World(settings, submitter=submitter)  # type: ignore[arg-type]
+    world.api_metrics.enabled = False  # as the benchmark's gateway runs: no API metrics service
     headers = signed_in(world)
     messages = [{"role": "user", "content": "Say hello to the benchmark."}]
     head = {"id": "gen-bench", "object": "chat.completion.chunk", "created": 1764230400, "model": MODEL}

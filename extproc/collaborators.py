@@ -60,6 +60,10 @@ class AbuseClassifier(Protocol):
 class ApiMetricsReporter(Protocol):
     """Contract 8.1: one report per upstream response."""
 
+    @property
+    def enabled(self) -> bool:
+        """False when the service is not configured: nothing need be built for `report`."""
+
     def report(self, request: AnsweredRequest, summary: ResponseSummary | None) -> None: ...
 
 

@@ -204,6 +204,7 @@ class FakeAbuse:
 @dataclass
 class FakeApiMetrics:
     reports: list[tuple[AnsweredRequest, ResponseSummary | None]] = field(default_factory=list)
+    enabled: bool = True
 
     def report(self, request: AnsweredRequest, summary: ResponseSummary | None) -> None:
         self.reports.append((request, summary))
@@ -821,6 +822,14 @@ async def test_a_request_cut_before_its_response_is_accounted_unanswered(world: 
     [record] = world.submitter.records
     assert (record.usage_id, record.status_code, record.aborted, record.has_error) == (ahead.usage_id, 0, True, True)
     assert (record.cost_microdollars, record.kilo_user_id, record.streamed) == (0, "user-1", True)
+
+
+async def test_without_the_api_metrics_service_nothing_is_reported_and_the_row_stays(world: World) -> None:
+    world.api_metrics.enabled = False
+    exchange, _ = await send(world, chat(NOT_AB), signed_in(world))
+    await respond(exchange, 200, completion(NOT_AB, stream=False), "application/json")
+    assert world.api_metrics.reports == []
+    assert [r.status_code for r in world.submitter.records] == [200]
 
 
 async def test_every_upstream_response_is_reported_to_the_api_metrics(world: World) -> None:

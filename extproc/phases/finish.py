@@ -71,9 +71,10 @@ def finish_request(
     # Once: it also logs the contract's cost sanity warnings.
     reported = usage_from_summary(summary, cache_writes=admitted.translator is not None)
     _record_genai_metrics(admitted, tap, summary, reported, provider, model)
-    answered = admitted.answered(tap.status, tap.first_byte_at)
-    if answered is not None:
-        core.api_metrics.report(answered, summary)  # 8.1: every upstream response, the 402 too
+    if core.api_metrics.enabled:
+        answered = admitted.answered(tap.status, tap.first_byte_at)
+        if answered is not None:
+            core.api_metrics.report(answered, summary)  # 8.1: every upstream response, the 402 too
     # Contract 6.2: a provider's 402 on Kilo's own key is answered 503 and not accounted.
     if tap.status == 402 and not admitted.user_byok:
         core.submitter.forget(admitted.usage_id)
