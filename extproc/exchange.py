@@ -90,7 +90,7 @@ class ChatExchange:
         except Exception:
             logger.exception("ext_proc phase failed", extra={"phase": "response_headers", "request_id": self.request_id})
             # The upstream answered; never cut an admitted response over our own bug.
-            return protocol.response_headers_reply(protocol.header_mutation(), protocol.STREAMED)
+            return protocol.response_headers_reply(None, (), protocol.STREAMED)
 
     async def on_response_body(self, message: ProcessingRequest) -> ProcessingResponse:
         """The chunk's reply, from the chunk alone; the accounting tap reads it afterwards."""

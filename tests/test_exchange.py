@@ -868,3 +868,20 @@ async def test_a_failing_summary_is_logged_and_never_raised(world: World, caplog
     exchange, _ = await send(world, chat(NOT_AB), signed_in(world))
     await respond(exchange, 200, completion(NOT_AB, stream=False), "application/json")
     assert "usage record not submitted" in caplog.text
+
+
+# --- 6.1: the response header whitelist --------------------------------------------------------------
+
+
+async def test_only_the_whitelisted_upstream_headers_reach_the_client(world: World) -> None:
+    exchange, _ = await send(world, chat(NOT_AB), signed_in(world))
+    upstream_headers = {
+        ":status": "200", "date": "Mon, 30 Nov 2026 10:00:00 GMT", "content-type": "application/json",
+        "request-id": "r-1", "set-cookie": "a=b", "x-openrouter-id": "or-1", "content-encoding": "gzip",
+    }  # fmt: skip
+    message = ProcessingRequest(response_headers=HttpHeaders(headers=_header_map(upstream_headers)))
+    reply = await exchange.on_response_headers(message)
+    mutation = reply.response_headers.response.header_mutation
+    assert {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers} == {"content-encoding": "identity"}
+    # Removed: every upstream header but date, content-type and request-id (and the status).
+    assert sorted(mutation.remove_headers) == ["content-encoding", "set-cookie", "x-openrouter-id"]
