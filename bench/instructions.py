@@ -69,7 +69,8 @@ def _exchanges(chunks: int) -> tuple[Any, dict[str, Callable[[], list[Any]]]]:
     world.api_metrics.enabled = False  # as the benchmark's gateway runs: no API metrics service
     headers = signed_in(world)
     messages = [{"role": "user", "content": "Say hello to the benchmark."}]
-    head = {"id": "gen-bench", "object": "chat.completion.chunk", "created": 1764230400, "model": MODEL}
+    # As bench/sse_upstream.py streams them.
+    head = {"id": "gen-bench", "object": "chat.completion.chunk", "created": 1764230400, "model": MODEL, "provider": "OpenAI"}
 
     def event(choice: dict[str, Any], **fields: Any) -> bytes:
         return b"data: " + orjson.dumps({**head, "choices": [choice], **fields}) + b"\n\n"
