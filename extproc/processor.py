@@ -93,7 +93,7 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
                     yield reply
                     timer = _PHASE_TIMERS.get(phase)
                     if timer is not None:
-                        timer.observe(elapsed)
+                        metrics.observe(timer, elapsed)
                 if finished:
                     break
         finally:

@@ -1,5 +1,6 @@
-"""extproc/metrics.py's `observe_all`: a batch of observations written at once must expose
-exactly what observing each one does (buckets, count and sum), in Prometheus' text format."""
+"""extproc/metrics.py's `observe` and `observe_all` (a batch of observations written at once)
+must expose exactly what prometheus_client's own `observe` does (buckets, count and sum), in
+Prometheus' text format."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ def exposition(observe: str, amounts: list[float]) -> str:
     registry = CollectorRegistry()
     histogram = Histogram("phase_seconds", "Time per phase.", ["phase"], buckets=BUCKETS, registry=registry)
     child = histogram.labels("response_body")
-    if observe == "each":
+    if observe == "prometheus_client":
         for amount in amounts:
             child.observe(amount)
+    elif observe == "observe":
+        for amount in amounts:
+            metrics.observe(child, amount)
     else:
         metrics.observe_all(child, amounts)
     # Without the `_created` sample: the two histograms were created at different times.
@@ -28,7 +32,11 @@ def exposition(observe: str, amounts: list[float]) -> str:
 
 @pytest.mark.parametrize("amounts", [AMOUNTS, AMOUNTS[:1], []])
 def test_observing_all_at_once_exposes_what_observing_each_does(amounts: list[float]) -> None:
-    assert exposition("all", amounts) == exposition("each", amounts)
+    assert exposition("all", amounts) == exposition("prometheus_client", amounts)
+
+
+def test_observing_one_at_a_time_exposes_what_prometheus_client_does() -> None:
+    assert exposition("observe", AMOUNTS) == exposition("prometheus_client", AMOUNTS)
 
 
 def test_the_buckets_are_those_of_the_contract_of_le() -> None:

@@ -164,12 +164,13 @@ def _record_genai_metrics(
         ("output", reported.output_tokens),
         ("cached_input", reported.cache_hit_tokens),
     ):
-        metrics.child(metrics.TOKEN_USAGE, *labels, token_type).observe(count)
+        metrics.observe(metrics.child(metrics.TOKEN_USAGE, *labels, token_type), count)
     started = admitted.request.started
     duration = time.monotonic() - started
-    metrics.child(metrics.REQUEST_DURATION, *labels).observe(duration)
+    metrics.observe(metrics.child(metrics.REQUEST_DURATION, *labels), duration)
     if summary.streamed and tap.first_chunk_at is not None:
         ttft = tap.first_chunk_at - started
-        metrics.child(metrics.TIME_TO_FIRST_TOKEN, *labels).observe(ttft)
+        metrics.observe(metrics.child(metrics.TIME_TO_FIRST_TOKEN, *labels), ttft)
         if reported.output_tokens > 1:
-            metrics.child(metrics.TIME_PER_OUTPUT_TOKEN, *labels).observe((duration - ttft) / (reported.output_tokens - 1))
+            per_token = (duration - ttft) / (reported.output_tokens - 1)
+            metrics.observe(metrics.child(metrics.TIME_PER_OUTPUT_TOKEN, *labels), per_token)
