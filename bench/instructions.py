@@ -11,8 +11,8 @@ does, so one run tells whether a change saved work.
 How: this process re-runs itself under `valgrind --tool=callgrind --instr-atstart=no`; the
 child switches instrumentation on and off around the measured requests with
 `callgrind_control -i on|off` (vgdb; it runs while the child waits for it, so the count starts
-and stops in the child's wait for that command, a constant ~0.3 M instructions per switch pair,
-under 0.5 % of a run of 200 requests) and dumps the counters after each kind (`callgrind_control
+and stops in the child's wait for that command: under 1 M instructions per run, under 0.5 % of
+200 JSON requests) and dumps the counters after each kind (`callgrind_control
 -d`), whose totals this process reads. `--cpu-time`, or no valgrind installed: CPU time per
 request of the process (time.process_time), which the machine's load does move.
 
