@@ -208,8 +208,8 @@ def _keyword_reply() -> bytes:
 
 
 def _protocol_reply() -> bytes:
-    mutation = protocol.header_mutation(UPSTREAM_HEADERS, CLIENT_HEADERS)
-    return protocol.request_body_replace(RECORD, mutation, clear_route_cache=True).SerializeToString()
+    reply = protocol.request_body_replace(RECORD, UPSTREAM_HEADERS, CLIENT_HEADERS, clear_route_cache=True)
+    return reply.SerializeToString()
 
 
 def _cpu_per_sync_call(call: Callable[[], object], total: int) -> float:

@@ -52,9 +52,9 @@ class Noop(ExternalProcessorServicer):
                     ":path": f"{self.path}?{query}" if query else self.path,
                     "content-length": str(len(body)),
                 }
-                yield protocol.request_body_replace(body, protocol.header_mutation(headers), clear_route_cache=True)
+                yield protocol.request_body_replace(body, headers, (), clear_route_cache=True)
             elif phase == "response_headers":
-                yield protocol.response_headers_reply(protocol.header_mutation(), protocol.STREAMED)
+                yield protocol.response_headers_reply(None, (), protocol.STREAMED)
             else:
                 yield protocol.RESPONSE_BODY_CONTINUE
                 if request.response_body.end_of_stream:

@@ -35,7 +35,8 @@ class Submitter(Protocol):
     def submit(self, record: UsageRecord, abuse_request_id: Awaitable[int] | None = None) -> None: ...
 
     def write_ahead(self, record: UsageRecord) -> None:
-        """The record an admitted request gets if this replica dies before it ends."""
+        """The record an admitted request gets if this replica dies before it ends; taken as it
+        is now (serialised), so the caller may complete the same record afterwards."""
 
     def forget(self, usage_id: str) -> None:
         """An admitted request that ends unaccounted: its written-ahead record goes."""
@@ -58,6 +59,10 @@ class AbuseClassifier(Protocol):
 
 class ApiMetricsReporter(Protocol):
     """Contract 8.1: one report per upstream response."""
+
+    @property
+    def enabled(self) -> bool:
+        """False when the service is not configured: nothing need be built for `report`."""
 
     def report(self, request: AnsweredRequest, summary: ResponseSummary | None) -> None: ...
 

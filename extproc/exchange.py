@@ -10,7 +10,6 @@ accounting and never touch the client's stream.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingRequest,
@@ -90,7 +89,7 @@ class ChatExchange:
         except Exception:
             logger.exception("ext_proc phase failed", extra={"phase": "response_headers", "request_id": self.request_id})
             # The upstream answered; never cut an admitted response over our own bug.
-            return protocol.response_headers_reply(protocol.header_mutation(), protocol.STREAMED)
+            return protocol.response_headers_reply(None, (), protocol.STREAMED)
 
     async def on_response_body(self, message: ProcessingRequest) -> ProcessingResponse:
         """The chunk's reply, from the chunk alone; the accounting tap reads it afterwards."""
@@ -124,7 +123,9 @@ class ChatExchange:
         if message_id is None:
             return
         self.message_id_written = True
-        self.core.submitter.write_ahead(replace(written, message_id=message_id, status_code=response.status))
+        # In place, as finish_request completes it: what was written ahead before is already sent.
+        written.message_id, written.status_code = message_id, response.status
+        self.core.submitter.write_ahead(written)
 
     def finish(self, aborted: bool) -> None:
         """Once, at the end of the stream: completed, refused, or reset by Envoy (aborted)."""

@@ -10,8 +10,10 @@ by the upstream (its catalogue), never a client-supplied string.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
@@ -30,6 +32,35 @@ def child(metric: _Metric, *values: str) -> _Metric:
     if found is None:
         found = _CHILDREN[key] = metric.labels(*values)
     return found  # type: ignore[return-value]
+
+# `observe` and `observe_all` write a labelled histogram's child as `Histogram.observe` does,
+# relying on prometheus_client keeping a per-bucket (non-cumulative) count for each upper bound,
+# the last +Inf (it has no batch API; tests/test_metrics.py holds them equal to `observe`).
+# In multiprocess mode every increment is a locked mmap write.
+
+
+def observe(histogram: Histogram, amount: float) -> None:
+    """`histogram.observe(amount)`, the bucket found by bisection instead of a scan of the
+    bounds in Python, and without its per-call checks (~2 % of a JSON request's instructions)."""
+    histogram._sum.inc(amount)
+    # The first bucket whose bound is >= the amount, as observe's `amount <= bound`.
+    histogram._buckets[bisect.bisect_left(histogram._upper_bounds, amount)].inc(1)
+
+
+def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """`observe(histogram, amount)` for each amount, written as one increment of the sum and one
+    of each bucket reached: two writes per observation for a stream's chunks were ~10 % of the
+    ext_proc's instructions per stream (bench/instructions.py)."""
+    if len(amounts) < 2:  # a JSON body's one chunk: nothing to gather
+        for amount in amounts:
+            observe(histogram, amount)
+        return
+    bounds: list[float] = histogram._upper_bounds
+    reached = collections.Counter(bisect.bisect_left(bounds, amount) for amount in amounts)
+    histogram._sum.inc(sum(amounts))
+    for index, count in reached.items():
+        histogram._buckets[index].inc(count)
+
 
 REQUESTS = Counter(
     "llm_gateway_requests",

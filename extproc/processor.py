@@ -58,6 +58,8 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
     ) -> AsyncIterator[ProcessingResponse]:
         exchange = ChatExchange(self.core)
         finished = False
+        # A stream's chunks' times, written to the histogram once, when the stream ends.
+        body_seconds: list[float] = []
         untapped: ProcessingRequest | None = None
         # gRPC's request iterator is an async generator we leave unfinished (we stop at the last
         # message, before Envoy half-closes). Closed here, at once: left to the garbage
@@ -80,7 +82,8 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
                     started = time.perf_counter()
                     untapped = None
                     exchange.tap_response_body(request)
-                    elapsed += time.perf_counter() - started
+                    # Our own time on this message, not the wait for gRPC to send the answer.
+                    body_seconds.append(elapsed + time.perf_counter() - started)
                 else:
                     reply = await _handler(exchange, phase)(request)
                     finished = reply.HasField("immediate_response") or (
@@ -88,10 +91,9 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
                     )
                     elapsed = time.perf_counter() - started
                     yield reply
-                # Our own time on this message, not the wait for gRPC to send the answer.
-                timer = _PHASE_TIMERS.get(phase)
-                if timer is not None:
-                    timer.observe(elapsed)
+                    timer = _PHASE_TIMERS.get(phase)
+                    if timer is not None:
+                        metrics.observe(timer, elapsed)
                 if finished:
                     break
         finally:
@@ -100,5 +102,6 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
             # Reached on completion, and also when Envoy resets the stream because the client
             # went away: the request is summarised either way, marked aborted in the latter.
             exchange.finish(aborted=not finished)
+            metrics.observe_all(_PHASE_TIMERS["response_body"], body_seconds)
             # After `finish`: nothing that closing the stream might raise costs the usage record.
             await _close(messages)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -188,7 +188,8 @@ class FakeSubmitter:
         self.records.append(record)
 
     def write_ahead(self, record: UsageRecord) -> None:
-        self.written_ahead.append(record)
+        # The record as it is now, as the real submitter serialises it at once.
+        self.written_ahead.append(replace(record))
 
     def forget(self, usage_id: str) -> None:
         self.forgotten.append(usage_id)
@@ -203,6 +204,7 @@ class FakeAbuse:
 @dataclass
 class FakeApiMetrics:
     reports: list[tuple[AnsweredRequest, ResponseSummary | None]] = field(default_factory=list)
+    enabled: bool = True
 
     def report(self, request: AnsweredRequest, summary: ResponseSummary | None) -> None:
         self.reports.append((request, summary))
@@ -822,6 +824,14 @@ async def test_a_request_cut_before_its_response_is_accounted_unanswered(world: 
     assert (record.cost_microdollars, record.kilo_user_id, record.streamed) == (0, "user-1", True)
 
 
+async def test_without_the_api_metrics_service_nothing_is_reported_and_the_row_stays(world: World) -> None:
+    world.api_metrics.enabled = False
+    exchange, _ = await send(world, chat(NOT_AB), signed_in(world))
+    await respond(exchange, 200, completion(NOT_AB, stream=False), "application/json")
+    assert world.api_metrics.reports == []
+    assert [r.status_code for r in world.submitter.records] == [200]
+
+
 async def test_every_upstream_response_is_reported_to_the_api_metrics(world: World) -> None:
     for status in (200, 500):
         exchange, _ = await send(world, chat(NOT_AB), signed_in(world))
@@ -858,3 +868,20 @@ async def test_a_failing_summary_is_logged_and_never_raised(world: World, caplog
     exchange, _ = await send(world, chat(NOT_AB), signed_in(world))
     await respond(exchange, 200, completion(NOT_AB, stream=False), "application/json")
     assert "usage record not submitted" in caplog.text
+
+
+# --- 6.1: the response header whitelist --------------------------------------------------------------
+
+
+async def test_only_the_whitelisted_upstream_headers_reach_the_client(world: World) -> None:
+    exchange, _ = await send(world, chat(NOT_AB), signed_in(world))
+    upstream_headers = {
+        ":status": "200", "date": "Mon, 30 Nov 2026 10:00:00 GMT", "content-type": "application/json",
+        "request-id": "r-1", "set-cookie": "a=b", "x-openrouter-id": "or-1", "content-encoding": "gzip",
+    }  # fmt: skip
+    message = ProcessingRequest(response_headers=HttpHeaders(headers=_header_map(upstream_headers)))
+    reply = await exchange.on_response_headers(message)
+    mutation = reply.response_headers.response.header_mutation
+    assert {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers} == {"content-encoding": "identity"}
+    # Removed: every upstream header but date, content-type and request-id (and the status).
+    assert sorted(mutation.remove_headers) == ["content-encoding", "set-cookie", "x-openrouter-id"]

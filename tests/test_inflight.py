@@ -109,6 +109,9 @@ async def test_a_dead_replicas_requests_reach_the_outbox_once_with_the_last_mess
     replica.submitter.write_ahead(stream)
     replica.submitter.write_ahead(json)
     replica.submitter.write_ahead(replace(stream, message_id="gen-42", status_code=200))  # first chunk seen
+    # The exchange completes its written-ahead record in place (phases/finish.py): what was
+    # written ahead stays as it was.
+    json.status_code, json.cost_microdollars = 200, 1234
 
     async def both_written() -> bool:
         return await client.hlen(replica.records_key) == 2
@@ -124,6 +127,7 @@ async def test_a_dead_replicas_requests_reach_the_outbox_once_with_the_last_mess
     assert set(reaped) == {stream.usage_id, json.usage_id}
     assert (reaped[stream.usage_id].message_id, reaped[stream.usage_id].status_code) == ("gen-42", 200)
     assert (reaped[json.usage_id].message_id, reaped[json.usage_id].aborted) == (None, True)
+    assert (reaped[json.usage_id].status_code, reaped[json.usage_id].cost_microdollars) == (0, 0)
     assert await client.exists(replica.records_key) == 0
     assert await client.smembers(REPLICAS) == set()
     assert await Reaper(client, grace_seconds=0).reap() == 0

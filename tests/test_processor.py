@@ -107,3 +107,35 @@ async def test_each_request_counts_once_under_its_own_labels() -> None:
     assert requests_counted("200") == before_ok + 2
     assert requests_counted("aborted", "none") == before_aborted + 1
     assert cut.closed
+
+
+def phase_observations(phase: str) -> float:
+    return REGISTRY.get_sample_value("llm_gateway_extproc_phase_seconds_count", {"phase": phase}) or 0.0
+
+
+async def test_each_message_of_a_stream_is_timed_once_in_its_phase() -> None:
+    world = World(make_settings())
+    first = {"id": "gen-1", "model": UPSTREAM_MODEL, "choices": [{"delta": {"content": "ok"}}]}
+    last = {"id": "gen-1", "model": UPSTREAM_MODEL, "choices": [], "usage": COMPLETION["usage"]}
+    chunks = [b"data: " + orjson.dumps(first) + b"\n\n"] * 3 + [b"data: " + orjson.dumps(last) + b"\n\n"]
+    stream = EnvoyStream(
+        [
+            request_headers(signed_in(world)),
+            request_body(chat(PAID, stream=True)),
+            response_headers(200, "text/event-stream"),
+            *[response_chunk(chunk, end_of_stream=False) for chunk in chunks],
+            response_chunk(b"data: [DONE]\n\n", end_of_stream=True),
+        ]
+    )
+    phases = ("request_headers", "request_body", "response_headers", "response_body")
+    before = {phase: phase_observations(phase) for phase in phases}
+
+    await process(world, stream)
+
+    assert {phase: phase_observations(phase) - before[phase] for phase in phases} == {
+        "request_headers": 1,
+        "request_body": 1,
+        "response_headers": 1,
+        "response_body": 5,
+    }
+    assert [record.output_tokens for record in world.submitter.records] == [2]

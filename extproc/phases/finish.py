@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import Any
 
 from extproc import metrics
@@ -63,7 +62,8 @@ def finish_request(
         # Cut before the response reached us (the upstream dropped the connection, or the
         # client left, before the response's headers got through Envoy): the written-ahead
         # record is the row, an error charged nothing, since no message id came to look up.
-        core.submitter.submit(replace(written_ahead, created_at=time.time()))
+        written_ahead.created_at = time.time()
+        core.submitter.submit(written_ahead)
         return
     request_id = admitted.request.request_id
     if suspicious_no_usage(summary):
@@ -71,21 +71,23 @@ def finish_request(
     # Once: it also logs the contract's cost sanity warnings.
     reported = usage_from_summary(summary, cache_writes=admitted.translator is not None)
     _record_genai_metrics(admitted, tap, summary, reported, provider, model)
-    answered = admitted.answered(tap.status, tap.first_byte_at)
-    if answered is not None:
-        core.api_metrics.report(answered, summary)  # 8.1: every upstream response, the 402 too
+    if core.api_metrics.enabled:
+        answered = admitted.answered(tap.status, tap.first_byte_at)
+        if answered is not None:
+            core.api_metrics.report(answered, summary)  # 8.1: every upstream response, the 402 too
     # Contract 6.2: a provider's 402 on Kilo's own key is answered 503 and not accounted.
     if tap.status == 402 and not admitted.user_byok:
         core.submitter.forget(admitted.usage_id)
         return
-    record = replace(
-        written_ahead,
-        created_at=time.time(),
-        status_code=tap.status,
-        aborted=aborted,
-        request_log=_request_log(admitted, tap),
-        **response_fields(summary, reported),
-    )
+    # The written-ahead record was serialised when written (Submitter.write_ahead) and is the
+    # exchange's alone: completed in place, as copying its 47 fields cost ~6 % of a JSON request.
+    record = written_ahead
+    record.created_at = time.time()
+    record.status_code = tap.status
+    record.aborted = aborted
+    record.request_log = _request_log(admitted, tap)
+    for name, value in response_fields(summary, reported).items():
+        setattr(record, name, value)
     # 8.3: the abuse request id only serves the cost report, which needs a message id.
     abuse = None
     if admitted.abuse is not None and record.message_id:
@@ -162,12 +164,13 @@ def _record_genai_metrics(
         ("output", reported.output_tokens),
         ("cached_input", reported.cache_hit_tokens),
     ):
-        metrics.child(metrics.TOKEN_USAGE, *labels, token_type).observe(count)
+        metrics.observe(metrics.child(metrics.TOKEN_USAGE, *labels, token_type), count)
     started = admitted.request.started
     duration = time.monotonic() - started
-    metrics.child(metrics.REQUEST_DURATION, *labels).observe(duration)
+    metrics.observe(metrics.child(metrics.REQUEST_DURATION, *labels), duration)
     if summary.streamed and tap.first_chunk_at is not None:
         ttft = tap.first_chunk_at - started
-        metrics.child(metrics.TIME_TO_FIRST_TOKEN, *labels).observe(ttft)
+        metrics.observe(metrics.child(metrics.TIME_TO_FIRST_TOKEN, *labels), ttft)
         if reported.output_tokens > 1:
-            metrics.child(metrics.TIME_PER_OUTPUT_TOKEN, *labels).observe((duration - ttft) / (reported.output_tokens - 1))
+            per_token = (duration - ttft) / (reported.output_tokens - 1)
+            metrics.observe(metrics.child(metrics.TIME_PER_OUTPUT_TOKEN, *labels), per_token)

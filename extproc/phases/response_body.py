@@ -83,7 +83,7 @@ def _translate(
     else:
         headers = {":status": str(status), "content-type": "application/json"}
     tap.translated = out
-    return protocol.response_body_replace(out, protocol.header_mutation(headers))
+    return protocol.response_body_replace(out, headers)
 
 
 def _replace_buffered(
@@ -94,10 +94,8 @@ def _replace_buffered(
         _log_upstream_error(admitted, tap, body)
         replacement = _error_replacement(settings, admitted, status)
         if replacement is not None:
-            mutation = protocol.header_mutation(
-                {":status": str(replacement.status), "content-type": "application/json"}
-            )
-            return protocol.response_body_replace(replacement.json(), mutation)
+            headers = {":status": str(replacement.status), "content-type": "application/json"}
+            return protocol.response_body_replace(replacement.json(), headers)
     if rewrites_free_model(settings, admitted):
         # Decision 16: free-model error bodies go through the rewriter too.
         return protocol.response_body_replace(rewrite_body(body, tap.content_type, admitted.chat.model_lower))

@@ -50,4 +50,4 @@ def open_response(
             tap.rewriter = SseRewriter(admitted.chat.model_lower)
     remove = [name for name in headers if not name.startswith(":") and name not in WHITELIST]
     mode = protocol.STREAMED if streamed else protocol.BUFFERED
-    return tap, protocol.response_headers_reply(protocol.header_mutation(ADDED, remove), mode)
+    return tap, protocol.response_headers_reply(ADDED, remove, mode)

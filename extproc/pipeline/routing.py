@@ -4,7 +4,7 @@ Vercel A/B, free-model gateway, OpenRouter."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from prometheus_client import Counter
 
@@ -59,12 +59,14 @@ class Route:
             VERCEL_AB.labels(routed_to, str(percentage), reason).inc()
 
 
-def _table_route(provider: Provider) -> Route:
+def _table_route(
+    provider: Provider, user_byok: tuple[ByokKey, ...] = (), ab_decision: tuple[str, int] | None = None
+) -> Route:
     if not provider.configured:
         # A free-model gateway without a URL in this deployment (GIGAPOTATO_API_URL unset).
         logger.error("provider has no URL configured", extra={"provider": provider.id})
         raise Rejection(errors.SERVICE_UNAVAILABLE)
-    return Route(provider=provider, cluster=provider.cluster)
+    return Route(provider=provider, cluster=provider.cluster, user_byok=user_byok, ab_decision=ab_decision)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,7 @@ class Router:
                     logger.error("a stored BYOK key cannot be decrypted", extra={"user_id": identity.user_id})
                     raise Rejection(errors.BYOK_KEY_UNREADABLE) from None
                 if keys:
-                    return replace(_table_route(providers["vercel"]), user_byok=tuple(keys))
+                    return _table_route(providers["vercel"], user_byok=tuple(keys))
 
         # 2. Custom LLM of the caller's organisation.
         if model.startswith(CUSTOM_LLM_PREFIX) and identity.organization_id is not None:
@@ -113,7 +115,7 @@ class Router:
             to_vercel = route_to_vercel(task_id or identity.user_id, percentage)
             decision = ("vercel" if to_vercel else "openrouter", percentage)
             if to_vercel:
-                return replace(_table_route(providers["vercel"]), ab_decision=decision)
+                return _table_route(providers["vercel"], ab_decision=decision)
 
         # 4. The free model's own gateway.
         entry = catalogue.kilo_free_model(model)
@@ -123,7 +125,7 @@ class Router:
             return _table_route(providers[entry.gateway])
 
         # 5. OpenRouter.
-        return replace(_table_route(providers["openrouter"]), ab_decision=decision)
+        return _table_route(providers["openrouter"], ab_decision=decision)
 
     async def _custom_route(self, llm: CustomLlm) -> Route:
         if llm.kind != FORWARDABLE_KIND and llm.kind not in TRANSLATED_KINDS:

@@ -114,5 +114,5 @@ async def forward(
         for name in client_headers
         if not name.startswith(":") and name not in _KEPT and name not in headers
     ]
-    reply = protocol.request_body_replace(body, protocol.header_mutation(headers, remove), clear_route_cache=True)
+    reply = protocol.request_body_replace(body, headers, remove, clear_route_cache=True)
     return Forwarded(reply, body, translator)
