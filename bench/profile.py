@@ -80,21 +80,27 @@ def split_samples(lines: Iterable[str]) -> Counter[str]:
     return counts
 
 
+# Shared objects by the prefix of their file name, as perf names them.
+_LAYERS = {
+    "libpython": "Python interpreter",
+    "cygrpc": "gRPC core and its Cython layer",
+    "[kernel": "kernel (syscalls, wake-ups)",
+    "_message": "protobuf (upb)",
+    "libc": "C library (malloc, ...)",
+    "loop.cpython": "uvloop",
+    "orjson": "orjson",
+}
+
+
 def split_layers(perf_report: str) -> dict[str, float]:
     """Shares (0-1) of the samples by shared object, from `perf report --sort dso --stdio`."""
     shares: dict[str, float] = {}
     for line in perf_report.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0].endswith("%") and not line.startswith("#"):
-            shares[_layer(parts[1])] = shares.get(_layer(parts[1]), 0.0) + float(parts[0][:-1]) / 100
+            layer = next((name for prefix, name in _LAYERS.items() if parts[1].startswith(prefix)), "other")
+            shares[layer] = shares.get(layer, 0.0) + float(parts[0][:-1]) / 100
     return shares
-
-
-def _layer(dso: str) -> str:
-    names = {"libpython": "Python interpreter", "cygrpc": "gRPC core and its Cython layer",
-             "[kernel": "kernel (syscalls, wake-ups)", "_message": "protobuf (upb)", "libc": "C library (malloc, ...)",
-             "loop.cpython": "uvloop", "orjson": "orjson"}
-    return next((name for prefix, name in names.items() if dso.startswith(prefix)), "other")
 
 
 @dataclass
