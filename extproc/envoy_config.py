@@ -466,9 +466,24 @@ def _extproc_cluster(settings: Settings) -> dict[str, Any]:
     }
 
 
+# Envoy ends each ext_proc side stream with a reset unless this guard is on (off by default in
+# 1.40; Envoy PR 38661): the ext_proc's final status then goes out on a cancelled call, whose
+# failed batch grpc.aio never frees (grpc/grpc#43360), about 50-115 bytes of native memory per
+# request. With it, Envoy half-closes the stream and waits for the status, up to the timeout
+# (Envoy's default, 1 s) before resetting it.
+GRACEFUL_CLOSE_GUARD = "envoy.reloadable_features.ext_proc_graceful_grpc_close"
+REMOTE_CLOSE_TIMEOUT_KEY = "envoy.filters.http.ext_proc.remote_close_timeout_milliseconds"
+SIDE_STREAM_RUNTIME = {GRACEFUL_CLOSE_GUARD: True, REMOTE_CLOSE_TIMEOUT_KEY: 1000}
+
+
+def layered_runtime() -> dict[str, Any]:
+    return {"layers": [{"name": "llm_gateway", "static_layer": SIDE_STREAM_RUNTIME}]}
+
+
 def render_bootstrap(settings: Settings) -> dict[str, Any]:
     return {
         "admin": {"address": _address("127.0.0.1", settings.envoy_admin_port)},
+        "layered_runtime": layered_runtime(),
         "static_resources": {
             "listeners": [
                 {

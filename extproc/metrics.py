@@ -73,6 +73,16 @@ PHASE_SECONDS = Histogram(
     ["phase"],
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
 )
+# How each ext_proc stream ended: "ok" (complete, then half-closed by Envoy, which got our
+# status), "cancelled" (Envoy reset it, or closed it before the response was complete: a client
+# that went away; for completed requests, an Envoy without the graceful-close guard of
+# envoy_config.SIDE_STREAM_RUNTIME, which leaks native memory in grpc.aio), "failed" (raised).
+STREAMS_ENDED = Counter(
+    "llm_gateway_extproc_streams_ended",
+    "ext_proc streams ended, by how: ok (complete, closed by Envoy), cancelled (reset or cut short), failed.",
+    ["outcome"],
+)
+STREAM_OK, STREAM_CANCELLED, STREAM_FAILED = (STREAMS_ENDED.labels(outcome) for outcome in ("ok", "cancelled", "failed"))
 
 # OpenTelemetry GenAI semantic conventions (gen_ai.* metrics), recorded when a request ends.
 # Labels: provider id and the upstream-reported model (bounded by the provider's catalogue).

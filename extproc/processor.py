@@ -8,6 +8,7 @@ request's state and decides every reply.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -66,6 +67,7 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
         # collector, asyncio's finaliser would schedule its closing as a task of its own and wake
         # the loop from outside (a syscall), per request.
         messages = aiter(request_iterator)
+        ended = metrics.STREAM_FAILED
         try:
             async for request in messages:
                 phase = request.WhichOneof("request")
@@ -95,7 +97,20 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
                     if timer is not None:
                         metrics.observe(timer, elapsed)
                 if finished:
+                    # Wait for Envoy to end its side. Without the graceful-close guard Envoy
+                    # half-closes and resets at once: gRPC reports the end of the messages
+                    # first, and cancels this task on the reset, delivered with it, which the
+                    # one turn of the loop lets in. The stream then ends cancelled.
+                    await anext(messages, None)
+                    await asyncio.sleep(0)
                     break
+            # Envoy ended the stream before the response did: the client went away.
+            ended = metrics.STREAM_OK if finished else metrics.STREAM_CANCELLED
+        except (asyncio.CancelledError, GeneratorExit):
+            # Cancelled while we waited for a message; closed by gRPC at a `yield` whose reply
+            # could no longer be sent. Either way Envoy reset the stream.
+            ended = metrics.STREAM_CANCELLED
+            raise
         finally:
             if untapped is not None:
                 exchange.tap_response_body(untapped)
@@ -103,5 +118,6 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
             # went away: the request is summarised either way, marked aborted in the latter.
             exchange.finish(aborted=not finished)
             metrics.observe_all(_PHASE_TIMERS["response_body"], body_seconds)
+            ended.inc()
             # After `finish`: nothing that closing the stream might raise costs the usage record.
             await _close(messages)

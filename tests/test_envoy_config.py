@@ -95,3 +95,11 @@ def test_the_example_in_envoy_folder_is_the_current_default_rendering(monkeypatc
     example = Path(__file__).parent.parent / "envoy" / "envoy.example.yaml"
     rendered = render_bootstrap_yaml(load_settings(ca_bundle="/etc/ssl/certs/ca-certificates.crt"))
     assert example.read_text() == rendered, "regenerate with: LLM_GATEWAY_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt make envoy-config > envoy/envoy.example.yaml"
+
+
+def test_envoy_closes_ext_proc_side_streams_gracefully_instead_of_resetting_them() -> None:
+    # Envoy 1.40's guard (off by default) and its wait for the ext_proc's status (issue 27).
+    layers = render_bootstrap(load_settings())["layered_runtime"]["layers"]
+    values = {key: value for layer in layers for key, value in layer["static_layer"].items()}
+    assert values["envoy.reloadable_features.ext_proc_graceful_grpc_close"] is True
+    assert values["envoy.filters.http.ext_proc.remote_close_timeout_milliseconds"] == 1000
