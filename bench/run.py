@@ -50,11 +50,11 @@ RESULTS = ROOT / "bench" / "results"
 PROMPT = [{"role": "user", "content": "Say hello to the benchmark."}]
 
 
-def _body_file(system: System, work: Path, stream: bool) -> Path:
+def body_file(system: System, work: Path, stream: bool) -> Path:
     body = {"model": system.stream_model if stream else MODEL, "messages": PROMPT, "stream": stream}
-    body_file = work / f"body-{system.name}-{int(stream)}.json"
-    body_file.write_text(json.dumps(body))
-    return body_file
+    path = work / f"body-{system.name}-{int(stream)}.json"
+    path.write_text(json.dumps(body))
+    return path
 
 
 def load(system: System, work: Path, *, concurrency: int, duration: float, warmup: float, stream: bool,
@@ -62,7 +62,7 @@ def load(system: System, work: Path, *, concurrency: int, duration: float, warmu
     """One load-generator run, in its own process so that it does not share our GIL."""
     url = system.url + (system.stream_query + query if stream else "")
     argv = [sys.executable, "-m", "bench.load", "--url", url, "--concurrency", str(concurrency),
-            "--duration", str(duration), "--warmup", str(warmup), "--body-file", str(_body_file(system, work, stream))]
+            "--duration", str(duration), "--warmup", str(warmup), "--body-file", str(body_file(system, work, stream))]
     for name, value in system.headers.items():
         argv += ["--header", f"{name}: {value}"]
     if stream:
@@ -78,7 +78,7 @@ def load(system: System, work: Path, *, concurrency: int, duration: float, warmu
 def load_wrk(system: System, work: Path, *, concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
     """JSON responses driven by wrk (bench/wrk.py), the warm-up a wrk run of its own."""
     try:
-        return wrk.run(system.url, system.headers, _body_file(system, work, False), concurrency=concurrency,
+        return wrk.run(system.url, system.headers, body_file(system, work, False), concurrency=concurrency,
                        duration=duration, warmup=warmup, work=work)
     except RuntimeError as error:
         raise SystemExit(str(error)) from error
@@ -88,6 +88,19 @@ def _children_cpu() -> float:
     """CPU seconds of every child this process has waited for: the load generators' own."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def process_tree(roots: list[psutil.Process], other_roots: set[int]) -> list[psutil.Process]:
+    """`roots` and their descendants, except those in `other_roots` (roles of their own) and theirs."""
+    out, todo = [], list(roots)
+    while todo:
+        process = todo.pop()
+        out.append(process)
+        try:
+            todo += [child for child in process.children() if child.pid not in other_roots]
+        except psutil.NoSuchProcess:
+            continue
+    return out
 
 
 class ProcessWatch:
@@ -109,15 +122,7 @@ class ProcessWatch:
         self._thread.start()
 
     def _tree(self, role: str) -> list[psutil.Process]:
-        out, todo = [], list(self.roots[role])
-        while todo:
-            process = todo.pop()
-            out.append(process)
-            try:
-                todo += [child for child in process.children() if child.pid not in self.root_pids]
-            except psutil.NoSuchProcess:
-                continue
-        return out
+        return process_tree(self.roots[role], self.root_pids)
 
     def _cpu(self, role: str) -> float:
         total = 0.0

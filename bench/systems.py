@@ -99,6 +99,8 @@ class System:
     # Processes whose CPU and memory the report shows, by role (ext_proc workers, writer).
     measured: dict[str, list[int]] = field(default_factory=dict)
     ledger: Ledger | None = None
+    # The system's Envoy admin, where bench/soak.py reads how many requests it has served.
+    admin_url: str | None = None
 
     def stop(self) -> None:
         for child in reversed(self.children):
@@ -244,6 +246,7 @@ def start_extproc_floor(work: Path, upstream: str, workers: int) -> System:
         [*children, envoy],
         measured={"envoy": [envoy.process.pid],
                   **{f"ext_proc_{i}": [child.process.pid] for i, child in enumerate(children)}},
+        admin_url=f"http://127.0.0.1:{env['LLM_GATEWAY_ENVOY_ADMIN_PORT']}",
     )
 
 
@@ -346,6 +349,7 @@ def start_gateway(work: Path, upstream: str, workers: int) -> System:
         [stack],
         measured={**{gateway_role(name): [pid] for name, pid in children.items()}, "supervisor": [state["pid"]]},
         ledger=Ledger(state["database_url"], user["id"], state["metrics_url"]),
+        admin_url=state["envoy_admin_url"],
     )
 
 

@@ -79,21 +79,27 @@ def figures(warmup: dict[str, int] | None, measured: dict[str, int], concurrency
     }
 
 
-def run(url: str, headers: dict[str, str], body_file: Path, *, concurrency: int, duration: float, warmup: float,
-        work: Path) -> dict[str, Any]:
-    """A warm-up run (when `warmup` > 0), then the measured run, each a wrk process with one thread."""
+def command(url: str, headers: dict[str, str], body_file: Path, *, concurrency: int, seconds: float,
+            work: Path) -> list[str]:
+    """The command line of one wrk run with one thread, POSTing `body_file` to `url`."""
     binary = wrk_binary()
     if binary is None:
         raise RuntimeError("wrk is not installed (make bench-tools)")
     script = work / "bench.lua"
     script.write_text(SCRIPT)
+    argv = [binary, "--threads", "1", "--connections", str(concurrency), "--duration", f"{max(1, round(seconds))}s",
+            "--timeout", "60s", "--script", str(script), "--header", "content-type: application/json"]
+    for name, value in headers.items():
+        argv += ["--header", f"{name}: {value}"]
+    return [*argv, url, "--", str(body_file)]
+
+
+def run(url: str, headers: dict[str, str], body_file: Path, *, concurrency: int, duration: float, warmup: float,
+        work: Path) -> dict[str, Any]:
+    """A warm-up run (when `warmup` > 0), then the measured run, each a wrk process with one thread."""
 
     def once(seconds: float) -> dict[str, int]:
-        argv = [binary, "--threads", "1", "--connections", str(concurrency), "--duration", f"{max(1, round(seconds))}s",
-                "--timeout", "60s", "--script", str(script), "--header", "content-type: application/json"]
-        for name, value in headers.items():
-            argv += ["--header", f"{name}: {value}"]
-        argv += [url, "--", str(body_file)]
+        argv = command(url, headers, body_file, concurrency=concurrency, seconds=seconds, work=work)
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stderr[-3000:]}")
