@@ -61,10 +61,12 @@ async def serve(settings: Settings) -> None:
     submitter = asyncio.create_task(services.submitter.run(submitter_stop))
     await stop.wait()
 
-    # Drain: report NOT_SERVING, refuse new streams, let open generations finish, then hand
-    # their usage records over (the ledger writer process writes them).
+    # Drain: report NOT_SERVING, keep serving a moment (an Envoy told to stop with us goes
+    # first: settings.extproc_stop_delay_seconds), refuse new streams, let open generations
+    # finish, then hand their usage records over (the ledger writer process writes them).
     logger.info("ext_proc draining", extra={"grace_seconds": settings.extproc_drain_seconds})
     await health.enter_graceful_shutdown()
+    await asyncio.sleep(settings.extproc_stop_delay_seconds)
     await server.stop(grace=settings.extproc_drain_seconds)
     submitter_stop.set()
     await submitter

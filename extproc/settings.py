@@ -196,6 +196,10 @@ class Settings(BaseSettings):
     # with room to spare; README "Deploying" maps them to Envoy's and Docker's timeouts.
     # The ext_proc: streams in flight get this long to finish after health turns NOT_SERVING.
     extproc_drain_seconds: float = Field(default=20.0, ge=0)
+    # Before that drain, the ext_proc keeps taking new streams this long after SIGTERM (health
+    # already NOT_SERVING): for an Envoy beside it that is told to stop at the same moment and
+    # drains its listeners first (README "Stopping"), so the requests it still takes are served.
+    extproc_stop_delay_seconds: float = Field(default=0.0, ge=0)
     # Then the ext_proc hands its last usage records over, and the ledger writer finishes the
     # writes it has started, within this; records still waiting on a generation lookup stay in
     # the outbox for the next writer (or another replica).

@@ -320,7 +320,8 @@ def test_ledger_writer_ports_probes_and_service(settings: Settings) -> None:
 def test_grace_periods_cover_the_configured_drains(settings: Settings) -> None:
     extproc = _one("Deployment", "llm-gateway-extproc")["spec"]["template"]["spec"]
     pre_stop = extproc["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
-    needed = pre_stop + settings.extproc_drain_seconds + settings.accounting_drain_seconds + STOP_MARGIN_SECONDS
+    needed = (pre_stop + settings.extproc_stop_delay_seconds + settings.extproc_drain_seconds
+              + settings.accounting_drain_seconds + STOP_MARGIN_SECONDS)
     assert extproc["terminationGracePeriodSeconds"] >= needed
     writer = _one("Deployment", "llm-gateway-ledger-writer")["spec"]["template"]["spec"]
     assert writer["terminationGracePeriodSeconds"] >= settings.accounting_drain_seconds + STOP_MARGIN_SECONDS

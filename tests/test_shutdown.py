@@ -36,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc.accounting.outbox import GROUP, STREAM
 from extproc.local.processes import port_open
+from extproc.local.stack import ENVOY_DRAIN_SECONDS
 from tests.conftest import STARTUP_TIMEOUT, Gateway, stack_environment, start_stack, stop_stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,3 +301,92 @@ def test_make_run_exits_within_10s_of_sigterm_while_generation_lookups_retry(tmp
 
 def test_make_run_exits_within_10s_of_sigterm_right_after_1000_concurrent_streams(tmp_path: Path) -> None:
     _run_and_stop_repeatedly(tmp_path, _many_streams, lambda gateway, sent: None)
+
+
+# Envoy and the ext_proc told to stop at the same moment with requests in flight (issue 27).
+# Envoy 1.40 with graceful side-stream close (envoy_config.py) dies of SIGSEGV on SIGTERM with
+# side streams closing (without stack._drain_envoy this test saw it at the second stop); so
+# `make run` drains Envoy's listeners first, and the ext_proc keeps serving meanwhile
+# (extproc_stop_delay_seconds).
+TOGETHER_REPEATS = 10
+
+
+def _envoy_exit_codes(gateway: Gateway) -> list[int]:
+    """Envoy's exit status in each run so far, as the supervisor logged it when stopping it."""
+    codes = []
+    for line in (gateway.data_dir / "make-run.log").read_text().splitlines():
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # Envoy's own output
+        if isinstance(entry, dict) and entry.get("message") in ("stopped envoy", "envoy had exited"):
+            codes.append(entry["returncode"])
+    return codes
+
+
+async def _json_until_cut(client: httpx.AsyncClient, gateway: Gateway, headers: dict[str, str], n: int, k: int,
+                          served: list[str], stopped: asyncio.Event) -> None:
+    """One client's JSON requests, one after another, until the stack is gone."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"together {n}.{k}"}], "mock": {"chunks": 2}}
+    while True:
+        try:
+            response = await client.post(gateway.chat_url, json=body, headers=headers)
+        except httpx.TransportError:
+            if stopped.is_set():
+                return  # cut when Envoy went
+            raise
+        if response.status_code == 200:
+            served.append(response.json()["id"])
+        elif stopped.is_set():
+            return  # the ext_proc or an upstream already gone: Envoy's own error
+        else:
+            raise AssertionError(f"{response.status_code} {response.text} before the stop")
+
+
+async def _stop_mid_traffic(gateway: Gateway, headers: dict[str, str], n: int) -> list[str]:
+    """64 clients sending JSON requests back to back; after 300 answers, SIGTERM to `make run`
+    and to the ext_proc at the same moment, with requests in flight. Returns the message ids
+    of the requests answered 200."""
+    served: list[str] = []
+    stopped = asyncio.Event()
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        clients = [asyncio.create_task(_json_until_cut(client, gateway, headers, n, k, served, stopped))
+                   for k in range(64)]
+        while len(served) < 300:
+            await asyncio.sleep(0.01)
+        stopped.set()
+        os.killpg(gateway.process.pid, signal.SIGTERM)
+        os.kill(gateway.children["ext_proc"], signal.SIGTERM)
+        await asyncio.gather(*clients)
+    return served
+
+
+def test_envoy_and_the_extproc_stopped_together_mid_traffic_exit_cleanly_and_lose_nothing(tmp_path: Path) -> None:
+    # The ext_proc keeps taking streams while Envoy drains, as beside an Envoy in one pod.
+    env, _ = stack_environment(tmp_path, LLM_GATEWAY_EMBEDDED_DURABLE="true",
+                               LLM_GATEWAY_EXTPROC_STOP_DELAY_SECONDS=str(ENVOY_DRAIN_SECONDS))
+    message_ids: list[str] = []
+    for n in range(TOGETHER_REPEATS):
+        with make_run(tmp_path, env) as gateway:
+            if n == 0:
+                user = gateway.cli("user", "create", "--email", f"t-{uuid.uuid4().hex[:8]}@example.com",
+                                   "--credits-usd", "1000")
+                headers = {"authorization": f"Bearer {user['token']}"}
+            message_ids += asyncio.run(_stop_mid_traffic(gateway, headers, n))
+            _wait_for("the stack to exit", lambda: gateway.process.poll() is not None
+                      and all(_gone(pid) for pid in gateway.children.values()), timeout=30)
+            codes = _envoy_exit_codes(gateway)
+            assert len(codes) == n + 1, codes
+            assert codes[-1] == 0, f"stop {n}: Envoy exited with {codes[-1]}"
+
+    assert len(set(message_ids)) == len(message_ids)
+    with make_run(tmp_path, env) as gateway:
+        _wait_for(
+            "a ledger row for every request",
+            lambda: len(_rows_per_message(gateway.database_url, message_ids)) == len(message_ids),
+            timeout=120,
+        )
+        rows = _rows_per_message(gateway.database_url, message_ids)
+        _sigterm_and_time_exit(gateway)
+    assert rows == {message_id: 1 for message_id in message_ids}

@@ -34,6 +34,8 @@ class Child:
     process: subprocess.Popen[bytes]
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 10.0
+    # Run before the stop signal (Envoy's listener drain, stack.py); its errors are logged.
+    before_stop: Callable[[], None] | None = None
 
     @classmethod
     def start(
@@ -46,6 +48,7 @@ class Child:
         stop_signal: signal.Signals = signal.SIGTERM,
         stop_timeout: float = 10.0,
         log: Path | None = None,
+        before_stop: Callable[[], None] | None = None,
     ) -> Child:
         """`log`: a file for the child's stdout and stderr (default: the supervisor's)."""
         logger.info(f"starting {name}", extra={"argv": list(argv)})
@@ -64,7 +67,7 @@ class Child:
         finally:
             if output is not None:
                 output.close()  # the child has its own copy
-        return cls(name, process, stop_signal, stop_timeout)
+        return cls(name, process, stop_signal, stop_timeout, before_stop)
 
     @property
     def alive(self) -> bool:
@@ -72,7 +75,14 @@ class Child:
 
     def stop(self) -> None:
         if not self.alive:
+            # Exited on its own (a signal of its own, a crash): its status still goes in the log.
+            logger.info(f"{self.name} had exited", extra={"returncode": self.process.returncode})
             return
+        if self.before_stop is not None:
+            try:
+                self.before_stop()
+            except OSError as exc:
+                logger.warning(f"could not prepare {self.name} to stop", extra={"error": str(exc)})
         self.process.send_signal(self.stop_signal)
         try:
             self.process.wait(self.stop_timeout)

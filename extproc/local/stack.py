@@ -23,7 +23,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from prometheus_client import CollectorRegistry, multiprocess
 
@@ -68,6 +68,32 @@ def envoy_binary() -> str:
 def _envoy_ready(admin_port: int) -> bool:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as response:
         return bool(response.status == 200)
+
+
+# Requests Envoy is still serving, and ext_proc side streams still open (their graceful close
+# included): the gauges a drain waits to see at 0.
+_IN_FLIGHT = r"^(http\.gateway\.downstream_rq_active|cluster\.extproc\.upstream_rq_active)$"
+ENVOY_DRAIN_SECONDS = 3.0
+
+
+def _drain_envoy(admin_port: int, timeout: float = ENVOY_DRAIN_SECONDS) -> None:
+    """Envoy exits at once on SIGTERM, and Envoy 1.40 with graceful side-stream close
+    (envoy_config.SIDE_STREAM_RUNTIME) can crash (SIGSEGV) doing so while requests are in
+    flight (issue 27). So first its listeners drain gracefully (Connection: close, GOAWAY) and
+    the requests in flight end, for up to `timeout`."""
+    admin = f"http://127.0.0.1:{admin_port}"
+    drain = urllib.request.Request(f"{admin}/drain_listeners?graceful", method="POST")
+    with urllib.request.urlopen(drain, timeout=1):
+        pass
+    query = urlencode({"filter": _IN_FLIGHT})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{admin}/stats?{query}", timeout=1) as response:
+            gauges = [line.rpartition(":")[2] for line in response.read().decode().splitlines()]
+        if all(value.strip() == "0" for value in gauges):
+            return
+        time.sleep(0.05)
+    logger.warning("envoy still had requests in flight when told to stop", extra={"drain_seconds": timeout})
 
 
 class Stack:
@@ -197,7 +223,7 @@ class Stack:
             f"ext_proc-{worker}" if worker else "ext_proc",
             [sys.executable, "-m", "extproc.cli", "serve"],
             env={**os.environ, "LLM_GATEWAY_EXTPROC_PORT": str(port)},
-            stop_timeout=settings.extproc_drain_seconds + 10,
+            stop_timeout=settings.extproc_stop_delay_seconds + settings.extproc_drain_seconds + 10,
         )
         try:
             wait_until("ext_proc", lambda: port_open(settings.extproc_host, port), child, abort=self._stopping)
@@ -221,8 +247,9 @@ class Stack:
                 "--parent-shutdown-time-s", "10",
             ],
             # Envoy exits at once on SIGTERM (its drain applies to hot restarts and to
-            # /drain_listeners, not to SIGTERM); nothing of it is worth waiting longer for.
+            # /drain_listeners, not to SIGTERM): `_drain_envoy` drains it first.
             stop_timeout=5,
+            before_stop=lambda: _drain_envoy(settings.envoy_admin_port),
         )
         self.children.append(child)
         wait_until("envoy", lambda: _envoy_ready(settings.envoy_admin_port), child)
