@@ -137,6 +137,11 @@ def test_the_ext_proc_filter_is_configured_as_the_ext_proc_expects(defaults: Set
     assert extproc["grpc_service"] == {"envoy_grpc": {"cluster_name": "extproc"}}  # no timeout
 
 
+def test_side_streams_end_gracefully_as_in_the_rendered_bootstrap(defaults: Settings) -> None:
+    # Issue 27: a reset side stream leaks native memory in the ext_proc (grpc/grpc#43360).
+    assert bootstrap()["layered_runtime"] == render_bootstrap(defaults)["layered_runtime"]
+
+
 def test_the_ext_proc_cluster_is_its_port_over_http2_with_raised_limits(defaults: Settings) -> None:
     config = bootstrap()
     cluster = _clusters(config)["extproc"]
