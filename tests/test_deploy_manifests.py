@@ -12,6 +12,7 @@ get explicit checks of the fields the deployment relies on.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -56,6 +57,7 @@ EXPLICITLY_CHECKED = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("networking.istio.io/v1alpha3", "EnvoyFilter"),
     ("gateway.envoyproxy.io/v1alpha1", "HTTPRouteFilter"),
+    ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"),
 }
 # Commands of the local stack (extproc/local/): no deployed service may run them.
 LOCAL_STACK_COMMANDS = ("run", "mock-upstream")
@@ -658,3 +660,28 @@ def test_compose_services_run_the_runtime_package_only() -> None:
         assert not spec.get("args"), f"{name}: build arguments may select extras"
         dockerfile = COMPOSE_FILE.parent / spec.get("context", ".") / spec.get("dockerfile", "Dockerfile")
         assert not _installs_extras(_stage_lines(dockerfile, spec.get("target"))), f"{name} installs extras"
+
+
+# --- side streams end gracefully in every Envoy (issue 27) -------------------------------------
+
+
+def _runtime_values(bootstrap: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for layer in bootstrap["layered_runtime"]["layers"] for key, value in layer["static_layer"].items()}
+
+
+def test_envoy_gateways_envoy_closes_side_streams_as_the_rendered_bootstrap_does(settings: Settings) -> None:
+    proxy = _one("EnvoyProxy", "llm-gateway")
+    assert proxy["spec"]["bootstrap"]["type"] == "Merge"  # appended to Envoy Gateway's own layers
+    merged = yaml.safe_load(proxy["spec"]["bootstrap"]["value"])
+    assert set(merged) == {"layered_runtime"}
+    assert _runtime_values(merged) == _runtime_values(render_bootstrap(settings))
+    assert _runtime_values(merged)["envoy.reloadable_features.ext_proc_graceful_grpc_close"] is True
+    gateway = _one("Gateway", "llm-gateway")
+    assert gateway["spec"]["infrastructure"]["parametersRef"] == {
+        "group": "gateway.envoyproxy.io", "kind": "EnvoyProxy", "name": "llm-gateway"}
+
+
+def test_istios_bootstrap_override_closes_side_streams_as_the_rendered_bootstrap_does(settings: Settings) -> None:
+    override = json.loads(_one("ConfigMap", "llm-gateway-bootstrap")["data"]["custom_bootstrap.json"])
+    assert set(override) == {"layered_runtime"}
+    assert _runtime_values(override) == _runtime_values(render_bootstrap(settings))
