@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from extproc.custom_llm import CustomLlm
+from extproc.custom_llm import CustomLlm, PinnedUpstream
 from extproc.directory import OrganizationAccount, User
 from extproc.limits import Admission
-from extproc.settings import Provider
 from extproc.shaping.provider_rules import ByokKey
 
 
@@ -55,7 +54,7 @@ class CustomLlmSource(Protocol):
 
     async def get(self, public_id: str) -> CustomLlm | None: ...
 
-    async def upstream(self, llm: CustomLlm) -> Provider: ...
+    async def upstream(self, llm: CustomLlm) -> PinnedUpstream: ...
 
 
 class ErrorRateSource(Protocol):

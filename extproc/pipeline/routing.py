@@ -44,7 +44,8 @@ _DEFAULT_VERCEL_SHARE = vercel_percentage(0.0, 0.0)
 class Route:
     provider: Provider  # for `custom`, built from the custom_llm row
     cluster: str  # the value of the routing header Envoy matches
-    custom_host: str | None = None  # authority the dynamic forward proxy connects to
+    custom_host: str | None = None  # a custom LLM's authority, for Host and SNI
+    custom_address: str | None = None  # the checked "ip:port" Envoy connects to for it
     user_byok: tuple[ByokKey, ...] = ()
     custom_llm: CustomLlm | None = None
     # The Vercel A/B decision (side, percentage in force) when the request was eligible.
@@ -132,9 +133,16 @@ class Router:
             logger.error("custom LLM of an unknown kind", extra={"model": llm.public_id, "kind": llm.kind})
             raise Rejection(errors.SERVICE_UNAVAILABLE)
         try:
-            provider = await self.custom_llms.upstream(llm)
+            pinned = await self.custom_llms.upstream(llm)
         except UnsafeCustomLlmUrl as exc:
             logger.error("custom LLM URL refused", extra={"model": llm.public_id, "reason": str(exc)})
             raise Rejection(errors.CUSTOM_LLM_URL_REFUSED) from None
+        provider = pinned.provider
         cluster = CUSTOM_HTTPS_CLUSTER if provider.tls else CUSTOM_HTTP_CLUSTER
-        return Route(provider=provider, cluster=cluster, custom_host=f"{provider.host}:{provider.port}", custom_llm=llm)
+        return Route(
+            provider=provider,
+            cluster=cluster,
+            custom_host=provider.authority,
+            custom_address=pinned.address,
+            custom_llm=llm,
+        )
