@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
-from tests.conftest import Gateway, fresh_ip
+from tests.conftest import SESSION_STACK, Gateway, fresh_ip, running_stack
 from tests.ledger_support import microdollars
-from tests.test_routing_e2e import new_user
+from tests.test_routing_e2e import BYOK_MODELS, Metrics, new_user, task_id
 
 PAID_MODEL = "openai/gpt-4o-mini"  # OpenRouter only (not in the Vercel split)
 # Contract 6.1 / Appendix A: what a client sees for an upstream the gateway could not use.
@@ -156,3 +158,112 @@ def test_a_body_larger_than_envoys_default_buffer_keeps_its_retry(upstream: Gate
     response = httpx.post(upstream.chat_url, json=body, headers=headers, timeout=60)
     assert response.status_code == 200, response.text
     assert [a["status"] for a in _answers(upstream, tag)] == [503, 200]
+
+
+# --- cooldowns: the next requests go to the other provider (a stack of their own: a cooldown
+# lasts for seconds and would move other tests' requests) ------------------------------------
+
+A_B_MODEL = "z-ai/glm-5"  # in the Vercel split (contract 3.5); Vercel's id is zai/glm-5 (3.6)
+DOWN_MODEL = "x-ai/grok-code-fast-1"  # likewise; xai/grok-code-fast-1 on Vercel
+BYOK_MODEL = "anthropic/claude-sonnet-4.6"
+
+
+@pytest.fixture(scope="module")
+def cooling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    with running_stack(tmp_path_factory.mktemp("cooling"), **SESSION_STACK) as gw:
+        # Before any request: the BYOK map is cached from the first authenticated request.
+        gw.sql("INSERT INTO models_by_provider (vercel) VALUES ($1::jsonb)", orjson.dumps(BYOK_MODELS).decode())
+        yield gw
+
+
+def _counter(gateway: Gateway, name: str, **labels: str) -> float:
+    return Metrics(gateway).get(name, **labels)
+
+
+def _wait_for_counter(gateway: Gateway, name: str, at_least: float, **labels: str) -> None:
+    deadline = time.monotonic() + 10
+    while _counter(gateway, name, **labels) < at_least:
+        assert time.monotonic() < deadline, f"{name}{labels} never reached {at_least}"
+        time.sleep(0.05)
+
+
+def _routed_chat(gateway: Gateway, token: str, model: str, task: str, tag: str, **mock: Any) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "mock": {"tag": tag, **mock}}
+    headers = {"authorization": f"Bearer {token}", "x-forwarded-for": fresh_ip(), "x-kilocode-taskid": task}
+    return httpx.post(gateway.chat_url, json=body, headers=headers, timeout=60)
+
+
+def _received(gateway: Gateway, tag: str) -> list[dict[str, Any]]:
+    return [r for r in gateway.upstream_requests() if (r["body"] or {}).get("mock", {}).get("tag") == tag]
+
+
+def test_a_429_with_retry_after_moves_the_next_requests_for_the_model_to_the_other_provider(cooling: Gateway) -> None:
+    user = new_user(cooling, credits_usd=100)
+    task = task_id(vercel=False)  # the split sends this task to OpenRouter
+    cooled_before = _counter(cooling, "llm_gateway_provider_cooldowns_total", provider="openrouter", reason="retry_after")
+    first = _routed_chat(
+        cooling, user["token"], A_B_MODEL, task, "limited", faults={"openrouter": [{"status": 429, "retry_after": 30}]}
+    )
+    assert first.status_code == 429
+    assert [(a["provider"], a["status"]) for a in _answers(cooling, "limited")] == [("openrouter", 429)]
+    _wait_for_counter(
+        cooling, "llm_gateway_provider_cooldowns_total", cooled_before + 1, provider="openrouter", reason="retry_after"
+    )
+
+    served = _routed_chat(cooling, user["token"], A_B_MODEL, task, "moved")
+    assert served.status_code == 200, served.text
+    # Vercel, under Vercel's id for the model and with Kilo's Vercel key; no OpenRouter request.
+    [received] = _received(cooling, "moved")
+    assert received["path"] == "/vercel/v1/chat/completions"
+    assert received["headers"]["authorization"] == "Bearer mock-vercel-key"
+    assert received["body"]["model"] == "zai/glm-5"
+    assert [a["provider"] for a in _answers(cooling, "moved")] == ["vercel"]
+    assert _counter(cooling, "llm_gateway_routed_around_cooldown_total", cooled="openrouter", used="vercel") >= 1
+    # One row per request: the refused one (nothing charged) and the served one, under Vercel,
+    # charged what Vercel billed.
+    rows = {row["message_id"]: row for row in _ledger_rows(cooling, task, expect=2)}
+    generation = _answers(cooling, "moved")[0]["generation"]
+    assert rows[generation]["provider"] == "vercel"
+    assert rows[generation]["cost"] == _billed(cooling, generation)
+    assert [row["cost"] for message_id, row in rows.items() if message_id != generation] == [0]
+
+
+def test_a_provider_down_for_a_model_is_replaced_by_the_other_after_a_burst_of_5xx(cooling: Gateway) -> None:
+    user = new_user(cooling, credits_usd=100)
+    task = task_id(vercel=False)
+    down = {"openrouter": [{"status": 503}] * 2}
+    for i in range(5):  # LLM_GATEWAY_COOLDOWN_5XX_BURST
+        response = _routed_chat(cooling, user["token"], DOWN_MODEL, task, f"down-{task}-{i}", faults=down)
+        assert response.status_code == 503
+    _wait_for_counter(cooling, "llm_gateway_provider_cooldowns_total", 1, provider="openrouter", reason="5xx_burst")
+    # OpenRouter is still down for it, but the next request does not go there.
+    tag = f"down-{task}-served"
+    served = _routed_chat(cooling, user["token"], DOWN_MODEL, task, tag, faults=down)
+    assert served.status_code == 200, served.text
+    [received] = _received(cooling, tag)
+    assert received["path"] == "/vercel/v1/chat/completions"
+    assert received["body"]["model"] == "xai/grok-code-fast-1"
+    assert received["headers"]["authorization"] == "Bearer mock-vercel-key"
+
+
+def test_a_byok_request_stays_on_its_own_provider_through_retries_and_cooldowns(cooling: Gateway) -> None:
+    user = new_user(cooling, credits_usd=0)
+    cooling.cli("byok", "add", "--user", user["id"], "--provider", "anthropic", "--key", f"sk-ant-{uuid.uuid4().hex}")
+    task = f"byok-{uuid.uuid4().hex}"
+    # Retried on its own provider (Vercel with the customer's key), and served there.
+    retried = _routed_chat(cooling, user["token"], BYOK_MODEL, task, "byok-retried", faults={"*": [{"status": 503}]})
+    assert retried.status_code == 200, retried.text
+    assert [(a["provider"], a["status"]) for a in _answers(cooling, "byok-retried")] == [("vercel", 503), ("vercel", 200)]
+    # Its failures never cool Vercel for everyone, and never send it to OpenRouter's keys.
+    for i in range(6):
+        failed = _routed_chat(
+            cooling, user["token"], BYOK_MODEL, task, f"byok-down-{i}", faults={"*": [{"status": 503}] * 2}
+        )
+        assert failed.status_code == 503
+    answers = [a for a in _answers_all(cooling) if str(a["tag"]).startswith("byok-")]
+    assert {a["provider"] for a in answers} == {"vercel"}
+    assert _counter(cooling, "llm_gateway_provider_cooldowns_total", provider="vercel") == 0
+
+
+def _answers_all(gateway: Gateway) -> list[dict[str, Any]]:
+    return list(httpx.get(f"{gateway.mock_url}/__mock/answers", timeout=10).json())

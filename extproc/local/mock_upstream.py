@@ -466,10 +466,12 @@ async def _chat_completions(request: web.Request, body: Any, record: Recorded) -
     except MockRequestError as exc:
         return _error(400, str(exc))
     options = plan.options
-    answer: dict[str, Any] = {"tag": options.tag, "status": None, "generation": None}
+    # The provider is the path's first segment, as `make run` mounts each provider.
+    provider = request.match_info["base"].strip("/").partition("/")[0]
+    answer: dict[str, Any] = {"tag": options.tag, "status": None, "generation": None, "provider": provider}
     state.answers.append(answer)
     if options.faults and options.tag is not None:
-        fault = _fault_for(state, options.faults, options.tag, request.match_info["base"], answer)
+        fault = _fault_for(state, options.faults, options.tag, provider, answer)
         if fault is not None:
             return await _inject(request, fault, answer)
     if options.headers_delay_ms:
@@ -519,12 +521,9 @@ async def _chat_completions(request: web.Request, body: Any, record: Recorded) -
 
 
 def _fault_for(
-    state: _State, faults: dict[str, list[dict[str, Any]]], tag: str, base: str, answer: dict[str, Any]
+    state: _State, faults: dict[str, list[dict[str, Any]]], tag: str, provider: str, answer: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """The fault scripted for this attempt, if any; the answer log gets the provider and the
-    attempt number."""
-    provider = base.strip("/").partition("/")[0]
-    answer["provider"] = provider
+    """The fault scripted for this attempt, if any; the answer log gets the attempt number."""
     key = provider if provider in faults else "*"
     attempt = state.next_attempt(tag, key)
     answer["attempt"] = attempt
