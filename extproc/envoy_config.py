@@ -228,6 +228,7 @@ def _access_log() -> list[dict[str, Any]]:
         "details": "%RESPONSE_CODE_DETAILS%",
         "flags": "%RESPONSE_FLAGS%",
         "upstream_cluster": "%UPSTREAM_CLUSTER%",
+        "upstream_attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
         "bytes_received": "%BYTES_RECEIVED%",
         "bytes_sent": "%BYTES_SENT%",
         "duration_ms": "%DURATION%",
@@ -245,14 +246,14 @@ def _access_log() -> list[dict[str, Any]]:
 
 
 def _upstream_log() -> list[dict[str, Any]]:
-    """Issue 25: one line per upstream attempt (the access log has one per client request), so
-    a retried or failed attempt is visible with its status and why it ended."""
+    """Issue 25: one line per upstream attempt (the access log has one per client request, with
+    its `upstream_attempts`), so a retried or failed attempt is visible with its status and why
+    it ended. Envoy gives an attempt's log neither the request id nor the dynamic metadata."""
     fields = {
         "time": "%START_TIME%",
         "log": "upstream_attempt",
-        "request_id": f"%DYNAMIC_METADATA({LOG_NAMESPACE}:request_id)%",
         "upstream_cluster": "%UPSTREAM_CLUSTER%",
-        "attempt": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+        "upstream_host": "%UPSTREAM_HOST%",
         "status": "%RESPONSE_CODE%",
         "flags": "%RESPONSE_FLAGS%",
         "failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",

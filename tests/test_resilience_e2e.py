@@ -60,6 +60,13 @@ def _ledger_rows(gateway: Gateway, tag: str, *, expect: int) -> list[Any]:
     return rows
 
 
+def _envoy_counter(gateway: Gateway, name: str) -> int:
+    """One of Envoy's own counters (`/stats`), e.g. a provider cluster's retries."""
+    text = httpx.get(f"{gateway.admin_url}/stats", params={"filter": f"^{name}$"}, timeout=10).text
+    values = [int(line.rsplit(": ", 1)[1]) for line in text.splitlines() if line.startswith(f"{name}: ")]
+    return values[0] if values else 0
+
+
 def _billed(gateway: Gateway, message_id: str) -> int:
     response = httpx.get(f"{gateway.mock_url}/openrouter/api/v1/generation", params={"id": message_id}, timeout=10)
     response.raise_for_status()
@@ -71,8 +78,12 @@ def test_a_transient_failure_is_served_after_one_retry_and_charged_once(
     upstream: Gateway, user: dict[str, Any], status: int, stream: bool
 ) -> None:
     tag = f"retry-{uuid.uuid4().hex}"
+    stat = "cluster.provider_openrouter.upstream_rq_retry_success"
+    retried_before = _envoy_counter(upstream, stat)
     response = _chat(upstream, user, tag, stream=stream, faults={"*": [{"status": status}]})
     assert response.status_code == 200, response.text
+    # The failed attempt is in Envoy's metrics of the provider's cluster (never on the bill).
+    assert _envoy_counter(upstream, stat) == retried_before + 1
     if stream:
         assert response.headers["content-type"].startswith("text/event-stream")
         assert "data: [DONE]" in response.text
