@@ -215,6 +215,19 @@ def _extproc_filter(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _json_stdout_log(fields: dict[str, str]) -> list[dict[str, Any]]:
+    """An access log writing one JSON object of `fields` per entry to Envoy's stdout."""
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": _typed(
+                "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                log_format={"json_format": fields},
+            ),
+        }
+    ]
+
+
 def _access_log() -> list[dict[str, Any]]:
     fields = {
         "time": "%START_TIME%",
@@ -234,15 +247,7 @@ def _access_log() -> list[dict[str, Any]]:
         "duration_ms": "%DURATION%",
         "upstream_ms": "%RESPONSE_DURATION%",
     }
-    return [
-        {
-            "name": "envoy.access_loggers.stdout",
-            "typed_config": _typed(
-                "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                log_format={"json_format": fields},
-            ),
-        }
-    ]
+    return _json_stdout_log(fields)
 
 
 def _upstream_log() -> list[dict[str, Any]]:
@@ -259,15 +264,7 @@ def _upstream_log() -> list[dict[str, Any]]:
         "failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
         "upstream_ms": "%DURATION%",
     }
-    return [
-        {
-            "name": "envoy.access_loggers.stdout",
-            "typed_config": _typed(
-                "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                log_format={"json_format": fields},
-            ),
-        }
-    ]
+    return _json_stdout_log(fields)
 
 
 # What the ext_proc is sent: request headers, the whole request body, response headers and the

@@ -198,8 +198,12 @@ def _wait_for_counter(gateway: Gateway, name: str, at_least: float, **labels: st
         time.sleep(0.05)
 
 
-def _routed_chat(gateway: Gateway, token: str, model: str, task: str, tag: str, **mock: Any) -> httpx.Response:
+def _routed_chat(
+    gateway: Gateway, token: str, model: str, task: str, tag: str, *, stream: bool = False, **mock: Any
+) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "mock": {"tag": tag, **mock}}
+    if stream:
+        body["stream"] = True
     headers = {"authorization": f"Bearer {token}", "x-forwarded-for": fresh_ip(), "x-kilocode-taskid": task}
     return httpx.post(gateway.chat_url, json=body, headers=headers, timeout=60)
 
@@ -237,6 +241,12 @@ def test_a_429_with_retry_after_moves_the_next_requests_for_the_model_to_the_oth
     assert rows[generation]["provider"] == "vercel"
     assert rows[generation]["cost"] == _billed(cooling, generation)
     assert [row["cost"] for message_id, row in rows.items() if message_id != generation] == [0]
+    # A stream goes the same way and streams as usual.
+    streamed = _routed_chat(cooling, user["token"], A_B_MODEL, task, "moved-stream", stream=True)
+    assert streamed.status_code == 200
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert streamed.text.rstrip().endswith("data: [DONE]")
+    assert [a["provider"] for a in _answers(cooling, "moved-stream")] == ["vercel"]
 
 
 def test_a_provider_down_for_a_model_is_replaced_by_the_other_after_a_burst_of_5xx(cooling: Gateway) -> None:
