@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,10 +26,13 @@ from extproc.local.processes import free_port
 from tests.conftest import Gateway, fresh_ip, running_stack
 from tests.dns_server import DnsServer
 from tests.test_routing_e2e import add_custom_llm, new_user, org_with_member
+from tests.tls_certs import issue
 
 ALLOWED = "127.0.0.2"
 INTERNAL = "127.0.0.3"
 HOST = "llm.rebinding.test"
+TLS_HOST = "tls.rebinding.test"  # the name on the TLS mock's certificate
+OTHER_NAME = "other.rebinding.test"  # resolves to the same TLS mock, not on its certificate
 
 
 class RebindingDns(DnsServer):
@@ -70,11 +74,13 @@ class Recorder:
         self._socket.close()
 
 
-def _serve_mock(host: str, port: int, started: threading.Event, stop: threading.Event) -> None:
+def _serve_mock(
+    host: str, port: int, started: threading.Event, stop: threading.Event, tls: ssl.SSLContext | None = None
+) -> None:
     async def main() -> None:
         runner = web.AppRunner(build_app())
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=tls).start()
         started.set()
         while not stop.is_set():
             await asyncio.sleep(0.05)
@@ -84,23 +90,37 @@ def _serve_mock(host: str, port: int, started: threading.Event, stop: threading.
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, RebindingDns, Recorder, str]]:
-    port = free_port()
-    started, stop = threading.Event(), threading.Event()
-    mock = threading.Thread(target=_serve_mock, args=(ALLOWED, port, started, stop), daemon=True)
-    mock.start()
-    assert started.wait(10)
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, RebindingDns, Recorder, str, int]]:
+    """The stack, the DNS server, the internal address's recorder, the plain custom LLM's base
+    URL, and the port of a TLS mock (certificate for TLS_HOST, from a CA the stack trusts)."""
+    port, tls_port = free_port(), free_port()
+    certificate = issue(tmp_path_factory.mktemp("tls"), TLS_HOST)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(certificate.cert_file, certificate.key_file)
+    started, tls_started, stop = threading.Event(), threading.Event(), threading.Event()
+    mocks = [
+        threading.Thread(target=_serve_mock, args=(ALLOWED, port, started, stop), daemon=True),
+        threading.Thread(target=_serve_mock, args=(ALLOWED, tls_port, tls_started, stop, tls), daemon=True),
+    ]
+    for mock in mocks:
+        mock.start()
+    assert started.wait(10) and tls_started.wait(10)
     recorder = Recorder(INTERNAL, port)
     with RebindingDns() as dns:
+        dns.answers[TLS_HOST] = [ALLOWED]
+        dns.answers[OTHER_NAME] = [ALLOWED]
         extra = {
             "LLM_GATEWAY_CUSTOM_LLM_ALLOWED_NETWORKS": f'["{ALLOWED}/32"]',
             "LLM_GATEWAY_CUSTOM_LLM_DNS_SERVERS": f'["{dns.address}"]',
+            # The providers of this stack are the plain-HTTP mock; only the custom LLM uses TLS.
+            "LLM_GATEWAY_CA_BUNDLE": str(certificate.ca_file),
         }
         with running_stack(tmp_path_factory.mktemp("pinning"), **extra) as gateway:
-            yield gateway, dns, recorder, f"http://{HOST}:{port}/v1"
+            yield gateway, dns, recorder, f"http://{HOST}:{port}/v1", tls_port
     recorder.close()
     stop.set()
-    mock.join(10)
+    for mock in mocks:
+        mock.join(10)
 
 
 def _chat(gateway: Gateway, token: str, org: str, model: str) -> httpx.Response:
@@ -110,9 +130,9 @@ def _chat(gateway: Gateway, token: str, org: str, model: str) -> httpx.Response:
 
 
 def test_a_dns_answer_that_changes_after_the_check_never_reaches_the_internal_address(
-    setup: tuple[Gateway, RebindingDns, Recorder, str],
+    setup: tuple[Gateway, RebindingDns, Recorder, str, int],
 ) -> None:
-    gateway, dns, recorder, base_url = setup
+    gateway, dns, recorder, base_url, _ = setup
     user = new_user(gateway)
     org = org_with_member(gateway, user, credits="10")
     llm = add_custom_llm(gateway, org, base_url=base_url)
@@ -140,9 +160,9 @@ def test_a_dns_answer_that_changes_after_the_check_never_reaches_the_internal_ad
 
 
 def test_a_host_that_resolves_inside_is_refused_before_any_byte_is_sent(
-    setup: tuple[Gateway, RebindingDns, Recorder, str],
+    setup: tuple[Gateway, RebindingDns, Recorder, str, int],
 ) -> None:
-    gateway, dns, recorder, base_url = setup
+    gateway, dns, recorder, base_url, _ = setup
     internal_host = f"inside-{uuid.uuid4().hex[:8]}.test"
     dns.answers[internal_host] = [INTERNAL]
     user = new_user(gateway)
@@ -152,3 +172,20 @@ def test_a_host_that_resolves_inside_is_refused_before_any_byte_is_sent(
     assert response.status_code != 200
     assert dns.queries[internal_host] >= 1
     assert recorder.connections == 0
+
+
+def test_tls_to_a_pinned_address_verifies_the_certificate_against_the_host_name(
+    setup: tuple[Gateway, RebindingDns, Recorder, str, int],
+) -> None:
+    """Envoy connects by address, but SNI and the certificate check use the custom LLM's name:
+    the right name is served, a name the certificate does not carry is refused."""
+    gateway, _, _, _, tls_port = setup
+    user = new_user(gateway)
+    org = org_with_member(gateway, user, credits="10")
+    good = add_custom_llm(gateway, org, base_url=f"https://{TLS_HOST}:{tls_port}/v1")
+    response = _chat(gateway, user["token"], org, good["public_id"])
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"].startswith("Mock reply")
+    wrong = add_custom_llm(gateway, org, base_url=f"https://{OTHER_NAME}:{tls_port}/v1")
+    refused = _chat(gateway, user["token"], org, wrong["public_id"])
+    assert refused.status_code == 503
