@@ -67,6 +67,13 @@ class ApiMetricsReporter(Protocol):
     def report(self, request: AnsweredRequest, summary: ResponseSummary | None) -> None: ...
 
 
+class CooldownRecorder(Protocol):
+    """Issue 25: an upstream answer that may cool its provider down for the model
+    (extproc.cooldowns.Cooldowns); never awaited by the request."""
+
+    def observe(self, provider: str, model: str, status: int, retry_after: str | None) -> object: ...
+
+
 # (user id, task id) -> the OpenAI phase memory of that task (contract 3.4).
 PhaseMemories = Callable[[str, str | None], PhaseMemory]
 
@@ -82,3 +89,4 @@ class Collaborators:
     submitter: Submitter
     abuse: AbuseClassifier
     api_metrics: ApiMetricsReporter
+    cooldowns: CooldownRecorder

@@ -1,21 +1,22 @@
 """Custom LLMs (contract 3.4): an organisation's own endpoint, looked up in `custom_llm`.
 
-Their `base_url` is any host, so Envoy reaches them through its dynamic forward proxy. Before a
-request goes there, every address the host resolves to must be public: loopback, private,
-link-local (cloud metadata), multicast and reserved addresses are refused unless an operator
-listed the network in `custom_llm_allowed_networks` (server-side request forgery). The check
-cannot see a DNS answer that changes between our lookup and Envoy's (rebinding); deployments
-that need that closed should also restrict egress at the network level.
+Their `base_url` is any host. Before a request goes there, every address the host resolves to
+must be public: loopback, private, link-local (cloud metadata), multicast and reserved addresses
+are refused unless an operator listed the network in `custom_llm_allowed_networks` (server-side
+request forgery). Envoy then connects to an address that passed this check, the one handed to
+it with the request (`PinnedUpstream.address`), never resolving the host again: a DNS answer
+that changes after the check (rebinding) cannot move the connection. The host name still goes
+in Host and SNI, and the certificate is verified against it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import aiodns
 import asyncpg
 from pydantic import SecretStr
 
@@ -38,6 +39,18 @@ SELECT public_id, internal_id, provider, base_url, api_key, organization_ids, ex
        max_completion_tokens, force_reasoning
 FROM custom_llm WHERE public_id = $1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedUpstream:
+    """A custom LLM's upstream and the checked address Envoy must connect to."""
+
+    provider: Provider
+    address: str  # "ip:port" ("[ip]:port" for IPv6)
+
+
+def _address_with_port(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 class UnsafeCustomLlmUrl(Exception):
@@ -116,7 +129,11 @@ class CustomLlms:
         self._rows: TtlCache[str, CustomLlm | None] = TtlCache(
             "custom_llm", settings.directory_cache_seconds, settings.directory_stale_seconds
         )
-        self._hosts: TtlCache[str, bool] = TtlCache("custom_llm_dns", 60.0, 0.0)
+        # Per host, its addresses once all of them passed the check (empty: refused). The
+        # answer is reused for a minute: the connection goes to a checked address either way.
+        self._hosts: TtlCache[str, tuple[str, ...]] = TtlCache("custom_llm_dns", 60.0, 0.0)
+        self._resolver: aiodns.DNSResolver | None = None
+        self._dns_servers = list(settings.custom_llm_dns_servers) or None
 
     async def get(self, public_id: str) -> CustomLlm | None:
         async def load() -> CustomLlm | None:
@@ -139,20 +156,30 @@ class CustomLlms:
 
         return await self._rows.get(public_id, load)
 
-    async def upstream(self, llm: CustomLlm) -> Provider:
-        """The row as a provider, once its host is known to be one the gateway may reach."""
+    async def upstream(self, llm: CustomLlm) -> PinnedUpstream:
+        """The row as a provider and the address to connect to, once every address its host
+        resolves to is one the gateway may reach."""
         try:
             provider = Provider(id="custom", api_url=llm.base_url, api_key=SecretStr(llm.api_key))
         except ValueError as exc:
             raise UnsafeCustomLlmUrl(f"invalid base URL: {exc}") from None
-        if not await self._hosts.get(provider.host, lambda: self._host_is_safe(provider.host)):
+        addresses = await self._hosts.get(provider.host, lambda: self._safe_addresses(provider.host))
+        if not addresses:
             raise UnsafeCustomLlmUrl(f"{provider.host} resolves to an address that is not allowed")
-        return provider
+        return PinnedUpstream(provider, _address_with_port(addresses[0], provider.port))
 
-    async def _host_is_safe(self, host: str) -> bool:
+    async def _safe_addresses(self, host: str) -> tuple[str, ...]:
+        """The host's addresses if it has some and all are allowed, else ()."""
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except socket.gaierror:
-            return False
-        return bool(infos) and all(address_allowed(str(info[4][0]), self.allowed) for info in infos)
+            return (host,) if address_allowed(host, self.allowed) else ()
+        except ValueError:
+            pass  # not an IP literal: a name to resolve
+        if self._resolver is None:  # created on first use, inside the running loop
+            self._resolver = aiodns.DNSResolver(nameservers=self._dns_servers, timeout=2.0, tries=2)
+        try:
+            result = await self._resolver.getaddrinfo(host, type=socket.SOCK_STREAM)
+        except aiodns.error.DNSError:
+            return ()
+        addresses = tuple(dict.fromkeys(node.addr[0].decode() for node in result.nodes))
+        return addresses if addresses and all(address_allowed(a, self.allowed) for a in addresses) else ()
 

@@ -19,6 +19,7 @@ import yaml
 from extproc import errors
 from extproc.envoy_names import (
     CHAT_PATHS,
+    CUSTOM_ADDRESS_KEY,
     CUSTOM_HOST_HEADER,
     CUSTOM_HTTP_CLUSTER,
     CUSTOM_HTTPS_CLUSTER,
@@ -33,8 +34,6 @@ from extproc.settings import Provider, Settings
 
 GATEWAY_PREFIXES = ("/api/gateway/", "/api/openrouter/")
 EXTPROC_CLUSTER = "extproc"
-DFP_FILTER = "envoy.filters.http.dynamic_forward_proxy"
-_DNS_CACHE = {"name": "custom_llm", "dns_lookup_family": "V4_PREFERRED", "max_hosts": 1024}
 
 _HIGH_LIMITS = {
     "thresholds": [
@@ -47,6 +46,42 @@ _HIGH_LIMITS = {
         }
     ]
 }
+
+
+# Issue 25: a provider cluster's retries are bounded by a share of its active requests (a
+# fleet's worth, not Envoy's default of 3 concurrent retries), so a provider outage cannot
+# double the load on it.
+_PROVIDER_LIMITS = {
+    "thresholds": [
+        {
+            **_HIGH_LIMITS["thresholds"][0],
+            "retry_budget": {"budget_percent": {"value": 25.0}, "min_retry_concurrency": 100},
+        }
+    ]
+}
+
+
+def _retry_policy(settings: Settings) -> dict[str, Any]:
+    """Issue 25: Envoy retries an attempt that failed before any byte reached the client and
+    that the provider cannot have billed: no connection, a refused stream, a reset before the
+    request was sent, or one of the configured 5xx. Never another status, never a reset after
+    the request went out (the abandoned attempt could still be billed), never once the response
+    started (Envoy cannot retry then)."""
+    return {
+        "retry_on": "connect-failure,refused-stream,reset-before-request,retriable-status-codes",
+        "retriable_status_codes": list(settings.upstream_retry_statuses),
+        "num_retries": settings.upstream_retries,
+        # Full-jitter exponential backoff.
+        "retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"},
+    }
+
+
+def _retried(settings: Settings, route: dict[str, Any]) -> dict[str, Any]:
+    """`route` with the retry policy; the router keeps a copy of the body to replay as large as
+    the largest body Envoy accepts, or it would drop the retry of a large one silently."""
+    route["route"]["retry_policy"] = _retry_policy(settings)
+    route["request_body_buffer_limit"] = settings.envoy_request_buffer_bytes
+    return route
 
 
 def _address(host: str, port: int) -> dict[str, Any]:
@@ -89,7 +124,7 @@ def _direct_route(name: str, match: dict[str, Any], error: GatewayError) -> dict
 
 
 def _provider_route(settings: Settings, provider: Provider) -> dict[str, Any]:
-    return {
+    return _retried(settings, {
         "name": f"upstream_{provider.id}",
         "match": {
             "prefix": "/",
@@ -103,29 +138,30 @@ def _provider_route(settings: Settings, provider: Provider) -> dict[str, Any]:
             "idle_timeout": _seconds(settings.stream_idle_timeout_seconds),
         },
         "request_headers_to_remove": [UPSTREAM_HEADER, *ENVOY_REQUEST_HEADERS],
-    }
+    })
 
 
 def _custom_llm_routes(settings: Settings) -> list[dict[str, Any]]:
-    """Custom LLMs live at any host: the dynamic forward proxy resolves the authority the
-    ext_proc put in CUSTOM_HOST_HEADER (after its address checks) and connects there."""
+    """Custom LLMs live at any host: Envoy connects to the address the ext_proc put in its
+    dynamic metadata (CUSTOM_ADDRESS_KEY, the address its SSRF check passed; Envoy resolves
+    nothing) and sends the name the ext_proc put in CUSTOM_HOST_HEADER as Host (and SNI)."""
     return [
-        {
-            "name": f"upstream_{cluster}",
-            "match": {"prefix": "/", "headers": [{"name": UPSTREAM_HEADER, "string_match": {"exact": cluster}}]},
-            "route": {
-                "cluster": cluster,
-                "timeout": _seconds(settings.upstream_timeout_seconds),
-                "idle_timeout": _seconds(settings.stream_idle_timeout_seconds),
+        _retried(
+            settings,
+            {
+                "name": f"upstream_{cluster}",
+                "match": {"prefix": "/", "headers": [{"name": UPSTREAM_HEADER, "string_match": {"exact": cluster}}]},
+                "route": {
+                    "cluster": cluster,
+                    "host_rewrite_header": CUSTOM_HOST_HEADER,
+                    "timeout": _seconds(settings.upstream_timeout_seconds),
+                    "idle_timeout": _seconds(settings.stream_idle_timeout_seconds),
+                },
+                # CUSTOM_HOST_HEADER goes in the cluster's own filter: the router removes these
+                # before it rewrites the Host from it.
+                "request_headers_to_remove": [UPSTREAM_HEADER, *ENVOY_REQUEST_HEADERS],
             },
-            "request_headers_to_remove": [UPSTREAM_HEADER, CUSTOM_HOST_HEADER, *ENVOY_REQUEST_HEADERS],
-            "typed_per_filter_config": {
-                DFP_FILTER: _typed(
-                    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig",
-                    host_rewrite_header=CUSTOM_HOST_HEADER,
-                )
-            },
-        }
+        )
         for cluster in (CUSTOM_HTTPS_CLUSTER, CUSTOM_HTTP_CLUSTER)
     ]
 
@@ -179,6 +215,19 @@ def _extproc_filter(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _json_stdout_log(fields: dict[str, str]) -> list[dict[str, Any]]:
+    """An access log writing one JSON object of `fields` per entry to Envoy's stdout."""
+    return [
+        {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": _typed(
+                "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                log_format={"json_format": fields},
+            ),
+        }
+    ]
+
+
 def _access_log() -> list[dict[str, Any]]:
     fields = {
         "time": "%START_TIME%",
@@ -192,20 +241,30 @@ def _access_log() -> list[dict[str, Any]]:
         "details": "%RESPONSE_CODE_DETAILS%",
         "flags": "%RESPONSE_FLAGS%",
         "upstream_cluster": "%UPSTREAM_CLUSTER%",
+        "upstream_attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
         "bytes_received": "%BYTES_RECEIVED%",
         "bytes_sent": "%BYTES_SENT%",
         "duration_ms": "%DURATION%",
         "upstream_ms": "%RESPONSE_DURATION%",
     }
-    return [
-        {
-            "name": "envoy.access_loggers.stdout",
-            "typed_config": _typed(
-                "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                log_format={"json_format": fields},
-            ),
-        }
-    ]
+    return _json_stdout_log(fields)
+
+
+def _upstream_log() -> list[dict[str, Any]]:
+    """Issue 25: one line per upstream attempt (the access log has one per client request, with
+    its `upstream_attempts`), so a retried or failed attempt is visible with its status and why
+    it ended. Envoy gives an attempt's log neither the request id nor the dynamic metadata."""
+    fields = {
+        "time": "%START_TIME%",
+        "log": "upstream_attempt",
+        "upstream_cluster": "%UPSTREAM_CLUSTER%",
+        "upstream_host": "%UPSTREAM_HOST%",
+        "status": "%RESPONSE_CODE%",
+        "flags": "%RESPONSE_FLAGS%",
+        "failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+        "upstream_ms": "%DURATION%",
+    }
+    return _json_stdout_log(fields)
 
 
 # What the ext_proc is sent: request headers, the whole request body, response headers and the
@@ -281,7 +340,10 @@ def _http_connection_manager(settings: Settings) -> dict[str, Any]:
                 "name": "strip_routing_header",
                 "typed_config": _typed(
                     "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    mutations=[{"remove": UPSTREAM_HEADER}, {"remove": CUSTOM_HOST_HEADER}],
+                    mutations=[
+                        {"remove": UPSTREAM_HEADER},
+                        {"remove": CUSTOM_HOST_HEADER},
+                    ],
                 ),
             }
         ],
@@ -322,16 +384,11 @@ def _http_connection_manager(settings: Settings) -> dict[str, Any]:
             },
             _extproc_filter(settings),
             {
-                "name": DFP_FILTER,
-                "typed_config": _typed(
-                    "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig",
-                    dns_cache_config=_DNS_CACHE,
-                ),
-            },
-            {
                 "name": "envoy.filters.http.router",
                 "typed_config": _typed(
-                    "envoy.extensions.filters.http.router.v3.Router", suppress_envoy_headers=True
+                    "envoy.extensions.filters.http.router.v3.Router",
+                    suppress_envoy_headers=True,
+                    upstream_log=_upstream_log(),
                 ),
             },
         ],
@@ -352,7 +409,7 @@ def _provider_cluster(settings: Settings, provider: Provider) -> dict[str, Any]:
         "type": "STATIC" if _is_ip(provider.host) else "LOGICAL_DNS",
         "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": "5s",
-        "circuit_breakers": _HIGH_LIMITS,
+        "circuit_breakers": _PROVIDER_LIMITS,
         "upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 60}},
         "load_assignment": {
             "cluster_name": provider.cluster,
@@ -393,20 +450,33 @@ def _custom_llm_clusters(settings: Settings) -> list[dict[str, Any]]:
         cluster: dict[str, Any] = {
             "name": name,
             "connect_timeout": "5s",
+            # The destination is the address in the request's metadata: no DNS here.
+            "type": "ORIGINAL_DST",
             "lb_policy": "CLUSTER_PROVIDED",
-            "circuit_breakers": _HIGH_LIMITS,
-            "cluster_type": {
-                "name": "envoy.clusters.dynamic_forward_proxy",
-                "typed_config": _typed(
-                    "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig", dns_cache_config=_DNS_CACHE
-                ),
+            "original_dst_lb_config": {
+                "metadata_key": {"key": LOG_NAMESPACE, "path": [{"key": CUSTOM_ADDRESS_KEY}]}
             },
+            "circuit_breakers": _PROVIDER_LIMITS,
             "typed_extension_protocol_options": {
                 options: _typed(
                     options,
                     explicit_http_config={"http_protocol_options": {}},
-                    # SNI and certificate name both come from the host being connected to.
+                    # SNI and certificate name both come from the Host (the custom LLM's name).
                     upstream_http_protocol_options={"auto_sni": True, "auto_san_validation": True},
+                    # After the Host was rewritten from it (once per request; a retry keeps it).
+                    http_filters=[
+                        {
+                            "name": "strip_custom_host",
+                            "typed_config": _typed(
+                                "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                                mutations={"request_mutations": [{"remove": CUSTOM_HOST_HEADER}]},
+                            ),
+                        },
+                        {
+                            "name": "envoy.filters.http.upstream_codec",
+                            "typed_config": _typed("envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"),
+                        },
+                    ],
                 )
             },
         }

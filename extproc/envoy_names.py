@@ -10,8 +10,13 @@ from __future__ import annotations
 # The routing header: the provider cluster the ext_proc chose (stripped before routing, so only
 # the ext_proc can set it).
 UPSTREAM_HEADER = "x-gateway-upstream"
-# The authority of a custom LLM, for Envoy's dynamic forward proxy (set by the ext_proc only).
+# The authority of a custom LLM, for Host and SNI (set by the ext_proc only).
 CUSTOM_HOST_HEADER = "x-gateway-custom-host"
+# The address ("ip:port") Envoy connects to for a custom LLM: the one the ext_proc's SSRF check
+# passed, so Envoy never resolves the host itself. Dynamic metadata under LOG_NAMESPACE, which
+# only the ext_proc can write (a header would be the client's to send, and upstream filters
+# cannot remove it without losing it for a retry).
+CUSTOM_ADDRESS_KEY = "custom_address"
 CHAT_PATHS = ("/api/gateway/chat/completions", "/api/openrouter/chat/completions")
 EXTPROC_FILTER = "envoy.filters.http.ext_proc"
 # The `details` of every ext_proc immediate response (see protocol.immediate).

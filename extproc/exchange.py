@@ -85,11 +85,23 @@ class ChatExchange:
     async def on_response_headers(self, message: ProcessingRequest) -> ProcessingResponse:
         try:
             self.response, reply = open_response(self.core.settings, self.admitted, message.response_headers)
+            status = self.response.status
+            if self.admitted is not None and (status == 429 or status >= 500):
+                self._observe_failure(self.admitted, status, message)
             return reply
         except Exception:
             logger.exception("ext_proc phase failed", extra={"phase": "response_headers", "request_id": self.request_id})
             # The upstream answered; never cut an admitted response over our own bug.
             return protocol.response_headers_reply(None, (), protocol.STREAMED)
+
+    def _observe_failure(self, admitted: AdmittedRequest, status: int, message: ProcessingRequest) -> None:
+        """Issue 25: a 429 or 5xx of one of the gateway's own providers may cool it down for
+        the model. A BYOK caller's answer is its own key's, a custom LLM is one organisation's."""
+        route = admitted.route
+        if route.user_byok or route.custom_llm is not None:
+            return
+        retry_after = protocol.read_headers(message.response_headers).get("retry-after")
+        self.core.cooldowns.observe(route.provider.id, admitted.chat.model_lower, status, retry_after)
 
     async def on_response_body(self, message: ProcessingRequest) -> ProcessingResponse:
         """The chunk's reply, from the chunk alone; the accounting tap reads it afterwards."""

@@ -12,6 +12,7 @@ from extproc.accounting.submit import UsageSubmitter
 from extproc.accounting.writer import LedgerWriter
 from extproc.byok import ByokDirectory, parse_encryption_key
 from extproc.collaborators import Collaborators
+from extproc.cooldowns import Cooldowns
 from extproc.custom_llm import CustomLlms
 from extproc.directory import Directory
 from extproc.error_rates import ErrorRates
@@ -37,6 +38,7 @@ class Services:
         inflight = InFlightLog(replica=uuid.uuid4().hex, ttl_ms=int(settings.inflight_ttl_seconds * 1000))
         submitter = UsageSubmitter(outbox, LedgerWriter(settings, resources.db, outbox, side), inflight)
         query_timeout = settings.directory_query_timeout_seconds
+        cooldowns = Cooldowns(resources.redis, settings)
         router = Router(
             settings=settings,
             byok=ByokDirectory(resources.db, settings),
@@ -47,6 +49,7 @@ class Services:
             ),
             custom_llms=CustomLlms(resources.db, settings),
             error_rates=ErrorRates(resources.db),
+            cooldowns=cooldowns,
         )
         core = Collaborators(
             settings=settings,
@@ -64,5 +67,6 @@ class Services:
             submitter=submitter,
             abuse=side.abuse,
             api_metrics=side.api_metrics,
+            cooldowns=cooldowns,
         )
         return cls(core=core, submitter=submitter)

@@ -260,6 +260,21 @@ class Settings(BaseSettings):
     universal_vercel_routing: bool = Field(default=False, validation_alias="ENABLE_UNIVERSAL_VERCEL_ROUTING")
     # Networks a custom LLM may live in although they are not public (e.g. "10.0.0.0/8").
     custom_llm_allowed_networks: tuple[str, ...] = ()
+    # DNS servers ("host" or "host:port") the custom-LLM address check asks; empty: the
+    # system's resolver (/etc/resolv.conf).
+    custom_llm_dns_servers: tuple[str, ...] = ()
+
+    # Upstream resilience (issue 25). Envoy retries an attempt that failed before any byte
+    # reached the client: a connection it could not make, a refused or reset-before-sent
+    # stream, or one of these statuses; never another 4xx, never once the response started.
+    upstream_retries: int = Field(default=1, ge=0, le=5)
+    upstream_retry_statuses: tuple[int, ...] = (502, 503)
+    # A 429 with Retry-After cools that provider and model for that long, capped here; this
+    # many 5xx within the window cool it for `cooldown_seconds`. Cooled providers go last.
+    cooldown_max_seconds: int = Field(default=300, gt=0)
+    cooldown_5xx_burst: int = Field(default=5, gt=0)
+    cooldown_5xx_window_seconds: int = Field(default=10, gt=0)
+    cooldown_seconds: int = Field(default=30, gt=0)
 
     # Upstream identification headers (contract 2.15).
     http_referer: str = "https://kilocode.ai"
@@ -310,6 +325,14 @@ class Settings(BaseSettings):
     @classmethod
     def _posthog_url(cls, value: str) -> str:
         return value.strip().rstrip("/")
+
+    @field_validator("upstream_retry_statuses")
+    @classmethod
+    def _retry_statuses(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        """A 4xx is the request's own fault (or a limit): sending it again cannot help."""
+        if any(not 500 <= status <= 599 for status in value):
+            raise ValueError(f"upstream_retry_statuses must be 5xx statuses, got {list(value)}")
+        return value
 
     @property
     def envoy_request_buffer_bytes(self) -> int:

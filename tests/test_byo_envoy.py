@@ -196,6 +196,29 @@ def test_every_cluster_the_ext_proc_chooses_has_a_route_and_reaches_its_provider
         assert Path(validation["trusted_ca"]["filename"]).is_file()
 
 
+def test_upstream_retries_replay_buffers_and_pinned_custom_llm_addresses_are_the_rendered_ones(
+    defaults: Settings,
+) -> None:
+    """Issue 25: each upstream route retries as the rendered bootstrap does, with a replay copy
+    as large as the largest body; custom LLMs connect to the ext_proc's checked address."""
+    config, rendered = bootstrap(), render_bootstrap(defaults)
+    mine = {route["name"]: route for route in _routes(config) if "route" in route}
+    theirs = [route for route in _routes(rendered) if "route" in route]
+    assert theirs
+    for route in theirs:
+        assert mine[route["name"]]["route"]["retry_policy"] == route["route"]["retry_policy"]
+        assert mine[route["name"]]["request_body_buffer_limit"] == defaults.envoy_request_buffer_bytes
+        assert mine[route["name"]]["route"].get("host_rewrite_header") == route["route"].get("host_rewrite_header")
+    assert theirs[0]["route"]["retry_policy"]["retriable_status_codes"] == [502, 503]
+    assert _hcm(config)["http_filters"][-1] == _hcm(rendered)["http_filters"][-1]  # router + upstream log
+    clusters, rendered_clusters = _clusters(config), _clusters(rendered)
+    for name in (CUSTOM_HTTPS_CLUSTER, CUSTOM_HTTP_CLUSTER):
+        for key in ("type", "lb_policy", "original_dst_lb_config", "typed_extension_protocol_options", "circuit_breakers"):
+            assert clusters[name][key] == rendered_clusters[name][key], (name, key)
+    for provider in defaults.routable_providers.values():
+        assert clusters[provider.cluster]["circuit_breakers"] == rendered_clusters[provider.cluster]["circuit_breakers"]
+
+
 def test_the_body_limit_and_error_bodies_are_the_gateways(defaults: Settings) -> None:
     config = bootstrap()
     assert _http_filter(config, "envoy.filters.http.buffer")["max_request_bytes"] == defaults.envoy_request_buffer_bytes

@@ -34,7 +34,6 @@ from extproc.envoy_config import (
     CUSTOM_HOST_HEADER,
     CUSTOM_HTTP_CLUSTER,
     CUSTOM_HTTPS_CLUSTER,
-    DFP_FILTER,
     EXTPROC_CLUSTER,
     EXTPROC_FILTER,
     UPSTREAM_HEADER,
@@ -168,14 +167,21 @@ def _thresholds(cluster: dict[str, Any]) -> dict[str, Any]:
     return threshold
 
 
-def _envoy_gateway_breaker(threshold: dict[str, Any]) -> dict[str, int]:
+def _envoy_gateway_breaker(threshold: dict[str, Any]) -> dict[str, Any]:
     """Envoy's circuit-breaker threshold in Envoy Gateway's field names."""
-    return {
+    breaker: dict[str, Any] = {
         "maxConnections": threshold["max_connections"],
         "maxPendingRequests": threshold["max_pending_requests"],
         "maxParallelRequests": threshold["max_requests"],
         "maxParallelRetries": threshold["max_retries"],
     }
+    if "retry_budget" in threshold:  # the provider clusters (issue 25)
+        budget = threshold["retry_budget"]
+        breaker["retryBudget"] = {
+            "percent": {"numerator": round(budget["budget_percent"]["value"]), "denominator": 100},
+            "minRetryConcurrency": budget["min_retry_concurrency"],
+        }
+    return breaker
 
 
 # --- schemas -----------------------------------------------------------------------------------
@@ -477,6 +483,22 @@ def test_traffic_policy_sets_the_provider_limits_body_size_and_timeouts(settings
     assert limit == _http_filter(settings, "envoy.filters.http.buffer")["max_request_bytes"]
 
 
+def test_traffic_policy_retries_as_the_rendered_routes_do(settings: Settings) -> None:
+    """Issue 25: the same triggers, statuses, count and backoff as every rendered upstream route."""
+    retry = _one("BackendTrafficPolicy")["spec"]["retry"]
+    for route in _rendered_routes(settings).values():
+        rendered = route["route"]["retry_policy"]
+        assert ",".join(retry["retryOn"]["triggers"]) == rendered["retry_on"]
+        assert retry["retryOn"]["httpStatusCodes"] == rendered["retriable_status_codes"]
+        assert retry["numRetries"] == rendered["num_retries"]
+        back_off = retry["perRetry"]["backOff"]
+        # Envoy's protobuf JSON durations are fractional seconds ("0.05s").
+        assert _seconds(back_off["baseInterval"]) == float(rendered["retry_back_off"]["base_interval"].removesuffix("s"))
+        assert _seconds(back_off["maxInterval"]) == float(rendered["retry_back_off"]["max_interval"].removesuffix("s"))
+        # The replay copy: the rendered route's limit is the request buffer's.
+        assert route["request_body_buffer_limit"] == settings.envoy_request_buffer_bytes
+
+
 def test_chat_paths_reach_the_extproc_and_nothing_else() -> None:
     (chat,) = [r for r in _route_rules() if r["name"] == "chat"]
     assert [(m["path"]["type"], m["path"]["value"], m["method"]) for m in chat["matches"]] == [
@@ -516,6 +538,9 @@ def test_each_provider_decision_routes_to_its_provider_with_tls(settings: Settin
 
 
 def test_custom_llm_decisions_use_a_dynamic_resolver_on_the_custom_host(settings: Settings) -> None:
+    """Envoy Gateway resolves the custom host again itself (its Backend API has no way to
+    connect to the address the ext_proc checked; docs/ARCHITECTURE.md, "Custom LLMs"): the Host
+    comes from the same header as the rendered route's host rewrite."""
     clusters = _rendered_clusters(settings)
     host_filter = _one("HTTPRouteFilter", "custom-llm-host")
     assert host_filter["apiVersion"] == "gateway.envoyproxy.io/v1alpha1"
@@ -524,15 +549,15 @@ def test_custom_llm_decisions_use_a_dynamic_resolver_on_the_custom_host(settings
         rule = _rule_for(decision)
         ref = _filter(rule, "ExtensionRef")["extensionRef"]
         assert ref == {"group": "gateway.envoyproxy.io", "kind": "HTTPRouteFilter", "name": "custom-llm-host"}
-        per_route = rendered["typed_per_filter_config"][DFP_FILTER]
         assert host_filter["spec"]["urlRewrite"]["hostname"] == {
             "type": "Header",
-            "header": per_route["host_rewrite_header"],
+            "header": rendered["route"]["host_rewrite_header"],
         }
-        assert per_route["host_rewrite_header"] == CUSTOM_HOST_HEADER
+        assert rendered["route"]["host_rewrite_header"] == CUSTOM_HOST_HEADER
         removed = _filter(rule, "RequestHeaderModifier")["requestHeaderModifier"]["remove"]
-        # All but the custom host, which the host rewrite still has to read.
-        assert set(removed) == set(rendered["request_headers_to_remove"]) - {CUSTOM_HOST_HEADER}
+        # Both keep the custom host, which the host rewrite still has to read.
+        assert set(removed) == set(rendered["request_headers_to_remove"])
+        assert CUSTOM_HOST_HEADER not in removed
         (backend_ref,) = rule["backendRefs"]
         backend = _backend(backend_ref)["spec"]
         assert backend["type"] == "DynamicResolver"

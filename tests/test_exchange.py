@@ -32,7 +32,7 @@ from extproc.auth.tokens import mint_token
 from extproc.byok import ByokDecryptionError
 from extproc.catalogue import DEFAULT_FREE_MODELS, FreeModel
 from extproc.collaborators import Collaborators
-from extproc.custom_llm import CustomLlm, UnsafeCustomLlmUrl
+from extproc.custom_llm import CustomLlm, PinnedUpstream, UnsafeCustomLlmUrl
 from extproc.directory import OrganizationAccount, User
 from extproc.envoy_names import EXTPROC_FILTER
 from extproc.exchange import ChatExchange
@@ -156,6 +156,9 @@ class FakeByok:
         return [key for key in self.stored if key.provider_id in provider_ids]
 
 
+CHECKED_ADDRESS = "203.0.113.7"  # what the fake SSRF check resolved the custom host to
+
+
 @dataclass
 class FakeCustomLlms:
     rows: dict[str, CustomLlm] = field(default_factory=dict)
@@ -164,10 +167,11 @@ class FakeCustomLlms:
     async def get(self, public_id: str) -> CustomLlm | None:
         return self.rows.get(public_id)
 
-    async def upstream(self, llm: CustomLlm) -> Provider:
+    async def upstream(self, llm: CustomLlm) -> PinnedUpstream:
         if self.unsafe:
             raise UnsafeCustomLlmUrl("10.0.0.7 is private")
-        return Provider(id="custom", api_url=llm.base_url, api_key=SecretStr(llm.api_key))
+        provider = Provider(id="custom", api_url=llm.base_url, api_key=SecretStr(llm.api_key))
+        return PinnedUpstream(provider, f"{CHECKED_ADDRESS}:{provider.port}")
 
 
 @dataclass
@@ -176,6 +180,18 @@ class FakeErrorRates:
 
     async def get(self) -> tuple[float, float]:
         return self.rates
+
+
+@dataclass
+class FakeCooldowns:
+    cooling: frozenset[str] = frozenset()
+    observed: list[tuple[str, str, int, str | None]] = field(default_factory=list)
+
+    async def cooled(self, providers: Any, model: str) -> frozenset[str]:
+        return self.cooling & frozenset(providers)
+
+    def observe(self, provider: str, model: str, status: int, retry_after: str | None) -> None:
+        self.observed.append((provider, model, status, retry_after))
 
 
 @dataclass
@@ -223,6 +239,7 @@ class World:
     byok: FakeByok = field(default_factory=FakeByok)
     custom_llms: FakeCustomLlms = field(default_factory=FakeCustomLlms)
     error_rates: FakeErrorRates = field(default_factory=FakeErrorRates)
+    cooldowns: FakeCooldowns = field(default_factory=FakeCooldowns)
     submitter: FakeSubmitter = field(default_factory=FakeSubmitter)
     api_metrics: FakeApiMetrics = field(default_factory=FakeApiMetrics)
 
@@ -233,6 +250,7 @@ class World:
             byok_key=b"\x00" * 32,
             custom_llms=self.custom_llms,
             error_rates=self.error_rates,
+            cooldowns=self.cooldowns,
         )
         return Collaborators(
             settings=self.settings,
@@ -244,6 +262,7 @@ class World:
             submitter=self.submitter,
             abuse=FakeAbuse(),
             api_metrics=self.api_metrics,
+            cooldowns=self.cooldowns,
         )
 
 
@@ -649,6 +668,10 @@ async def test_custom_llm_of_the_callers_organisation(world: World) -> None:
     assert headers[":path"] == "/v2/chat/completions"
     assert headers["authorization"] == "Bearer acme-secret"
     assert (body["model"], body["top_k"]) == ("acme-coder-v2", 4)
+    # Envoy connects to the address the SSRF check passed (issue 25), the name goes in Host.
+    metadata = reply.dynamic_metadata.fields["llm_gateway"].struct_value.fields
+    assert metadata["custom_address"].string_value == f"{CHECKED_ADDRESS}:443"
+    assert headers["x-gateway-custom-host"] == "llm.acme.example"
 
 
 async def test_custom_llm_of_another_organisation_is_not_used(world: World) -> None:

@@ -292,10 +292,62 @@ async def test_answer_log_records_each_request_with_its_tag(client: TestClient[A
     generation_id = (await served.json())["id"]
     await client.post(CHAT, json=chat_body(mock={"tag": "two", "status": 429}))
     answers = await (await client.get("/__mock/answers")).json()
+    provider = CHAT.strip("/").partition("/")[0]
     assert answers == [
-        {"tag": "one", "status": 200, "generation": generation_id},
-        {"tag": "two", "status": 429, "generation": None},
+        {"tag": "one", "status": 200, "generation": generation_id, "provider": provider},
+        {"tag": "two", "status": 429, "generation": None, "provider": provider},
     ]
+
+
+async def test_faults_per_provider_and_attempt(client: TestClient[Any, Any]) -> None:
+    """Issue 25: the n-th arrival of a tag at a provider gets the n-th fault, then it is served."""
+    faults = {
+        "openrouter": [{"status": 503, "retry_after": 7}, {"status": 429, "error_body": {"e": 1}}],
+        "*": [{"status": 502}],
+    }
+    body = chat_body(mock={"tag": "f", "faults": faults})
+    first = await client.post("/openrouter/api/v1/chat/completions", json=body)
+    assert first.status == 503 and first.headers["Retry-After"] == "7"
+    assert await first.json() == {"error": {"message": "Mock upstream error 503", "code": 503}}
+    second = await client.post("/openrouter/api/v1/chat/completions", json=body)
+    assert second.status == 429 and "Retry-After" not in second.headers and await second.json() == {"e": 1}
+    third = await client.post("/openrouter/api/v1/chat/completions", json=body)
+    assert third.status == 200
+    # Another provider counts its own attempts, under "*".
+    assert (await client.post("/vercel/v1/chat/completions", json=body)).status == 502
+    assert (await client.post("/vercel/v1/chat/completions", json=body)).status == 200
+    answers = [(a["provider"], a["attempt"], a["status"]) for a in await (await client.get("/__mock/answers")).json()]
+    assert answers == [("openrouter", 1, 503), ("openrouter", 2, 429), ("openrouter", 3, 200), ("vercel", 1, 502), ("vercel", 2, 200)]
+
+
+async def test_fault_reset_cuts_the_connection_before_any_status_line(client: TestClient[Any, Any]) -> None:
+    body = chat_body(mock={"tag": "r", "faults": {"*": [{"reset": True}]}})
+    with pytest.raises(aiohttp.ClientError):
+        await client.post(CHAT, json=body)
+    answers = await (await client.get("/__mock/answers")).json()
+    assert [a["status"] for a in answers] == ["reset"]
+
+
+async def test_fault_hang_holds_the_request_until_the_client_leaves(client: TestClient[Any, Any]) -> None:
+    body = chat_body(mock={"tag": "h", "faults": {"*": [{"hang": True}]}})
+    with pytest.raises(asyncio.TimeoutError):
+        await client.post(CHAT, json=body, timeout=aiohttp.ClientTimeout(total=0.5))
+    answers = await (await client.get("/__mock/answers")).json()
+    assert [a["status"] for a in answers] == ["hang"]
+
+
+@pytest.mark.parametrize(
+    ("mock", "message_part"),
+    [
+        ({"faults": {"*": [{"status": 503}]}}, 'needs a "tag"'),
+        ({"tag": "x", "faults": {"*": [{"bogus": 1}]}}, "faults"),
+        ({"tag": "x", "faults": {"*": {"status": 503}}}, "faults"),
+    ],
+)
+async def test_bad_faults_are_refused(client: TestClient[Any, Any], mock: dict[str, Any], message_part: str) -> None:
+    response = await client.post(CHAT, json=chat_body(mock=mock))
+    assert response.status == 400
+    assert message_part in (await response.json())["error"]["message"]
 
 
 async def test_no_usage(client: TestClient[Any, Any]) -> None:

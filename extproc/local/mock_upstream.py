@@ -83,6 +83,10 @@ class MockOptions:
     # Echoed in the answer log (`/__mock/answers`), so a test can tell which of its requests
     # reached the upstream and what each was answered.
     tag: str | None = None
+    # Issue 25: failures on demand, per provider (the first segment of the path, as `make run`
+    # mounts each provider; "*" for any) and per attempt: the n-th arrival of this `tag` at that
+    # provider gets the n-th fault; arrivals past the list are served. See docs/mock-upstream.md.
+    faults: dict[str, list[dict[str, Any]]] | None = None
 
 
 class MockRequestError(ValueError):
@@ -111,6 +115,30 @@ def _is_status(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 200 <= value <= 599
 
 
+# What one fault may say: a status (with an optional Retry-After), a reset before the response
+# headers, or a hang until the client leaves. `{}` serves that attempt normally.
+_FAULT_CHECKS: dict[str, Callable[[object], bool]] = {
+    "status": lambda value: _is_status(value),
+    "retry_after": lambda value: isinstance(value, (int, str)) and not isinstance(value, bool),
+    "error_body": lambda value: True,
+    "reset": lambda value: _is_bool(value),
+    "hang": lambda value: _is_bool(value),
+}
+
+
+def _is_faults(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(provider, str)
+        and isinstance(faults, list)
+        and all(
+            isinstance(fault, dict)
+            and all(key in _FAULT_CHECKS and _FAULT_CHECKS[key](item) for key, item in fault.items())
+            for fault in faults
+        )
+        for provider, faults in value.items()
+    )
+
+
 def _or_null(check: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda value: value is None or check(value)
 
@@ -135,6 +163,10 @@ _OPTION_CHECKS: dict[str, tuple[Callable[[object], bool], str]] = {
     "cut_after": (_or_null(_is_count), "a non-negative integer or null"),
     "malformed_after": (_or_null(_is_count), "a non-negative integer or null"),
     "tag": (_or_null(_is_str), "a string or null"),
+    "faults": (
+        _or_null(_is_faults),
+        "an object of provider -> list of faults ({status, retry_after, error_body, reset, hang})",
+    ),
 }
 
 
@@ -199,6 +231,8 @@ def _plan(body: object, defaults: MockOptions) -> _Plan:
     if not isinstance(body, dict):
         raise MockRequestError("request body must be a JSON object")
     options = _apply_overrides(defaults, body.get("mock", {}))
+    if options.faults and options.tag is None:
+        raise MockRequestError('mock option "faults" needs a "tag": attempts are counted per tag')
     model = body.get("model")
     messages = body.get("messages")
     if not isinstance(model, str):
@@ -264,6 +298,17 @@ class _State:
     # Every chat request that got past validation, in arrival order: its `tag`, the status it
     # was answered (None until then, and for good if the client left first) and its generation.
     answers: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_GENERATIONS))
+    # Arrivals so far per (tag, provider), for the per-attempt faults; oldest dropped first.
+    attempts: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def next_attempt(self, tag: str, provider: str) -> int:
+        """This arrival's number (1 for the first) of `tag` at `provider`."""
+        key = (tag, provider)
+        count = self.attempts.pop(key, 0) + 1
+        self.attempts[key] = count
+        if len(self.attempts) > MAX_GENERATIONS:
+            del self.attempts[next(iter(self.attempts))]
+        return count
 
     def finish(self, run: _Run, finish_reason: str | None, cancelled: bool) -> dict[str, Any]:
         """Record the generation and return its usage."""
@@ -421,8 +466,14 @@ async def _chat_completions(request: web.Request, body: Any, record: Recorded) -
     except MockRequestError as exc:
         return _error(400, str(exc))
     options = plan.options
-    answer: dict[str, Any] = {"tag": options.tag, "status": None, "generation": None}
+    # The provider is the path's first segment, as `make run` mounts each provider.
+    provider = request.match_info["base"].strip("/").partition("/")[0]
+    answer: dict[str, Any] = {"tag": options.tag, "status": None, "generation": None, "provider": provider}
     state.answers.append(answer)
+    if options.faults and options.tag is not None:
+        fault = _fault_for(state, options.faults, options.tag, provider, answer)
+        if fault is not None:
+            return await _inject(request, fault, answer)
     if options.headers_delay_ms:
         await asyncio.sleep(options.headers_delay_ms / 1000)
     answer["status"] = options.status
@@ -467,6 +518,37 @@ async def _chat_completions(request: web.Request, body: Any, record: Recorded) -
             "usage": usage,
         }
     )
+
+
+def _fault_for(
+    state: _State, faults: dict[str, list[dict[str, Any]]], tag: str, provider: str, answer: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The fault scripted for this attempt, if any; the answer log gets the attempt number."""
+    key = provider if provider in faults else "*"
+    attempt = state.next_attempt(tag, key)
+    answer["attempt"] = attempt
+    scripted = faults.get(key, [])
+    fault = scripted[attempt - 1] if attempt <= len(scripted) else None
+    return fault or None
+
+
+async def _inject(request: web.Request, fault: dict[str, Any], answer: dict[str, Any]) -> web.StreamResponse:
+    if fault.get("hang"):
+        answer["status"] = "hang"
+        await asyncio.Event().wait()  # until the client (Envoy) gives up and the handler is cancelled
+    if fault.get("reset"):
+        # No status line at all: the connection is cut (RST) before the response headers.
+        answer["status"] = "reset"
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response(status=500)  # never sent: the transport is gone
+    status = int(fault.get("status", 500))
+    answer["status"] = status
+    body = fault.get("error_body") or {"error": {"message": f"Mock upstream error {status}", "code": status}}
+    response = json_response(body, status)
+    if "retry_after" in fault:
+        response.headers["Retry-After"] = str(fault["retry_after"])
+    return response
 
 
 async def _generation(request: web.Request) -> web.Response:

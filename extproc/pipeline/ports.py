@@ -1,18 +1,17 @@
 """What the pipeline's steps and the router read from the outside world, as small Protocols.
 
-The production classes (Directory, FreeModelLimiter, ByokDirectory, CustomLlms, ErrorRates,
+The production classes (Directory, FreeModelLimiter, ByokDirectory, CustomLlms, ErrorRates, Cooldowns,
 FreeModelUsageLog) satisfy them structurally; unit tests pass in-memory fakes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from extproc.custom_llm import CustomLlm
+from extproc.custom_llm import CustomLlm, PinnedUpstream
 from extproc.directory import OrganizationAccount, User
 from extproc.limits import Admission
-from extproc.settings import Provider
 from extproc.shaping.provider_rules import ByokKey
 
 
@@ -55,7 +54,13 @@ class CustomLlmSource(Protocol):
 
     async def get(self, public_id: str) -> CustomLlm | None: ...
 
-    async def upstream(self, llm: CustomLlm) -> Provider: ...
+    async def upstream(self, llm: CustomLlm) -> PinnedUpstream: ...
+
+
+class CooldownSource(Protocol):
+    """Providers cooling down for a model, shared by the replicas (issue 25)."""
+
+    async def cooled(self, providers: Iterable[str], model: str) -> frozenset[str]: ...
 
 
 class ErrorRateSource(Protocol):

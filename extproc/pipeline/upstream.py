@@ -16,8 +16,10 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingResponse
 from extproc import errors, protocol
 from extproc.custom_llm import TRANSLATED_KINDS
 from extproc.envoy_names import (
+    CUSTOM_ADDRESS_KEY,
     CUSTOM_HOST_HEADER,
     ENVOY_REQUEST_HEADERS,
+    LOG_NAMESPACE,
     UPSTREAM_HEADER,
 )
 from extproc.pipeline.parse import ChatRequest
@@ -115,4 +117,9 @@ async def forward(
         if not name.startswith(":") and name not in _KEPT and name not in headers
     ]
     reply = protocol.request_body_replace(body, headers, remove, clear_route_cache=True)
+    if route.custom_address is not None:
+        # The address the custom LLM's check passed: Envoy connects there (custom_llm.py).
+        reply.dynamic_metadata.fields[LOG_NAMESPACE].struct_value.fields[
+            CUSTOM_ADDRESS_KEY
+        ].string_value = route.custom_address
     return Forwarded(reply, body, translator)
