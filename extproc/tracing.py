@@ -10,7 +10,7 @@ bounded), never a request; `llm_gateway_trace_spans_dropped_total` counts what w
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter
@@ -71,14 +71,17 @@ class _CountingExporter(SpanExporter):
 class _CountingProcessor(BatchSpanProcessor):
     """Counts the spans the full queue makes the SDK drop (it only logs a warning once)."""
 
+    def __init__(self, exporter: SpanExporter, max_queue_size: int, max_export_batch_size: int | None = None) -> None:
+        super().__init__(exporter, max_queue_size=max_queue_size, max_export_batch_size=max_export_batch_size)
+        self._max_queue = max_queue_size
+        # The SDK keeps no public count of its queue (a deque: `len` is thread-safe). Should a
+        # later SDK move it, the count stays off rather than failing every span's end.
+        self._queue: Sized | None = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+
     def on_end(self, span: ReadableSpan) -> None:
-        if self.queue_length() >= _MAX_QUEUE:
+        if self._queue is not None and len(self._queue) >= self._max_queue:
             SPANS_DROPPED.labels(reason="queue_full").inc()
         super().on_end(span)
-
-    def queue_length(self) -> int:
-        # The SDK keeps no public count; its queue is a deque (thread-safe `len`).
-        return len(self._batch_processor._queue)
 
 
 def sampler(settings: otel_settings.TraceSettings) -> Sampler:
