@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingRequest,
     ProcessingResponse,
 )
 
-from extproc import errors, logs, protocol, request_trace
+from extproc import errors, logs, protocol
 from extproc.accounting.record import UsageRecord
 from extproc.collaborators import Collaborators
 from extproc.db.cache import DirectoryUnavailable
@@ -30,6 +31,9 @@ from extproc.phases.response_headers import open_response
 from extproc.pipeline.rejection import Rejection
 from extproc.response_usage import StreamTap
 from extproc.state import AdmittedRequest, ClientRequest, ResponseTap
+
+if TYPE_CHECKING:
+    from extproc.request_trace import RequestTrace
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ class ChatExchange:
         # this with the response's fields.
         self.written_ahead: UsageRecord | None = None
         self.message_id_written = False
-        self.trace: request_trace.RequestTrace | None = None  # set by the processor when traced
+        self.trace: RequestTrace | None = None  # set by the processor when traced
 
     @property
     def request_id(self) -> str:
@@ -158,6 +162,8 @@ class ChatExchange:
             # Logged, never raised into gRPC; the record is what failed, so say so loudly.
             logger.exception("request summary failed: usage record not submitted", extra={"request_id": self.request_id})
         if trace is not None:
+            from extproc import request_trace
+
             try:
                 request_trace.end(
                     trace,

@@ -20,7 +20,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2_grpc import (
     ExternalProcessorServicer,
 )
 
-from extproc import metrics, request_trace, tracing
+from extproc import metrics, tracing
 from extproc.collaborators import Collaborators
 from extproc.exchange import ChatExchange
 
@@ -59,6 +59,8 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
         exchange = ChatExchange(self.core)
         if tracing.TRACER is not None:
             # Envoy's span of this stream, from its gRPC metadata (off: this check is all).
+            from extproc import request_trace
+
             exchange.trace = request_trace.begin(tracing.TRACER, context.invocation_metadata())
         finished = False
         # A stream's chunks' times, written to the histogram once, when the stream ends.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
 
-from extproc import logs, tracing
+from extproc import logs, otel_sdk, tracing
 from extproc.accounting import cost
 from extproc.accounting.record import UsageRecord
 from extproc.state import AdmittedRequest, ResponseTap
@@ -43,12 +43,12 @@ class RequestTrace:
 
 def begin(tracer: Tracer, metadata: Iterable[tuple[str, str | bytes]] | None) -> RequestTrace | None:
     """The request span, child of Envoy's; None when the sampler leaves the request out."""
-    span = tracer.start_span("chat", context=tracing.extract(metadata), kind=SpanKind.SERVER)
+    span = tracer.start_span("chat", context=otel_sdk.extract(metadata), kind=SpanKind.SERVER)
     if not span.is_recording():
         return None
     context = span.get_span_context()
     logs.TRACE_ID.set(f"{context.trace_id:032x}")
-    return RequestTrace(span, tracing.traceparent(context), time.time_ns(), time.monotonic())
+    return RequestTrace(span, otel_sdk.traceparent(context), time.time_ns(), time.monotonic())
 
 
 def end(

@@ -1,92 +1,23 @@
-"""OpenTelemetry tracing of one process (the ext_proc, the ledger writer): the SDK, set up from
-OpenTelemetry's own variables (extproc/otel_settings.py), with a batch exporter.
-
-Nothing on the request path waits for the collector: spans are queued in memory and a thread of
-the SDK's sends them in batches. A collector that is down or slow loses spans (the queue is
-bounded), never a request; `llm_gateway_trace_spans_dropped_total` counts what was lost.
-`TRACER` stays None while tracing is off, so the request path's only cost then is that check.
+"""Tracing's switch for one process (the ext_proc, the ledger writer): `TRACER` is None while
+tracing is off, so the request path's only cost then is that check, and the OpenTelemetry SDK
+(extproc/otel_sdk.py) is not even imported.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence, Sized
-
-from opentelemetry.context import Context
-from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Tracer, set_span_in_context
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import Counter
+from typing import TYPE_CHECKING
 
 from extproc import logs, otel_settings
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import Tracer
 
-SPANS_EXPORTED = Counter("llm_gateway_trace_spans_exported", "Spans the collector accepted.")
-SPANS_DROPPED = Counter(
-    "llm_gateway_trace_spans_dropped",
-    "Spans lost on the way to the collector: `export_failed` (unreachable, too slow, refused), "
-    "`queue_full` (the in-memory queue overflowed while the collector lagged).",
-    ["reason"],
-)
-for _reason in ("export_failed", "queue_full"):
-    SPANS_DROPPED.labels(reason=_reason)
+logger = logging.getLogger(__name__)
 
 TRACER: Tracer | None = None
 _PROCESSOR: BatchSpanProcessor | None = None
-_PROPAGATOR = TraceContextTextMapPropagator()
-# The batch processor's queue (the SDK's default); a span beyond it is dropped.
-_MAX_QUEUE = 2048
-
-
-class _CountingExporter(SpanExporter):
-    """The OTLP exporter, counting what it delivered and what it lost (the SDK only logs it)."""
-
-    def __init__(self, inner: SpanExporter) -> None:
-        self.inner = inner
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self.inner.export(spans)
-        except Exception as exc:  # the SDK would log and drop them the same way
-            logger.error("span export failed", extra=logs.failure(exc))
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            SPANS_EXPORTED.inc(len(spans))
-        else:
-            SPANS_DROPPED.labels(reason="export_failed").inc(len(spans))
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-
-class _CountingProcessor(BatchSpanProcessor):
-    """Counts the spans the full queue makes the SDK drop (it only logs a warning once)."""
-
-    def __init__(self, exporter: SpanExporter, max_queue_size: int, max_export_batch_size: int | None = None) -> None:
-        super().__init__(exporter, max_queue_size=max_queue_size, max_export_batch_size=max_export_batch_size)
-        self._max_queue = max_queue_size
-        # The SDK keeps no public count of its queue (a deque: `len` is thread-safe). Should a
-        # later SDK move it, the count stays off rather than failing every span's end.
-        self._queue: Sized | None = getattr(getattr(self, "_batch_processor", None), "_queue", None)
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if self._queue is not None and len(self._queue) >= self._max_queue:
-            SPANS_DROPPED.labels(reason="queue_full").inc()
-        super().on_end(span)
-
-
-def sampler(settings: otel_settings.TraceSettings) -> Sampler:
-    root = TraceIdRatioBased(settings.ratio)
-    return ParentBased(root) if settings.parent_based else root
 
 
 def configure(component: str) -> None:
@@ -95,14 +26,9 @@ def configure(component: str) -> None:
     settings = otel_settings.read()
     if not settings.enabled:
         return
-    resource = Resource.create({"service.name": settings.service_name, "llm_gateway.process": component})
-    # Our own bounded shutdown (`shutdown`), not the SDK's at exit, which waits up to 30 s on a
-    # collector that does not answer.
-    provider = TracerProvider(sampler=sampler(settings), resource=resource, shutdown_on_exit=False)
-    exporter = _CountingExporter(OTLPSpanExporter(endpoint=settings.traces_url))
-    _PROCESSOR = _CountingProcessor(exporter, max_queue_size=_MAX_QUEUE)
-    provider.add_span_processor(_PROCESSOR)
-    TRACER = provider.get_tracer("llm-gateway")
+    from extproc import otel_sdk
+
+    TRACER, _PROCESSOR = otel_sdk.start(settings, component)
     logger.info(
         "tracing on",
         extra={"traces_url": logs.safe_url(settings.traces_url or ""), "sampler": settings.sampler, "ratio": settings.ratio},
@@ -116,26 +42,3 @@ def shutdown(timeout_seconds: float = 2.0) -> None:
         _PROCESSOR.force_flush(int(timeout_seconds * 1000))
         _PROCESSOR.shutdown()  # type: ignore[no-untyped-call]
     TRACER, _PROCESSOR = None, None
-
-
-def extract(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:
-    """The W3C trace context (`traceparent`, `tracestate`) in gRPC metadata or HTTP headers."""
-    carrier = {key: value for key, value in metadata or () if key in ("traceparent", "tracestate") and isinstance(value, str)}
-    return _PROPAGATOR.extract(carrier) if carrier else Context()
-
-
-def traceparent(context: SpanContext) -> str:
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-
-
-def parent_from_traceparent(value: str) -> Context | None:
-    """The context of a span whose `traceparent` a usage record carried; None if malformed."""
-    parts = value.split("-")
-    if len(parts) != 4:
-        return None
-    try:
-        trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
-    except ValueError:
-        return None
-    context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
-    return set_span_in_context(NonRecordingSpan(context)) if context.is_valid else None

@@ -1,4 +1,4 @@
-"""The ext_proc's sampling and span export (extproc/tracing.py, extproc/request_trace.py):
+"""The ext_proc's sampling and span export (extproc/otel_sdk.py, extproc/request_trace.py):
 parent-based decisions follow Envoy's, and a full export queue shows in the drop metric."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from extproc import otel_settings, request_trace, tracing
+from extproc import otel_sdk, otel_settings, request_trace
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -19,7 +19,7 @@ def _tracer(sampler: str, ratio: str) -> TracerProvider:
     settings = otel_settings.read(
         {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_TRACES_SAMPLER": sampler, "OTEL_TRACES_SAMPLER_ARG": ratio}
     )
-    return TracerProvider(sampler=tracing.sampler(settings), shutdown_on_exit=False)
+    return TracerProvider(sampler=otel_sdk.sampler(settings), shutdown_on_exit=False)
 
 
 @pytest.mark.parametrize(("flags", "traced"), [("01", True), ("00", False)])
@@ -52,15 +52,15 @@ class _Stuck(SpanExporter):
 
 def test_spans_beyond_a_full_queue_are_counted_as_dropped() -> None:
     exporter = _Stuck()
-    processor = tracing._CountingProcessor(exporter, max_queue_size=8, max_export_batch_size=4)
+    processor = otel_sdk._CountingProcessor(exporter, max_queue_size=8, max_export_batch_size=4)
     provider = TracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(processor)
     tracer = provider.get_tracer("test")
-    before = tracing.SPANS_DROPPED.labels(reason="queue_full")._value.get()
+    before = otel_sdk.SPANS_DROPPED.labels(reason="queue_full")._value.get()
     try:
         for _ in range(600):  # the worker holds at most one batch (4) while the export is stuck
             tracer.start_span("s").end()
-        dropped = tracing.SPANS_DROPPED.labels(reason="queue_full")._value.get() - before
+        dropped = otel_sdk.SPANS_DROPPED.labels(reason="queue_full")._value.get() - before
         assert dropped >= 600 - 4 - 8
     finally:
         exporter.release.set()

@@ -34,7 +34,8 @@ tracing.configure("extproc")
 assert tracing.TRACER is not None
 tracing.TRACER.start_span("packaging-check").end()
 tracing.shutdown(timeout_seconds=10)
-assert tracing.SPANS_EXPORTED._value.get() == 1, "the span was not delivered"
+from extproc import otel_sdk
+assert otel_sdk.SPANS_EXPORTED._value.get() == 1, "the span was not delivered"
 print("delivered")
 """
 

@@ -486,7 +486,9 @@ async def _write_checking_first_usage(
 def _trace_write(record: UsageRecord, charge: cost.Charge, written: ledger.Written, started_ns: int) -> None:
     """The write's span, a child of the request's span (its context came with the record):
     from the record's pricing (the generation lookup included) to its commit."""
-    tracer, parent = tracing.TRACER, tracing.parent_from_traceparent(record.traceparent or "")
+    from extproc import otel_sdk
+
+    tracer, parent = tracing.TRACER, otel_sdk.parent_from_traceparent(record.traceparent or "")
     if tracer is None or parent is None:
         return
     try:
