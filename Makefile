@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed: make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,local]'
+	@# xds-protos ships an older copy of opentelemetry-proto's files (opentelemetry/proto/), and
+	@# pip may install it after: the tests' OTLP receiver needs the real ones, so they go in last
+	@# (the runtime never imports them; tests/test_tracing_packaging.py checks both).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall \
+		"opentelemetry-proto==$$($(BIN)/python -c 'from importlib.metadata import version; print(version("opentelemetry-proto"))')"
 	@touch $(STAMP)
 
 # $(call apt_install,CHECK,PACKAGES,MESSAGE): Debian's PACKAGES unless CHECK succeeds; where

@@ -101,6 +101,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "x"),
         _target("accounting CPU per request at c=64",
                 cpu_per_request(_get(results, "gateway", kind, "64") or {}).get("accounting"), 0.4, False, "ms"),
+        # Issue 28: tracing on (10 % of new traces) against the same gateway without, same run.
+        _target("throughput at c=64 with tracing at 10 %, share of the gateway without",
+                _ratio(results, "gateway-traced", "gateway", "64", kind), 0.95, True, "x"),
         _target(f"{held.get('concurrency', 1000)} concurrent streams, errors", held_errors, 1, False, "errors"),
         _target("ext_proc memory holding them", held_rss, 300, False, "MB"),
     ]

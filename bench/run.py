@@ -41,6 +41,7 @@ from bench.systems import (
     start_gateway,
     start_litellm,
     start_minimal_floor,
+    start_traced_gateway,
     start_upstream,
 )
 from extproc.local.stack import envoy_binary
@@ -250,7 +251,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
     parser.add_argument("--interval-ms", type=int, default=25, help="time between chunks")
     parser.add_argument("--systems", type=lambda v: v.split(","),
-                        default=["envoy-alone", "minimal-floor", "ext_proc-floor", "gateway", "litellm"])
+                        default=["envoy-alone", "minimal-floor", "ext_proc-floor", "gateway", "gateway-traced", "litellm"])
     parser.add_argument("--generators", type=lambda v: v.split(","), default=["python", "wrk"],
                         help="JSON load generators: python (bench/load.py, exact counts) and wrk")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -277,6 +278,7 @@ def main() -> None:
         "minimal-floor": lambda work, upstream: start_minimal_floor(work, upstream, args.workers),
         "ext_proc-floor": lambda work, upstream: start_extproc_floor(work, upstream, args.workers),
         "gateway": lambda work, upstream: start_gateway(work, upstream, args.workers),
+        "gateway-traced": lambda work, upstream: start_traced_gateway(work, upstream, args.workers),
         "litellm": lambda work, upstream: start_litellm(work, upstream, args.workers),
     }
     with tempfile.TemporaryDirectory(prefix="llm-gateway-bench-") as tmp:

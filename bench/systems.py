@@ -321,10 +321,11 @@ def start_minimal_floor(work: Path, upstream: str, workers: int) -> System:
     )
 
 
-def start_gateway(work: Path, upstream: str, workers: int) -> System:
-    data = work / "gateway"
+def start_gateway(work: Path, upstream: str, workers: int, name: str = "gateway",
+                  extra_env: dict[str, str] | None = None, extra_children: list[Child] | None = None) -> System:
+    data = work / name
     data.mkdir()
-    env = _gateway_environment(data, upstream, workers)
+    env = {**_gateway_environment(data, upstream, workers), **(extra_env or {})}
     log = (data / "stack.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "extproc.cli", "run"], env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
@@ -342,15 +343,41 @@ def start_gateway(work: Path, upstream: str, workers: int) -> System:
         env={**env, "DATABASE_URL": state["database_url"]}, check=True, capture_output=True, text=True,
     ).stdout)
     children = state["children"]
+    extra = extra_children or []
     return System(
-        "gateway",
+        name,
         f"{state['gateway_url']}{GATEWAY_PATH}",
         {"authorization": f"Bearer {user['token']}"},
-        [stack],
-        measured={**{gateway_role(name): [pid] for name, pid in children.items()}, "supervisor": [state["pid"]]},
+        [*extra, stack],
+        measured={
+            **{gateway_role(child): [pid] for child, pid in children.items()},
+            "supervisor": [state["pid"]],
+            **{child.name.replace("-", "_"): [child.process.pid] for child in extra},
+        },
         ledger=Ledger(state["database_url"], user["id"], state["metrics_url"]),
         admin_url=state["envoy_admin_url"],
     )
+
+
+# Tracing on (issue 28): what an operator would run, 10 % of new traces kept, parent-based,
+# every span exported (to a sink that answers at once: bench/otlp_sink.py).
+TRACED_RATIO = "0.1"
+
+
+def start_traced_gateway(work: Path, upstream: str, workers: int) -> System:
+    port = free_port()
+    sink = Child.start("otlp-sink", [sys.executable, "-m", "bench.otlp_sink", "--port", str(port)])
+    wait_until("OTLP sink", lambda: port_open("127.0.0.1", port), sink)
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": TRACED_RATIO,
+    }
+    try:
+        return start_gateway(work, upstream, workers, "gateway-traced", env, [sink])
+    except BaseException:
+        sink.stop()
+        raise
 
 
 def gateway_role(child: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from extproc import errors
+from extproc import errors, otel_settings
 from extproc.envoy_names import (
     CHAT_PATHS,
     CUSTOM_ADDRESS_KEY,
@@ -550,7 +550,65 @@ def layered_runtime() -> dict[str, Any]:
     return {"layers": [{"name": "llm_gateway", "static_layer": SIDE_STREAM_RUNTIME}]}
 
 
+# OpenTelemetry: Envoy's own tracer, from the same OTEL_* variables as the ext_proc's
+# (extproc/otel_settings.py), so the proxy's spans and ours form one trace in one collector.
+COLLECTOR_CLUSTER = "opentelemetry_collector"
+
+
+def _tracing(trace: otel_settings.TraceSettings) -> dict[str, Any]:
+    return {
+        # New traces at the configured ratio; a request with a sampled `traceparent` keeps it.
+        "random_sampling": {"value": trace.envoy_sampling_percent},
+        # One span per upstream attempt (retries, fallback), beside the request's own.
+        "spawn_upstream_span": True,
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typed_config": _typed(
+                "envoy.config.trace.v3.OpenTelemetryConfig",
+                http_service={
+                    "http_uri": {"uri": trace.traces_url, "cluster": COLLECTOR_CLUSTER, "timeout": "2s"}
+                },
+                service_name=trace.service_name,
+            ),
+        },
+    }
+
+
+def _collector_cluster(settings: Settings, trace_url: str) -> dict[str, Any]:
+    collector = otel_settings.collector(trace_url)
+    cluster: dict[str, Any] = {
+        "name": COLLECTOR_CLUSTER,
+        "type": "STATIC" if _is_ip(collector.host) else "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": COLLECTOR_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(collector.host, collector.port)}}]}],
+        },
+    }
+    if collector.tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": _typed(
+                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                sni=collector.host,
+                common_tls_context={"validation_context": {"trusted_ca": {"filename": settings.ca_bundle}}},
+            ),
+        }
+    return cluster
+
+
 def render_bootstrap(settings: Settings) -> dict[str, Any]:
+    bootstrap = _render_bootstrap(settings)
+    trace = otel_settings.read()
+    if trace.traces_url is not None:
+        resources = bootstrap["static_resources"]
+        resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["tracing"] = _tracing(trace)
+        resources["clusters"].append(_collector_cluster(settings, trace.traces_url))
+    return bootstrap
+
+
+def _render_bootstrap(settings: Settings) -> dict[str, Any]:
     return {
         "admin": {"address": _address("127.0.0.1", settings.envoy_admin_port)},
         "layered_runtime": layered_runtime(),

@@ -10,6 +10,8 @@ accounting and never touch the client's stream.
 from __future__ import annotations
 
 import logging
+import time
+from typing import TYPE_CHECKING
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingRequest,
@@ -30,11 +32,14 @@ from extproc.pipeline.rejection import Rejection
 from extproc.response_usage import StreamTap
 from extproc.state import AdmittedRequest, ClientRequest, ResponseTap
 
+if TYPE_CHECKING:
+    from extproc.request_trace import RequestTrace
+
 logger = logging.getLogger(__name__)
 
 
 class ChatExchange:
-    __slots__ = ("core", "request", "admitted", "response", "refused_status", "provider_id", "written_ahead", "message_id_written")
+    __slots__ = ("core", "request", "admitted", "response", "refused_status", "provider_id", "written_ahead", "message_id_written", "trace")
 
     def __init__(self, core: Collaborators) -> None:
         self.core = core
@@ -47,6 +52,7 @@ class ChatExchange:
         # this with the response's fields.
         self.written_ahead: UsageRecord | None = None
         self.message_id_written = False
+        self.trace: RequestTrace | None = None  # set by the processor when traced
 
     @property
     def request_id(self) -> str:
@@ -67,11 +73,19 @@ class ChatExchange:
         try:
             if self.request is None:
                 raise RuntimeError("request body before its headers")
-            request = self.request
+            request, trace = self.request, self.trace
+            if trace is not None:
+                trace.body_at = time.monotonic()
             caller = await identify_caller(self.core, request, message.request_body.body)
+            if trace is not None:
+                trace.identified_at = time.monotonic()
             route = await self.core.router.select(caller.chat, caller.identity, caller.client.task_id)  # 3.2
             self.provider_id = route.provider.id
+            if trace is not None:
+                trace.routed_at = time.monotonic()
             self.admitted, forwarded = await send_upstream(self.core, request, caller, route)
+            if trace is not None:
+                trace.admitted_at = time.monotonic()
             self.written_ahead = unanswered_record(self.core.settings, self.admitted)
             self.core.submitter.write_ahead(self.written_ahead)
             return forwarded.reply
@@ -143,6 +157,9 @@ class ChatExchange:
         """Once, at the end of the stream: completed, refused, or reset by Envoy (aborted)."""
         response = self.response
         status = response.status if response is not None else self.refused_status or 0
+        trace = self.trace
+        if trace is not None and self.written_ahead is not None:
+            self.written_ahead.traceparent = trace.traceparent
         try:
             finish_request(
                 self.core,
@@ -156,6 +173,21 @@ class ChatExchange:
         except Exception:
             # Logged, never raised into gRPC; the record is what failed, so say so loudly.
             logger.exception("request summary failed: usage record not submitted", extra={"request_id": self.request_id})
+        if trace is not None:
+            from extproc import request_trace
+
+            try:
+                request_trace.end(
+                    trace,
+                    self.admitted,
+                    response,
+                    self.written_ahead,
+                    status=status,
+                    provider_id=self.provider_id,
+                    aborted=aborted,
+                )
+            except Exception:
+                logger.exception("request span failed", extra={"request_id": self.request_id})
 
     async def on_unexpected(self, message: ProcessingRequest) -> ProcessingResponse:
         """A message the filter's processing mode never asks Envoy for (trailers)."""

@@ -12,7 +12,7 @@ import gc
 import logging
 import signal
 
-from extproc import metrics
+from extproc import metrics, tracing
 from extproc.accounting.inflight import Reaper
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.writer import LedgerWriter
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 async def serve(settings: Settings) -> None:
+    tracing.configure("ledger-writer")
     resources = await Resources.open(settings)
     writer = LedgerWriter(
         settings, resources.db, Outbox(resources.redis, settings.ledger_consumer), SideServices.build(settings)
@@ -45,6 +46,7 @@ async def serve(settings: Settings) -> None:
     await writer.drain(timeout=settings.accounting_drain_seconds)
     await resources.close()
     stop_metrics()
+    tracing.shutdown()
     logger.info("ledger writer stopped")
 
 

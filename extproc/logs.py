@@ -16,6 +16,8 @@ import orjson
 # it, so every log line written on the request's behalf carries the id that Envoy's access log
 # prints too, even from code that never sees the request.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+# The request's trace (hex), set alongside when the request is traced (extproc/request_trace.py).
+TRACE_ID: ContextVar[str | None] = ContextVar("trace_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -37,6 +39,8 @@ class JsonFormatter(logging.Formatter):
         }
         if request_id := REQUEST_ID.get():
             entry["request_id"] = request_id
+        if trace_id := TRACE_ID.get():
+            entry["trace_id"] = trace_id
         entry.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

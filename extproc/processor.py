@@ -21,7 +21,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2_grpc import (
     ExternalProcessorServicer,
 )
 
-from extproc import metrics
+from extproc import metrics, tracing
 from extproc.collaborators import Collaborators
 from extproc.exchange import ChatExchange
 
@@ -58,6 +58,11 @@ class Processor(ExternalProcessorServicer):  # type: ignore[misc]
         context: grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse],
     ) -> AsyncIterator[ProcessingResponse]:
         exchange = ChatExchange(self.core)
+        if tracing.TRACER is not None:
+            # Envoy's span of this stream, from its gRPC metadata (off: this check is all).
+            from extproc import request_trace
+
+            exchange.trace = request_trace.begin(tracing.TRACER, context.invocation_metadata())
         finished = False
         # A stream's chunks' times, written to the histogram once, when the stream ends.
         body_seconds: list[float] = []

@@ -13,7 +13,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2_grpc import (
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from extproc import metrics
+from extproc import metrics, tracing
 from extproc.event_loop import run_event_loop
 from extproc.processor import Processor
 from extproc.resources import Resources
@@ -40,6 +40,7 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
 
 
 async def serve(settings: Settings) -> None:
+    tracing.configure("extproc")
     resources = await Resources.open(settings)
     services = Services.build(settings, resources)
     server = grpc.aio.server(options=grpc_options(settings))
@@ -73,6 +74,7 @@ async def serve(settings: Settings) -> None:
     await services.submitter.drain(timeout=settings.accounting_drain_seconds)
     await resources.close()
     stop_metrics()
+    tracing.shutdown()
     logger.info("ext_proc stopped")
 
 

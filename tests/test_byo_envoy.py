@@ -468,3 +468,17 @@ def test_the_client_address_arrives_whatever_the_ext_proc_filter_is_named(
         assert row["kilo_user_id"] == f"anon:{address}"
         # The per-route switch follows the name: other paths still skip the ext_proc.
         assert client.get(f"{envoy.url}/anything").json() == {"error": "Not found"}
+
+
+def test_the_tracer_is_what_the_gateway_renders_from_the_otel_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4318",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    rendered = render_bootstrap(load_settings())
+    config = bootstrap()
+    assert _hcm(config)["tracing"] == _hcm(rendered)["tracing"]
+    assert _clusters(config)["opentelemetry_collector"] == _clusters(rendered)["opentelemetry_collector"]

@@ -57,6 +57,7 @@ EXPLICITLY_CHECKED = {
     ("networking.istio.io/v1alpha3", "EnvoyFilter"),
     ("gateway.envoyproxy.io/v1alpha1", "HTTPRouteFilter"),
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"),
+    ("telemetry.istio.io/v1", "Telemetry"),
 }
 # Commands of the local stack (extproc/local/): no deployed service may run them.
 LOCAL_STACK_COMMANDS = ("run", "mock-upstream")
@@ -710,3 +711,74 @@ def test_istios_bootstrap_override_closes_side_streams_as_the_rendered_bootstrap
     override = json.loads(_one("ConfigMap", "llm-gateway-bootstrap")["data"]["custom_bootstrap.json"])
     assert set(override) == {"layered_runtime"}
     assert _runtime_values(override) == _runtime_values(render_bootstrap(settings))
+# --- Tracing: the collector, and everything that sends it spans -------------------------------
+
+COLLECTOR_CONFIG = DEPLOY / "kubernetes" / "otel-collector-config.yml"
+
+
+def _compose_default(value: str) -> str:
+    """A Compose value with its `${NAME:-default}`s as they are when NAME is unset."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def _collector_ports() -> dict[str, int]:
+    service = _one("Service", "otel-collector")
+    return {port["name"]: port["port"] for port in service["spec"]["ports"]}
+
+
+def test_the_collector_takes_otlp_over_grpc_and_http_and_sends_traces_on() -> None:
+    config = yaml.safe_load(COLLECTOR_CONFIG.read_text())
+    protocols = config["receivers"]["otlp"]["protocols"]
+    assert protocols["grpc"]["endpoint"] == "0.0.0.0:4317" and protocols["http"]["endpoint"] == "0.0.0.0:4318"
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"]
+    assert set(pipeline["processors"]) <= set(config["processors"]) and pipeline["exporters"]
+    assert set(pipeline["exporters"]) <= set(config["exporters"])
+    # Kubernetes: the Deployment reads the generated ConfigMap of that file; the Service
+    # exposes both ports.
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
+    [generated] = [g for g in kustomization["configMapGenerator"] if g["name"] == "otel-collector-config"]
+    assert generated["files"] == [f"config.yaml={COLLECTOR_CONFIG.name}"]
+    deployment = _one("Deployment", "otel-collector")
+    container = _container(deployment)
+    [volume] = deployment["spec"]["template"]["spec"]["volumes"]
+    [mount] = container["volumeMounts"]
+    assert volume["configMap"]["name"] == "otel-collector-config" and mount["name"] == volume["name"]
+    assert container["args"] == [f"--config={mount['mountPath']}/config.yaml"]
+    assert _collector_ports() == {"otlp-grpc": 4317, "otlp-http": 4318}
+    assert {p["containerPort"] for p in container["ports"]} == {4317, 4318}
+    # Compose: the same file, where the same image reads it.
+    collector = _compose()["services"]["otel-collector"]
+    assert collector["image"] == container["image"]
+    assert collector["volumes"] == [f"./{COLLECTOR_CONFIG.relative_to(REPO)}:/etc/otelcol/config.yaml:ro"]
+    assert collector["command"] == container["args"]
+
+
+def test_every_process_and_proxy_sends_its_spans_to_the_collector_at_one_sampling() -> None:
+    from extproc import otel_settings
+
+    ports = _collector_ports()
+    # The ext_proc and the ledger writer (Kubernetes and Compose): OTLP/HTTP to the collector.
+    kubernetes = otel_settings.read(_one("ConfigMap", "llm-gateway-config")["data"])
+    compose_env = {k: _compose_default(str(v)) for k, v in _compose()["x-gateway-env"].items()}
+    compose = otel_settings.read(compose_env)
+    for read in (kubernetes, compose):
+        assert read.enabled and read.parent_based
+        assert read.traces_url == f"http://otel-collector:{ports['otlp-http']}/v1/traces"
+    assert kubernetes.ratio == compose.ratio
+    for name in ("extproc", "ledger-writer", "envoy-config"):
+        assert _compose()["services"][name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == compose_env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    # Envoy Gateway's Envoy: OTLP/gRPC to the collector, at the same ratio, for this Gateway.
+    proxy = _one("EnvoyProxy", "llm-gateway")
+    tracing = proxy["spec"]["telemetry"]["tracing"]
+    assert tracing["samplingRate"] == kubernetes.envoy_sampling_percent
+    assert tracing["provider"]["type"] == "OpenTelemetry"
+    assert tracing["provider"]["backendRefs"] == [{"name": "otel-collector", "port": ports["otlp-grpc"]}]
+    infrastructure = _one("Gateway")["spec"]["infrastructure"]["parametersRef"]
+    assert infrastructure == {"group": "gateway.envoyproxy.io", "kind": "EnvoyProxy", "name": "llm-gateway"}
+    # Istio: the gateway's workload (the EnvoyFilter's), at the same ratio.
+    telemetry = _one("Telemetry", "llm-gateway-tracing")
+    assert telemetry["spec"]["selector"]["matchLabels"] == _one("EnvoyFilter")["spec"]["workloadSelector"]["labels"]
+    [tracer] = telemetry["spec"]["tracing"]
+    assert tracer["randomSamplingPercentage"] == kubernetes.envoy_sampling_percent
+    assert tracer["providers"] == [{"name": "llm-gateway-otel"}]

@@ -90,7 +90,7 @@ def test_the_example_in_envoy_folder_is_the_current_default_rendering(monkeypatc
     import os
 
     for name in list(os.environ):
-        if name.startswith("LLM_GATEWAY_") or name.endswith(("_API_URL", "_API_KEY")):
+        if name.startswith(("LLM_GATEWAY_", "OTEL_")) or name.endswith(("_API_URL", "_API_KEY")):
             monkeypatch.delenv(name)
     example = Path(__file__).parent.parent / "envoy" / "envoy.example.yaml"
     rendered = render_bootstrap_yaml(load_settings(ca_bundle="/etc/ssl/certs/ca-certificates.crt"))

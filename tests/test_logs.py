@@ -71,3 +71,22 @@ async def test_lines_written_for_a_request_carry_its_id_and_others_none() -> Non
     finally:
         logger.removeHandler(handler)
     assert [line.get("request_id") for line in handler.lines] == ["req-2", "req-1", None]
+
+
+def test_lines_written_for_a_traced_request_carry_its_trace_id() -> None:
+    handler = _Lines()
+    logger = logging.getLogger("test.trace_id")
+    logger.addHandler(handler)
+    logger.propagate = False
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    async def traced() -> None:
+        logs.TRACE_ID.set(trace_id)
+        logger.warning("inside a traced request")
+
+    try:
+        asyncio.run(traced())
+        logger.warning("outside")
+    finally:
+        logger.removeHandler(handler)
+    assert [line.get("trace_id") for line in handler.lines] == [trace_id, None]

@@ -126,6 +126,9 @@ class UsageRecord:
     cache_write_tokens: int = 0  # only custom LLMs report them (contract 3.4)
     posthog_distinct_id: str | None = None
     prior_microdollar_usage: int | None = None
+    # The W3C `traceparent` of the request's span when the request was traced, so the ledger
+    # writer's span joins the request's trace (extproc/request_trace.py); never a ledger column.
+    traceparent: str | None = None
 
     def stream_usage(self) -> ReportedUsage:
         """The usage the response itself reported (before any generation refetch)."""

@@ -24,7 +24,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
-from extproc import logs, metrics
+from extproc import logs, metrics, tracing
 from extproc.accounting import cost, ledger
 from extproc.accounting.generation import fetch_generation
 from extproc.accounting.http1 import Client
@@ -205,6 +205,8 @@ class LedgerWriter:
     async def write(self, record: UsageRecord) -> bool:
         """Price and write one record. True: done with it (written, or in the dead letters), so
         its outbox entry may go; False: Postgres failed in a way worth retrying."""
+        traced = tracing.TRACER is not None and record.traceparent is not None
+        started_ns = time.time_ns() if traced else 0
         charge = await self._charge(record)
         charged, discount = cost.billable(
             charge, free_model=record.free_model, user_byok=record.user_byok, promotion=record.promotion
@@ -223,6 +225,8 @@ class LedgerWriter:
             return False
         self._attempts.pop(record.usage_id, None)
         self._after_commit(item, written, first_usage, used_after)
+        if traced:
+            _trace_write(record, charge, written, started_ns)
         return True
 
     async def _commit(self, item: ledger.Item) -> tuple[ledger.Written, bool, int | None]:
@@ -477,3 +481,23 @@ async def _write_checking_first_usage(
         if written.inserted and charged > 0:
             used_after = await analytics.microdollars_used(connection, record.kilo_user_id)
     return written, written.inserted and not earlier, used_after
+
+
+def _trace_write(record: UsageRecord, charge: cost.Charge, written: ledger.Written, started_ns: int) -> None:
+    """The write's span, a child of the request's span (its context came with the record):
+    from the record's pricing (the generation lookup included) to its commit."""
+    from extproc import otel_sdk
+
+    tracer, parent = tracing.TRACER, otel_sdk.parent_from_traceparent(record.traceparent or "")
+    if tracer is None or parent is None:
+        return
+    try:
+        span = tracer.start_span("ledger.write", context=parent, start_time=started_ns)
+        span.set_attribute("llm_gateway.usage_id", record.usage_id)
+        span.set_attribute("llm_gateway.inserted", written.inserted)
+        span.set_attribute("llm_gateway.cost_microdollars", written.cost_microdollars)
+        span.set_attribute("gen_ai.usage.input_tokens", charge.usage.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", charge.usage.output_tokens)
+        span.end()
+    except Exception:
+        logger.exception("ledger write span failed", extra={"usage_id": record.usage_id})
