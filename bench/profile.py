@@ -45,7 +45,7 @@ MACHINERY = "gRPC messages in and replies out, the event loop (no step of ours)"
 STREAM_LOOP = "the servicer's stream loop: each message read, dispatched (Process's own frame)"
 _SERVICERS = ("/extproc/processor.py", "/bench/noop_extproc.py")
 THREADS = "gRPC's own threads (completion-queue poller)"
-METRICS = "Prometheus metrics (multiprocess files)"
+METRICS = "Prometheus metrics"
 PARTIAL = "stacks py-spy read only in part (it does not stop the process): any step"
 # Frames that frame every request and say nothing of the step: the process's entry points, and
 # the stream's loop with its phase dispatch (a sample only there is gRPC reading or replying).
