@@ -16,8 +16,8 @@ and stops in the child's wait for that command: under 1 M instructions per run, 
 -d`), whose totals this process reads. `--cpu-time`, or no valgrind installed: CPU time per
 request of the process (time.process_time), which the machine's load does move.
 
-As the gateway runs: metrics in Prometheus' multiprocess mode (a temporary directory), logs
-configured as the ext_proc's, uvloop, a fixed hash seed.
+As the gateway runs: metrics in process (under `llm-gateway run` too: extproc/metrics_export.py),
+logs configured as the ext_proc's, uvloop, a fixed hash seed.
 """
 
 from __future__ import annotations
@@ -169,16 +169,14 @@ def under_callgrind(args: argparse.Namespace, work: Path) -> dict[str, int]:
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
         sys.executable, "-m", "bench.instructions", "--child", "--callgrind", *_passed(args),
     ]  # fmt: skip
-    subprocess.run(command, check=True, env=_child_env(work), stderr=subprocess.DEVNULL)
+    subprocess.run(command, check=True, env=_child_env(), stderr=subprocess.DEVNULL)
     # One dump per kind, in order (callgrind numbers them), then the one at exit.
     dumps = sorted(work.glob("callgrind.out.*"), key=lambda path: int(path.suffix[1:]))
     return {kind: round(_totals(dump) / args.requests) for kind, dump in zip(args.kinds, dumps, strict=False)}
 
 
-def _child_env(work: Path) -> dict[str, str]:
-    multiproc = work / "metrics"
-    multiproc.mkdir(exist_ok=True)
-    return {**os.environ, "PYTHONHASHSEED": "0", "PROMETHEUS_MULTIPROC_DIR": str(multiproc)}
+def _child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONHASHSEED": "0"}
 
 
 def main() -> None:
@@ -202,7 +200,7 @@ def main() -> None:
         work = Path(tmp)
         if args.cpu_time or shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
             command = [sys.executable, "-m", "bench.instructions", "--child", *_passed(args)]
-            done = subprocess.run(command, check=True, env=_child_env(work), capture_output=True, text=True)
+            done = subprocess.run(command, check=True, env=_child_env(), capture_output=True, text=True)
             for pair in done.stdout.split():
                 kind, us = pair.split("=")
                 print(f"{kind}: {float(us):,.1f} us CPU per request ({args.requests} requests; machine load moves it)")

@@ -39,8 +39,13 @@ from bench.wrk import wrk_binary
 # The protocol's machinery: gRPC's Cython layer reading and replying (inside the stream's loop
 # or the event loop's callbacks, depending on the servicer's shape), protobuf, uvloop.
 MACHINERY = "gRPC messages in and replies out, the event loop (no step of ours)"
+# The servicer's own stream loop (the gateway's Processor.Process, the no-op's Noop.Process) as
+# the innermost Python frame: its bytecode and what it calls in C (gRPC's Cython reading the
+# next message, protobuf's accessors, the clock), apart from the machinery above.
+STREAM_LOOP = "the servicer's stream loop: each message read, dispatched (Process's own frame)"
+_SERVICERS = ("/extproc/processor.py", "/bench/noop_extproc.py")
 THREADS = "gRPC's own threads (completion-queue poller)"
-METRICS = "Prometheus metrics (multiprocess files)"
+METRICS = "Prometheus metrics"
 PARTIAL = "stacks py-spy read only in part (it does not stop the process): any step"
 # Frames that frame every request and say nothing of the step: the process's entry points, and
 # the stream's loop with its phase dispatch (a sample only there is gRPC reading or replying).
@@ -67,6 +72,8 @@ def label(stack: list[str]) -> str:
         return " › ".join(ours[:2])
     if frames[0][0].startswith("Thread._bootstrap"):
         return THREADS
+    if frames[-1][1].endswith(_SERVICERS):
+        return STREAM_LOOP
     return MACHINERY
 
 

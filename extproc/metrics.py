@@ -1,8 +1,8 @@
 """Prometheus metrics of the ext_proc, served on `metrics_host:metrics_port/metrics`.
 
-Under `llm-gateway run` every process of the stack (ext_proc workers, ledger writer) records
-into Prometheus' multiprocess directory and the supervisor serves their sum on one port;
-a process started on its own serves its own registry.
+Every process keeps its metrics in process. Started on its own (Compose, Kubernetes), it serves
+them itself; under `llm-gateway run` it hands them to the supervisor at each scrape
+(extproc/metrics_export.py), which serves every process's merged on one port.
 
 Label values are bounded: status codes, configured provider ids, and model ids as reported
 by the upstream (its catalogue), never a client-supplied string.
@@ -18,6 +18,8 @@ from typing import TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
+
+from extproc import metrics_export
 
 _Metric = TypeVar("_Metric", bound=MetricWrapperBase)
 _CHILDREN: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
@@ -36,7 +38,6 @@ def child(metric: _Metric, *values: str) -> _Metric:
 # `observe` and `observe_all` write a labelled histogram's child as `Histogram.observe` does,
 # relying on prometheus_client keeping a per-bucket (non-cumulative) count for each upper bound,
 # the last +Inf (it has no batch API; tests/test_metrics.py holds them equal to `observe`).
-# In multiprocess mode every increment is a locked mmap write.
 
 
 def observe(histogram: Histogram, amount: float) -> None:
@@ -114,10 +115,11 @@ TIME_PER_OUTPUT_TOKEN = Histogram(
 
 
 def serve(host: str, port: int) -> Callable[[], None]:
-    """Serves this process's metrics, unless the stack serves every process's (then a no-op).
-    Returns the function that stops the server."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return lambda: None
+    """Serves this process's metrics, or, under the stack (which serves every process's), hands
+    them to the supervisor. Returns the function that stops the server."""
+    export_port = os.environ.get(metrics_export.METRICS_EXPORT_PORT)
+    if export_port:
+        return metrics_export.serve(int(export_port))
     return start_server(host, port, REGISTRY)
 
 

@@ -209,7 +209,7 @@ _PROCESS = f"{_ENTRY};Processor.Process (extproc/processor.py:85)"
 
 
 def test_profile_labels_a_sample_by_its_phase_and_step() -> None:
-    from bench.profile import MACHINERY, METRICS, PARTIAL, THREADS, split_samples
+    from bench.profile import MACHINERY, METRICS, PARTIAL, STREAM_LOOP, THREADS, split_samples
 
     lines = [
         f"{_PROCESS};ChatExchange.on_request_body (extproc/exchange.py:75);"
@@ -221,7 +221,8 @@ def test_profile_labels_a_sample_by_its_phase_and_step() -> None:
         # A metric's write counts as metrics, wherever it was recorded.
         f"{_PROCESS};ChatExchange.finish (extproc/exchange.py:134);finish_request (extproc/phases/finish.py:59);"
         "Histogram.observe (prometheus_client/metrics.py:681) 3",
-        f"{_PROCESS} 5",  # only the stream's loop: gRPC reading or replying
+        f"{_PROCESS} 5",  # only the stream's loop: reading the next message, dispatching it
+        f"{_ENTRY};Noop.Process (bench/noop_extproc.py:44) 2",  # the no-op's alike
         f"{_ENTRY} 4",
         "Thread._bootstrap (threading.py:995);Thread.run (threading.py:975) 6",
         "send_upstream (extproc/phases/request_body.py:123);forward (extproc/pipeline/upstream.py:117) 1",
@@ -231,7 +232,8 @@ def test_profile_labels_a_sample_by_its_phase_and_step() -> None:
         "ChatExchange.on_request_body › send_upstream": 8,
         "ChatExchange.on_request_body › identify_caller": 2,
         METRICS: 3,
-        MACHINERY: 9,
+        STREAM_LOOP: 7,
+        MACHINERY: 4,
         THREADS: 6,
         PARTIAL: 1,
     }

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,13 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client import CollectorRegistry
 
 from extproc import metrics
 from extproc.envoy_config import render_bootstrap_yaml
 from extproc.envoy_names import CHAT_PATHS
 from extproc.local.embedded import start_postgres, start_redis
+from extproc.local.metrics_gather import ChildMetrics
 from extproc.local.processes import Child, free_port, port_open, wait_until
+from extproc.metrics_export import METRICS_EXPORT_PORT
 from extproc.settings import (
     DEFAULT_PROVIDERS,
     Settings,
@@ -107,6 +108,7 @@ class Stack:
         # The stop signal received, if any (see `_on_stop_signal`).
         self.stop_signal: int | None = None
         self.stop_metrics: Callable[[], None] | None = None
+        self.child_metrics = ChildMetrics()
 
     def _export(self, **values: str) -> None:
         # The supervisor's environment is what its children inherit and what the settings
@@ -141,7 +143,7 @@ class Stack:
 
         embedded_database = settings.database_url is None
         settings = load_settings()
-        self._serve_metrics(settings, data_dir / "metrics")
+        self._serve_metrics(settings)
         self.children.append(self._ledger_writer(settings))
         self._start_extproc(settings)
         self._start_envoy(settings, data_dir)
@@ -194,20 +196,25 @@ class Stack:
             extra={"mock_upstream": f"http://127.0.0.1:{port}"},
         )
 
-    def _serve_metrics(self, settings: Settings, directory: Path) -> None:
-        # Prometheus' multiprocess mode: each child writes its samples under `directory`, and
-        # this process serves their sum, so one scrape covers every worker and the writer.
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
-        self._export(PROMETHEUS_MULTIPROC_DIR=str(directory))
+    def _serve_metrics(self, settings: Settings) -> None:
+        # Each child keeps its metrics in process and hands them over when asked; this process
+        # asks them all at each scrape and serves the merge (local/metrics_gather.py).
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
+        registry.register(self.child_metrics)
         self.stop_metrics = metrics.start_server(settings.metrics_host, settings.metrics_port, registry)
 
+    def _python_child(self, name: str, argv: list[str], env: dict[str, str], stop_timeout: float) -> Child:
+        """A child whose metrics the supervisor serves: given a loopback port to hand them on."""
+        port = free_port()
+        child = Child.start(name, argv, env={**env, METRICS_EXPORT_PORT: str(port)}, stop_timeout=stop_timeout)
+        self.child_metrics.add(child.process.pid, port)
+        return child
+
     def _ledger_writer(self, settings: Settings) -> Child:
-        child = Child.start(
+        child = self._python_child(
             "ledger-writer",
             [sys.executable, "-m", "extproc.cli", "ledger-writer"],
+            dict(os.environ),
             stop_timeout=settings.accounting_drain_seconds + 10,
         )
         self.restart[child.name] = lambda: self._ledger_writer(settings)
@@ -219,10 +226,10 @@ class Stack:
 
     def _extproc_worker(self, settings: Settings, worker: int) -> Child:
         port = settings.extproc_port + worker
-        child = Child.start(
+        child = self._python_child(
             f"ext_proc-{worker}" if worker else "ext_proc",
             [sys.executable, "-m", "extproc.cli", "serve"],
-            env={**os.environ, "LLM_GATEWAY_EXTPROC_PORT": str(port)},
+            {**os.environ, "LLM_GATEWAY_EXTPROC_PORT": str(port)},
             stop_timeout=settings.extproc_stop_delay_seconds + settings.extproc_drain_seconds + 10,
         )
         try:
@@ -279,7 +286,7 @@ class Stack:
                 code = child.process.returncode
                 if code != 0 and child.name in self.restart:
                     logger.error(f"{child.name} crashed; starting it again", extra={"returncode": code})
-                    multiprocess.mark_process_dead(child.process.pid)  # type: ignore[no-untyped-call]  # unannotated upstream
+                    self.child_metrics.died(child.process.pid)
                     try:
                         self.children[index] = self.restart[child.name]()
                     except (RuntimeError, TimeoutError) as exc:
