@@ -18,6 +18,8 @@ from extproc.error_rates import ErrorRates
 from extproc.limits import FreeModelLimiter
 from extproc.pipeline.free_usage import FreeModelUsageLog
 from extproc.pipeline.routing import Router
+from extproc.pricing.catalogue import PriceCatalogue
+from extproc.pricing.refresh import PriceRefresher
 from extproc.resources import Resources
 from extproc.settings import Settings
 from extproc.side import SideServices
@@ -28,15 +30,19 @@ from extproc.translate.openai_phase import PhaseMemory
 class Services:
     core: Collaborators
     submitter: UsageSubmitter  # the server runs and drains it
+    price_refresher: PriceRefresher  # the server runs it: the catalogue `core.prices` reads
 
     @classmethod
     def build(cls, settings: Settings, resources: Resources) -> Services:
         side = SideServices.build(settings)  # optional and fail-open
         outbox = Outbox(resources.redis, settings.ledger_consumer)
         # Each process start is a replica of its own for the write-ahead records.
-        inflight = InFlightLog(replica=uuid.uuid4().hex, ttl_ms=int(settings.inflight_ttl_seconds * 1000))
+        replica = uuid.uuid4().hex
+        inflight = InFlightLog(replica=replica, ttl_ms=int(settings.inflight_ttl_seconds * 1000))
         submitter = UsageSubmitter(outbox, LedgerWriter(settings, resources.db, outbox, side), inflight)
         query_timeout = settings.directory_query_timeout_seconds
+        prices = PriceCatalogue()
+        price_refresher = PriceRefresher(settings, lambda: resources.db.acquire(timeout=5), prices, holder=replica)
         router = Router(
             settings=settings,
             byok=ByokDirectory(resources.db, settings),
@@ -64,5 +70,6 @@ class Services:
             submitter=submitter,
             abuse=side.abuse,
             api_metrics=side.api_metrics,
+            prices=prices,
         )
-        return cls(core=core, submitter=submitter)
+        return cls(core=core, submitter=submitter, price_refresher=price_refresher)

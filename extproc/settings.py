@@ -248,6 +248,17 @@ class Settings(BaseSettings):
     # Postgres queries on the request path give up after this; the request gets a 503.
     directory_query_timeout_seconds: float = Field(default=2.0, gt=0)
 
+    # The price catalogue (extproc/pricing/, issue 23): each priced provider's `/models` is
+    # fetched by one replica of the fleet at a time once the stored table is older than
+    # `price_catalogue_refresh_seconds`; every replica looks (and loads newer tables from
+    # Postgres) every `price_catalogue_check_seconds`. A fetch gives up after the timeout.
+    price_catalogue_refresh_seconds: float = Field(default=600.0, gt=0)
+    price_catalogue_check_seconds: float = Field(default=30.0, gt=0)
+    price_catalogue_fetch_timeout_seconds: float = Field(default=30.0, gt=0)
+    # The shortest reply a request is admitted with when its spend bound does not fit the
+    # balance and `max_tokens` is lowered to fit (issue 23, part 4).
+    spend_minimum_reply_tokens: int = Field(default=256, ge=1)
+
     # Routing (contract 3). BYOK keys are stored AES-256-GCM encrypted with this key (base64
     # of 32 bytes); unset, BYOK routing is off.
     byok_encryption_key: SecretStr | None = Field(default=None, validation_alias="BYOK_ENCRYPTION_KEY")
