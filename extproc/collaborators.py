@@ -14,7 +14,7 @@ from extproc.accounting.record import RequestFacts, UsageRecord
 from extproc.pipeline.client_headers import ClientInfo
 from extproc.pipeline.identity import Identity
 from extproc.pipeline.parse import ChatRequest
-from extproc.pipeline.ports import Accounts, FreeUsageLog, Limiter
+from extproc.pipeline.ports import Accounts, FreeUsageLog, Limiter, SpendHolder
 from extproc.pipeline.routing import Route
 from extproc.pricing.catalogue import PriceCatalogue
 from extproc.response_usage import ResponseSummary
@@ -86,3 +86,5 @@ class Collaborators:
     # The price catalogue (issue 23), kept fresh in the background by the server; read
     # synchronously on the request path. Empty (every lookup PricesUnavailable) until loaded.
     prices: PriceCatalogue = field(default_factory=PriceCatalogue)
+    # Spend holds (issue 23): None, the contract's balance check alone.
+    holds: SpendHolder | None = None

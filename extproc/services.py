@@ -10,6 +10,9 @@ from extproc.accounting.inflight import InFlightLog
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.submit import UsageSubmitter
 from extproc.accounting.writer import LedgerWriter
+from extproc.admission import settle
+from extproc.admission.holds import SpendHolds
+from extproc.admission.replica import ReplicaHolds
 from extproc.byok import ByokDirectory, parse_encryption_key
 from extproc.collaborators import Collaborators
 from extproc.custom_llm import CustomLlms
@@ -71,5 +74,14 @@ class Services:
             abuse=side.abuse,
             api_metrics=side.api_metrics,
             prices=prices,
+            holds=ReplicaHolds(
+                SpendHolds(
+                    resources.redis,
+                    settle.retention_ms(settings.directory_cache_seconds, settings.directory_stale_seconds),
+                    settings.spend_hold_timeout_seconds,
+                ),
+                inflight,
+                submitter,
+            ),
         )
         return cls(core=core, submitter=submitter, price_refresher=price_refresher)

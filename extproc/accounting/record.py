@@ -126,6 +126,10 @@ class UsageRecord:
     cache_write_tokens: int = 0  # only custom LLMs report them (contract 3.4)
     posthog_distinct_id: str | None = None
     prior_microdollar_usage: int | None = None
+    # Spend holds (extproc/admission): the scopes this request holds in, and how much; the
+    # ledger writer ends the hold when this record's row commits.
+    held_scopes: list[str] | None = None
+    held_microdollars: int = 0
 
     def stream_usage(self) -> ReportedUsage:
         """The usage the response itself reported (before any generation refetch)."""
