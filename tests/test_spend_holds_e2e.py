@@ -30,6 +30,7 @@ from tests.conftest import Gateway, fresh_ip, running_stack
 from tests.services import Services
 
 MODEL = "openai/gpt-4o-mini"
+REPLY_TOKENS = 400  # the mock's reply (1.5 microdollars a token) unless max_tokens cuts it
 RETURNING = ("Low Credit Warning!", "Add credits to continue, or switch to a free model")
 FIRST_TIME = (
     "Paid Model - Credits Required",
@@ -128,11 +129,13 @@ def wait_until_nothing_held(gateway: Gateway, scope: str, timeout: float = 30) -
 def test_a_burst_on_a_small_balance_never_spends_past_it(stack: Gateway) -> None:
     """100 concurrent requests on 2,000 microdollars, across two replicas: JSON and streamed,
     with and without max_tokens. Requests without max_tokens are bounded at the model's whole
-    output (65,536 tokens, ~98,000 microdollars): each one served was lowered to fit."""
+    output (65,536 tokens, ~98,000 microdollars): each one served was lowered to fit. The mock
+    replies with 400 tokens unless max_tokens stops it: 100 replies would cost ~17,000."""
     balance = 2_000
     user = stack.new_user(credits_usd="0.002")
     requests = [
-        (headers(user), body(n, stream=n % 2 == 0, max_tokens=20 if n % 4 < 2 else None)) for n in range(100)
+        (headers(user), body(n, stream=n % 2 == 0, max_tokens=20 if n % 4 < 2 else None, chunks=REPLY_TOKENS))
+        for n in range(100)
     ]
     responses = asyncio.run(send_all(stack, requests))
     served = [(r, b) for r, (_, b) in zip(responses, requests, strict=True) if r.status_code == 200]
@@ -151,19 +154,22 @@ def test_a_burst_on_a_small_balance_never_spends_past_it(stack: Gateway) -> None
 
 
 def test_members_against_their_daily_limit(stack: Gateway) -> None:
-    """50 concurrent requests of 5 members, each with a daily limit of 500 microdollars, on an
-    organisation with plenty: no member's day goes past the limit."""
+    """50 concurrent requests of 5 members, each with a daily limit of 200 microdollars (ten
+    replies of 20 tokens cost ~340), on an organisation with plenty: no member's day goes past
+    the limit."""
     org = stack.cli("org", "create", "--name", f"holds-{uuid.uuid4().hex[:6]}", "--credits-usd", "100")["id"]
     members = [stack.new_user(credits_usd="0") for _ in range(5)]
     for member in members:
         stack.cli("org", "add-member", "--org", org, "--user", member["id"])
-        stack.cli("org", "daily-limit", "--org", org, "--user", member["id"], "--usd", "0.0005")
-    requests = [(headers(members[n % 5], org), body(n, stream=n % 2 == 0, max_tokens=20)) for n in range(50)]
+        stack.cli("org", "daily-limit", "--org", org, "--user", member["id"], "--usd", "0.0002")
+    requests = [
+        (headers(members[n % 5], org), body(n, stream=n % 2 == 0, max_tokens=20, chunks=REPLY_TOKENS)) for n in range(50)
+    ]
     responses = asyncio.run(send_all(stack, requests))
     assert any(r.status_code == 200 for r in responses)
     for response in responses:
         if response.status_code != 200:
-            assert_contract_402(response, 0.0005)
+            assert_contract_402(response, 0.0002)
     for member in members:
         served = sum(1 for r, (h, _) in zip(responses, requests, strict=True) if r.status_code == 200 and h == headers(member, org))
         cost = wait_for_rows(stack, member["id"], served)
@@ -171,7 +177,7 @@ def test_members_against_their_daily_limit(stack: Gateway) -> None:
             "SELECT COALESCE(sum(microdollar_usage), 0)::bigint FROM organization_user_usage WHERE kilo_user_id = $1",
             member["id"],
         )
-        assert day[0] == cost <= 500
+        assert day[0] == cost <= 200
     [org_used] = stack.sql("SELECT microdollars_used FROM organizations WHERE id = $1", org)
     assert org_used[0] == sum(ledger(stack, m["id"])[1] for m in members)
 
