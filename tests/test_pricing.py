@@ -29,7 +29,9 @@ from extproc.pricing.candidates import candidate_models
 from extproc.pricing.catalogue import PriceCatalogue, PricesUnavailable, PriceTable, accept
 from extproc.pricing.prices import ModelPrices, parse_openrouter_models, parse_vercel_models
 
-CATALOGUE = Catalogue.build(tuple(FreeModel.model_validate(m) for m in DEFAULT_FREE_MODELS), DEFAULT_RATE_LIMITED_TO_DEATH)
+CATALOGUE = Catalogue.build(
+    tuple(FreeModel.model_validate(m) for m in DEFAULT_FREE_MODELS), DEFAULT_RATE_LIMITED_TO_DEATH
+)
 
 
 def entry(model_id: str = "acme/model", **pricing: Any) -> dict[str, Any]:
@@ -128,10 +130,18 @@ def test_vercel_shape_and_its_unknown_fields() -> None:
     answer = parse_vercel_models(
         {
             "data": [
-                {"id": "zai/glm-5", "context_window": 200_000, "max_tokens": 128_000,
-                 "pricing": {"input": "0.000001", "output": "0.0000032", "input_cache_read": "0.0000002"}},
-                {"id": "odd/model", "context_window": 1000, "max_tokens": 100,
-                 "pricing": {"input": "0.000001", "output": "0.000001", "per_second": "0.1"}},
+                {
+                    "id": "zai/glm-5",
+                    "context_window": 200_000,
+                    "max_tokens": 128_000,
+                    "pricing": {"input": "0.000001", "output": "0.0000032", "input_cache_read": "0.0000002"},
+                },
+                {
+                    "id": "odd/model",
+                    "context_window": 1000,
+                    "max_tokens": 100,
+                    "pricing": {"input": "0.000001", "output": "0.000001", "per_second": "0.1"},
+                },
             ]
         }
     )
@@ -169,8 +179,10 @@ def test_partial_or_mostly_refused_answers_do_not_replace_the_last_good_table() 
 def test_an_unknown_model_is_bounded_at_the_tables_highest_prices() -> None:
     catalogue = PriceCatalogue()
     catalogue.replace(
-        table(entry("cheap/a", prompt="0.0000001", completion="0.0000002", context_length=8_000),
-              entry("dear/b", prompt="0.00001", completion="0.00006", context_length=1_000_000, max_out=None))
+        table(
+            entry("cheap/a", prompt="0.0000001", completion="0.0000002", context_length=8_000),
+            entry("dear/b", prompt="0.00001", completion="0.00006", context_length=1_000_000, max_out=None),
+        )
     )
     unknown = catalogue.prices_for("openrouter", "nobody/knows")
     assert unknown.input_token_max == 10_000_000 and unknown.output_token_max == 60_000_000
@@ -203,9 +215,22 @@ def test_candidates_include_vercel_for_models_in_the_split() -> None:
 # ---------------------------------------------------------------- the bound
 
 PRICES = ModelPrices(
-    model_id="acme/model", prompt=1_000_000, completion=2_000_000, request=0, image=0, internal_reasoning=0,
-    input_cache_read=0, input_cache_write=0, web_search=0, context_length=100_000, max_completion_tokens=4_000,
-    input_token_max=1_000_000, output_token_max=2_000_000, request_max=0, image_max=0, web_search_max=0,
+    model_id="acme/model",
+    prompt=1_000_000,
+    completion=2_000_000,
+    request=0,
+    image=0,
+    internal_reasoning=0,
+    input_cache_read=0,
+    input_cache_write=0,
+    web_search=0,
+    context_length=100_000,
+    max_completion_tokens=4_000,
+    input_token_max=1_000_000,
+    output_token_max=2_000_000,
+    request_max=0,
+    image_max=0,
+    web_search_max=0,
 )  # $1 per million input tokens, $2 per million output tokens
 
 
@@ -275,12 +300,18 @@ def test_images_count_per_image_not_per_byte() -> None:
 def test_tools_n_request_fees_and_web_search() -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     with_tools = spend_bound(body(tools=tools), [PRICES])
-    assert with_tools.input_tokens == json_size(body(tools=tools)) + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS + TOOLS_OVERHEAD_TOKENS
+    assert (
+        with_tools.input_tokens
+        == json_size(body(tools=tools)) + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS + TOOLS_OVERHEAD_TOKENS
+    )
     single = spend_bound(body(max_tokens=100), [PRICES]).microdollars
     assert spend_bound(body(max_tokens=100, n=3), [PRICES]).microdollars >= 3 * single - 3
     assert spend_bound(body(max_tokens=100, n="many"), [PRICES]).choices == MAX_CHOICES
     fee = ModelPrices(**{**PRICES.as_json(), "request_max": 7_000_000})  # 7 µ$ a request
-    assert spend_bound(body(max_tokens=100), [fee]).microdollars == spend_bound(body(max_tokens=100), [PRICES]).microdollars + 7
+    assert (
+        spend_bound(body(max_tokens=100), [fee]).microdollars
+        == spend_bound(body(max_tokens=100), [PRICES]).microdollars + 7
+    )
     search = ModelPrices(**{**PRICES.as_json(), "web_search_max": 10**10})  # 1 cent a search
     plain = spend_bound(body(max_tokens=100), [search]).microdollars
     online = spend_bound(body(max_tokens=100), [search], model_id="acme/model:online").microdollars
@@ -318,7 +349,10 @@ part = st.one_of(
     st.just({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}),
 )
 message = st.fixed_dictionaries(
-    {"role": st.sampled_from(["system", "user", "assistant", "tool"]), "content": st.one_of(text, st.lists(part, max_size=3))}
+    {
+        "role": st.sampled_from(["system", "user", "assistant", "tool"]),
+        "content": st.one_of(text, st.lists(part, max_size=3)),
+    }
 )
 limit = st.one_of(st.none(), st.integers(-3, 3000), st.floats(allow_nan=True), st.text(max_size=5))
 

@@ -143,9 +143,7 @@ class PriceRefresher:
                 },
             )
             async with self.connect() as connection:
-                await store.record_failure(
-                    connection, provider.id, self.holder, str(exc), self.settings.price_catalogue_check_seconds
-                )
+                await store.record_failure(connection, provider.id, self.holder, str(exc))
             raise
         async with self.connect() as connection:
             fetched_at = await store.save_table(connection, table, self.holder)
