@@ -15,8 +15,8 @@ a `SpendBound` out. Why each part bounds the bill:
 - Output tokens: `max_tokens` / `max_completion_tokens` (the larger when both are sent, plus
   an explicit `reasoning.max_tokens`), never more than the model's own cap; without a usable
   one, the model's cap (the catalogue's max completion tokens, else its context length).
-  A value the provider cannot take as a limit (negative, zero, text) counts as absent: the
-  provider either refuses the request or ignores it, and the cap bounds both.
+  Only a positive JSON integer is a limit; anything else (negative, zero, 1.5, "100") counts
+  as absent: a provider may refuse, round or ignore it, and the cap bounds all three.
 - Prices: each token at the highest price that can apply to its side (input vs cache writes
   and long-context bands; output vs reasoning), across every candidate; plus the per-request
   fee, the images, and the searches the request can trigger. All of it times `n`.
@@ -122,12 +122,20 @@ def _choices(body: Mapping[str, Any]) -> int:
     return _count(value) or MAX_CHOICES
 
 
+def _limit(value: object) -> int | None:
+    """A reply limit every provider honours: a positive JSON integer. Anything else (1.5, "100",
+    -1) one provider may round, another ignore, another refuse, so it counts as absent."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
 def _output_tokens(body: Mapping[str, Any], limit: int) -> int:
-    asked = [c for c in (_count(body.get("max_tokens")), _count(body.get("max_completion_tokens"))) if c]
+    asked = [c for c in (_limit(body.get("max_tokens")), _limit(body.get("max_completion_tokens"))) if c]
     if not asked:
         return limit
     reasoning = body.get("reasoning")
-    budget = _count(reasoning.get("max_tokens")) if isinstance(reasoning, dict) else None
+    budget = _limit(reasoning.get("max_tokens")) if isinstance(reasoning, dict) else None
     return min(limit, max(asked) + (budget or 0))
 
 

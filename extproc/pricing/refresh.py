@@ -61,7 +61,12 @@ _MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 class FetchFailed(Exception):
-    """The provider could not be asked, or its answer was refused; the message says why."""
+    """The provider could not be asked (`outcome` "failed"), or its answer was refused
+    ("refused"); the message says why."""
+
+    def __init__(self, reason: str, outcome: str = "failed") -> None:
+        super().__init__(reason)
+        self.outcome = outcome
 
 
 @dataclass(slots=True)
@@ -80,7 +85,23 @@ class PriceRefresher:
         return [p for key, p in self.settings.routable_providers.items() if key in PRICED_PROVIDERS]
 
     async def fetch(self, provider: Provider) -> PriceTable:
-        """Ask the provider and check its answer against the table in use."""
+        """Ask the provider and check its answer against the table in use; a failure is counted
+        and logged here (the last good table stays in use)."""
+        try:
+            return await self._fetch(provider)
+        except FetchFailed as exc:
+            REFRESHES.labels(provider.id, exc.outcome).inc()
+            logger.error(
+                "price catalogue not refreshed; the last good table stays in use",
+                extra={
+                    "provider": provider.id,
+                    "reason": str(exc),
+                    "age_seconds": self.catalogue.age_seconds(provider.id),
+                },
+            )
+            raise
+
+    async def _fetch(self, provider: Provider) -> PriceTable:
         url = f"{provider.api_url}/models"
         headers = {"accept": "application/json"}
         if provider.api_key is not None:
@@ -103,14 +124,12 @@ class PriceRefresher:
         try:
             parsed = PARSERS[provider.id](orjson.loads(raw))
         except (orjson.JSONDecodeError, BadAnswer) as exc:
-            REFRESHES.labels(provider.id, "refused").inc()
-            raise FetchFailed(f"refused: {exc}") from None
+            raise FetchFailed(f"refused: {exc}", "refused") from None
         for model_id, reason in list(parsed.refused.items())[:20]:
             logger.warning("price entry refused", extra={"provider": provider.id, "model": model_id, "reason": reason})
         why = accept(parsed, self.catalogue.tables.get(provider.id))
         if why is not None:
-            REFRESHES.labels(provider.id, "refused").inc()
-            raise FetchFailed(f"refused: {why}")
+            raise FetchFailed(f"refused: {why}", "refused")
         return PriceTable.build(provider.id, parsed.models, time.time())
 
     async def refresh(self, provider: Provider, *, force: bool = False) -> PriceTable | None:
@@ -126,26 +145,15 @@ class PriceRefresher:
                 self.holder,
                 lease_seconds=lease,
                 older_than_seconds=None if force else interval,
+                retry_seconds=self.settings.price_catalogue_check_seconds,
             )
         if not leased:
             return None
         try:
             table = await self.fetch(provider)
         except FetchFailed as exc:
-            if not str(exc).startswith("refused"):
-                REFRESHES.labels(provider.id, "failed").inc()
-            logger.error(
-                "price catalogue not refreshed; the last good table stays in use",
-                extra={
-                    "provider": provider.id,
-                    "reason": str(exc),
-                    "age_seconds": self.catalogue.age_seconds(provider.id),
-                },
-            )
             async with self.connect() as connection:
-                await store.record_failure(
-                    connection, provider.id, self.holder, str(exc), self.settings.price_catalogue_check_seconds
-                )
+                await store.record_failure(connection, provider.id, self.holder, str(exc))
             raise
         async with self.connect() as connection:
             fetched_at = await store.save_table(connection, table, self.holder)
@@ -199,13 +207,7 @@ class PriceRefresher:
             return
         try:
             table = await self.fetch(provider)
-        except FetchFailed as exc:
-            if not str(exc).startswith("refused"):
-                REFRESHES.labels(provider.id, "failed").inc()
-            logger.error(
-                "price catalogue not refreshed; the last good table stays in use",
-                extra={"provider": provider.id, "reason": str(exc)},
-            )
+        except FetchFailed:
             return
         self.catalogue.replace(table)
         logger.warning("price catalogue fetched without postgres (not stored)", extra={"provider": provider.id})

@@ -17,11 +17,18 @@ _RECORD_TYPES = ", ".join(f"{name} {'text' if name == 'model_id' else 'bigint'}"
 
 
 async def take_lease(
-    connection: Connection, provider: str, holder: str, *, lease_seconds: float, older_than_seconds: float | None
+    connection: Connection,
+    provider: str,
+    holder: str,
+    *,
+    lease_seconds: float,
+    older_than_seconds: float | None,
+    retry_seconds: float = 0,
 ) -> bool:
     """Whether `holder` may fetch the provider's table now: no other replica holds an unexpired
-    lease and (unless `older_than_seconds` is None, for the operator's refresh) the stored
-    table is older than that. Atomic: of replicas asking together, one gets it."""
+    lease, and (unless `older_than_seconds` is None: the operator's refresh) the stored table
+    is older than that and the last failure is `retry_seconds` old. Atomic: of replicas
+    asking together, one gets it."""
     await connection.execute(
         "INSERT INTO gateway_price_catalogue_refresh (provider) VALUES ($1) ON CONFLICT DO NOTHING", provider
     )
@@ -29,41 +36,43 @@ async def take_lease(
         "UPDATE gateway_price_catalogue_refresh"
         " SET lease_holder = $2, lease_until = now() + make_interval(secs => $3)"
         " WHERE provider = $1 AND (lease_until IS NULL OR lease_until < now() OR lease_holder = $2)"
-        " AND ($4::float8 IS NULL OR fetched_at IS NULL OR fetched_at < now() - make_interval(secs => $4))"
+        " AND ($4::float8 IS NULL OR ("
+        "   (fetched_at IS NULL OR fetched_at < now() - make_interval(secs => $4))"
+        "   AND (last_error_at IS NULL OR last_error_at < now() - make_interval(secs => $5))))"
         " RETURNING provider",
         provider,
         holder,
         lease_seconds,
         older_than_seconds,
+        retry_seconds,
     )
     return row is not None
 
 
-async def record_failure(connection: Connection, provider: str, holder: str, error: str, retry_seconds: float) -> None:
-    """A failed or refused fetch: said in the row, and the lease kept `retry_seconds` so the
-    fleet waits that long before the next attempt rather than every replica trying at once."""
+async def record_failure(connection: Connection, provider: str, holder: str, error: str) -> None:
+    """A failed or refused fetch: said in the row, the lease released. `take_lease` lets the
+    fleet try again `retry_seconds` later, rather than every replica at once."""
     await connection.execute(
         "UPDATE gateway_price_catalogue_refresh"
-        " SET last_error = $3, last_error_at = now(), lease_until = now() + make_interval(secs => $4)"
+        " SET last_error = $3, last_error_at = now(), lease_holder = NULL, lease_until = NULL"
         " WHERE provider = $1 AND lease_holder = $2",
         provider,
         holder,
         error[:1000],
-        retry_seconds,
     )
 
 
-async def save_table(connection: Connection, table: PriceTable, holder: str | None) -> float | None:
+async def save_table(connection: Connection, table: PriceTable, holder: str) -> float | None:
     """Replace the provider's stored table with `table`, in one transaction, if `holder` still
-    holds the lease (None: the operator's refresh, which took it). Returns the stored
-    `fetched_at` (Postgres' clock), or None when the lease was lost meanwhile."""
+    holds the lease. Returns the stored `fetched_at` (Postgres' clock), or None when the lease
+    was lost meanwhile (it expired and another replica took it)."""
     rows = [{name: getattr(m, name) for name in _COLUMNS} for m in table.models.values()]
     async with connection.transaction():
         fetched_at = await connection.fetchval(
             "UPDATE gateway_price_catalogue_refresh"
             " SET fetched_at = now(), models = $2, lease_holder = NULL, lease_until = NULL,"
             " last_error = NULL, last_error_at = NULL"
-            " WHERE provider = $1 AND lease_holder IS NOT DISTINCT FROM $3"
+            " WHERE provider = $1 AND lease_holder = $3"
             " RETURNING extract(epoch FROM fetched_at)::float8",
             table.provider,
             len(rows),
