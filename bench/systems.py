@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from extproc.envoy_config import PROCESSING_MODE, UPSTREAM_HEADER
+from extproc.local.mock_upstream import openrouter_models
 from extproc.local.processes import Child, free_port, port_open, wait_until
 from extproc.local.stack import envoy_binary
 
@@ -146,7 +147,9 @@ def _bootstrap(admin_port: int, listen_port: int, routes: list[dict[str, Any]], 
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "bench",
         "stream_idle_timeout": "0s",
-        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+        # The models list (the price catalogue) is larger than Envoy's 4 KB default.
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
+                         "max_direct_response_body_size_bytes": 1 << 20},
         "http_filters": [
             {"name": "envoy.filters.http.router",
              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
@@ -193,6 +196,8 @@ def start_upstream(work: Path, chunks: int, interval_ms: int) -> tuple[str, list
          "route": sse_route},
         {"match": {"prefix": "/api/v1/chat/completions"}, **_json_response(COMPLETION)},
         {"match": {"prefix": "/api/v1/generation"}, **_json_response(GENERATION)},
+        # The price catalogue the gateway bounds paid requests with (issue 23): the mock's.
+        {"match": {"path": "/api/v1/models"}, **_json_response(openrouter_models())},
     ]
     bootstrap = _bootstrap(admin, port, routes, [_cluster("sse", sse_port)])
     envoy = _envoy("upstream-envoy", _json_file(work, "upstream-envoy", bootstrap), admin)
@@ -318,10 +323,12 @@ def start_minimal_floor(work: Path, upstream: str, workers: int) -> System:
     )
 
 
-def start_gateway(work: Path, upstream: str, workers: int) -> System:
-    data = work / "gateway"
+def start_gateway(work: Path, upstream: str, workers: int, name: str = "gateway", **extra: str) -> System:
+    """`extra`: more environment (`gateway-holds-off`: SPEND_HOLDS=off, the same run's baseline
+    of the spend holds' cost)."""
+    data = work / name
     data.mkdir()
-    env = _gateway_environment(data, upstream, workers)
+    env = {**_gateway_environment(data, upstream, workers), **extra}
     log = (data / "stack.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "extproc.cli", "run"], env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
@@ -340,7 +347,7 @@ def start_gateway(work: Path, upstream: str, workers: int) -> System:
     ).stdout)
     children = state["children"]
     return System(
-        "gateway",
+        name,
         f"{state['gateway_url']}{GATEWAY_PATH}",
         {"authorization": f"Bearer {user['token']}"},
         [stack],
