@@ -10,7 +10,9 @@
 - the ext_proc's per-request work: the request-body reply built with nested keyword
   constructors (as extproc/protocol.py did) against `protocol.request_body_replace`; a labelled
   metric through `labels()` against `metrics.child`; gRPC's request iterator (an async
-  generator) left unfinished to asyncio's finaliser against closed by the Processor.
+  generator) left unfinished to asyncio's finaliser against closed by the Processor;
+- the spend bound H of a coding agent's request (extproc/pricing/bound.py, 40 messages and 20
+  tools, ~50 KB): the body serialised to measure it, against its size passed in.
 
 The servers (a raw HTTP/1.1 responder, an embedded Redis) run in processes of their own.
 
@@ -252,6 +254,44 @@ def _ext_proc() -> list[tuple[str, int, float]]:
         ("labelled histogram, metrics.child", 1,
          _cpu_per_sync_call(lambda: metrics.child(metrics.TOKEN_USAGE, *labels), REPLIES)),
         *uvloop.run(_streams_closed()),
+        *_spend_bound(),
+    ]
+
+
+def _agent_body() -> dict[str, object]:
+    """A coding agent's request as they come: a long conversation, tools, a reply limit."""
+    tool = {"type": "function", "function": {"name": "read_file", "description": "Read a file. " * 20,
+                                             "parameters": {"type": "object", "properties": {
+                                                 "path": {"type": "string"}, "line_ranges": {"type": "array"}}}}}
+    messages = [{"role": "system", "content": "You are Kilo Code. " * 200}]
+    for i in range(20):
+        messages.append({"role": "user", "content": [{"type": "text", "text": f"step {i}: " + "fix the bug " * 60}]})
+        messages.append({"role": "assistant", "content": "Looking at the file now. " * 40})
+    return {"model": "anthropic/claude-sonnet-4.6", "messages": messages, "tools": [tool] * 20,
+            "max_tokens": 8192, "stream": True, "stream_options": {"include_usage": True}}
+
+
+def _spend_bound() -> list[tuple[str, int, float]]:
+    from extproc.local.mock_upstream import openrouter_models
+    from extproc.pricing.bound import spend_bound
+    from extproc.pricing.catalogue import PriceCatalogue, PriceTable
+    from extproc.pricing.prices import parse_openrouter_models
+
+    catalogue = PriceCatalogue()
+    catalogue.replace(PriceTable.build("openrouter", parse_openrouter_models(openrouter_models()).models, 0.0))
+    body = _agent_body()
+    size = len(orjson.dumps(body))
+    model = "anthropic/claude-sonnet-4.6"
+
+    def measured() -> object:
+        return spend_bound(body, catalogue.candidates([("openrouter", model)]), model_id=model)
+
+    def sized() -> object:
+        return spend_bound(body, catalogue.candidates([("openrouter", model)]), model_id=model, body_bytes=size)
+
+    return [
+        (f"spend bound H, {size // 1000} KB body serialised to measure it", 1, _cpu_per_sync_call(measured, REPLIES)),
+        (f"spend bound H, {size // 1000} KB body, its size passed in", 1, _cpu_per_sync_call(sized, REPLIES)),
     ]
 
 

@@ -75,6 +75,12 @@ def _cpu_ratio(results: dict[str, Any], kind: str, concurrency: str) -> float | 
     return None if ours is None or not floor else ours / floor
 
 
+def _holds_cpu(results: dict[str, Any], kind: str) -> float | None:
+    on = cpu_per_request(_get(results, "gateway", kind, "64") or {}).get("ext_proc")
+    off = cpu_per_request(_get(results, "gateway-holds-off", kind, "64") or {}).get("ext_proc")
+    return None if on is None or off is None else round(on - off, 4)
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """DESIGN.md's budget and issues 6 and 16's targets, each with the value this run measured.
     Throughput and JSON latency are read from `json_kind`'s runs."""
@@ -106,6 +112,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 _ratio(results, "gateway-traced", "gateway", "64", kind), 0.95, True, "x"),
         _target(f"{held.get('concurrency', 1000)} concurrent streams, errors", held_errors, 1, False, "errors"),
         _target("ext_proc memory holding them", held_rss, 300, False, "MB"),
+        # Issue 23: the spend hold's cost, against the gateway with SPEND_HOLDS=off in this run.
+        _target("spend holds: ext_proc CPU added per paid request at c=64", _holds_cpu(results, kind), 0.1, False, "ms"),
+        _target("spend holds: throughput at c=64, share of SPEND_HOLDS=off",
+                _ratio(results, "gateway", "gateway-holds-off", "64", kind), 0.95, True, "x"),
     ]
     if isinstance(_get(results, "litellm", kind), dict):
         for concurrency in results["systems"]["litellm"][kind]:

@@ -251,7 +251,8 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
     parser.add_argument("--interval-ms", type=int, default=25, help="time between chunks")
     parser.add_argument("--systems", type=lambda v: v.split(","),
-                        default=["envoy-alone", "minimal-floor", "ext_proc-floor", "gateway", "gateway-traced", "litellm"])
+                        default=["envoy-alone", "minimal-floor", "ext_proc-floor", "gateway", "gateway-traced",
+                                 "gateway-holds-off", "litellm"])
     parser.add_argument("--generators", type=lambda v: v.split(","), default=["python", "wrk"],
                         help="JSON load generators: python (bench/load.py, exact counts) and wrk")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -279,6 +280,9 @@ def main() -> None:
         "ext_proc-floor": lambda work, upstream: start_extproc_floor(work, upstream, args.workers),
         "gateway": lambda work, upstream: start_gateway(work, upstream, args.workers),
         "gateway-traced": lambda work, upstream: start_traced_gateway(work, upstream, args.workers),
+        "gateway-holds-off": lambda work, upstream: start_gateway(
+            work, upstream, args.workers, "gateway-holds-off", {"SPEND_HOLDS": "off"}
+        ),
         "litellm": lambda work, upstream: start_litellm(work, upstream, args.workers),
     }
     with tempfile.TemporaryDirectory(prefix="llm-gateway-bench-") as tmp:

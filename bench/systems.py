@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from extproc.envoy_config import PROCESSING_MODE, UPSTREAM_HEADER
+from extproc.local.mock_upstream import openrouter_models
 from extproc.local.processes import Child, free_port, port_open, wait_until
 from extproc.local.stack import envoy_binary
 
@@ -148,7 +149,9 @@ def _bootstrap(admin_port: int, listen_port: int, routes: list[dict[str, Any]], 
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "bench",
         "stream_idle_timeout": "0s",
-        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+        # The models list (the price catalogue) is larger than Envoy's 4 KB default.
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
+                         "max_direct_response_body_size_bytes": 1 << 20},
         "http_filters": [
             {"name": "envoy.filters.http.router",
              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
@@ -195,6 +198,8 @@ def start_upstream(work: Path, chunks: int, interval_ms: int) -> tuple[str, list
          "route": sse_route},
         {"match": {"prefix": "/api/v1/chat/completions"}, **_json_response(COMPLETION)},
         {"match": {"prefix": "/api/v1/generation"}, **_json_response(GENERATION)},
+        # The price catalogue the gateway bounds paid requests with (issue 23): the mock's.
+        {"match": {"path": "/api/v1/models"}, **_json_response(openrouter_models())},
     ]
     bootstrap = _bootstrap(admin, port, routes, [_cluster("sse", sse_port)])
     envoy = _envoy("upstream-envoy", _json_file(work, "upstream-envoy", bootstrap), admin)

@@ -7,15 +7,16 @@ the process shares one `Collaborators`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from extproc.accounting.record import RequestFacts, UsageRecord
 from extproc.pipeline.client_headers import ClientInfo
 from extproc.pipeline.identity import Identity
 from extproc.pipeline.parse import ChatRequest
-from extproc.pipeline.ports import Accounts, FreeUsageLog, Limiter
+from extproc.pipeline.ports import Accounts, FreeUsageLog, Limiter, SpendHolder
 from extproc.pipeline.routing import Route
+from extproc.pricing.catalogue import PriceCatalogue
 from extproc.response_usage import ResponseSummary
 from extproc.settings import Settings
 from extproc.side.abuse import Classification
@@ -90,3 +91,8 @@ class Collaborators:
     abuse: AbuseClassifier
     api_metrics: ApiMetricsReporter
     cooldowns: CooldownRecorder
+    # The price catalogue (issue 23), kept fresh in the background by the server; read
+    # synchronously on the request path. Empty (every lookup PricesUnavailable) until loaded.
+    prices: PriceCatalogue = field(default_factory=PriceCatalogue)
+    # Spend holds (issue 23): None, the contract's balance check alone.
+    holds: SpendHolder | None = None

@@ -48,6 +48,7 @@ class OrganizationAccount:
     require_seats: bool
     daily_limit_microdollars: int | None
     today_usage_microdollars: int
+    usage_date: str = ""  # the day of `today_usage_microdollars` (Postgres' CURRENT_DATE, ISO)
 
 
 _USER_SQL = """
@@ -58,7 +59,7 @@ _MEMBER_SQL = "SELECT 1 FROM organization_memberships WHERE organization_id = $1
 # Contract 2.12: one query; a billing manager has no balance to spend.
 _ACCOUNT_SQL = """
 SELECT o.total_microdollars_acquired, o.microdollars_used, o.plan, o.settings, o.require_seats,
-       l.microdollar_limit, COALESCE(u.microdollar_usage, 0) AS today_usage
+       l.microdollar_limit, COALESCE(u.microdollar_usage, 0) AS today_usage, CURRENT_DATE::text AS usage_date
 FROM organizations o
 JOIN organization_memberships m
   ON m.organization_id = o.id AND m.kilo_user_id = $2 AND m.role <> 'billing_manager'
@@ -126,6 +127,7 @@ class Directory:
                 require_seats=row["require_seats"],
                 daily_limit_microdollars=row["microdollar_limit"],
                 today_usage_microdollars=row["today_usage"],
+                usage_date=row["usage_date"],
             )
 
         return await self._accounts.get((organization_id, user_id), load)

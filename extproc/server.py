@@ -60,6 +60,8 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     submitter_stop = asyncio.Event()
     submitter = asyncio.create_task(services.submitter.run(submitter_stop))
+    prices_stop = asyncio.Event()
+    prices = asyncio.create_task(services.price_refresher.run(prices_stop))
     await stop.wait()
 
     # Drain: report NOT_SERVING, keep serving a moment (an Envoy told to stop with us goes
@@ -68,10 +70,13 @@ async def serve(settings: Settings) -> None:
     logger.info("ext_proc draining", extra={"grace_seconds": settings.extproc_drain_seconds})
     await health.enter_graceful_shutdown()
     await asyncio.sleep(settings.extproc_stop_delay_seconds)
+    prices_stop.set()
     await server.stop(grace=settings.extproc_drain_seconds)
     submitter_stop.set()
     await submitter
     await services.submitter.drain(timeout=settings.accounting_drain_seconds)
+    prices.cancel()  # a fetch under way is abandoned: the lease expires, another replica fetches
+    await asyncio.gather(prices, return_exceptions=True)
     await resources.close()
     stop_metrics()
     tracing.shutdown()

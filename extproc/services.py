@@ -10,6 +10,9 @@ from extproc.accounting.inflight import InFlightLog
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.submit import UsageSubmitter
 from extproc.accounting.writer import LedgerWriter
+from extproc.admission import settle
+from extproc.admission.holds import SpendHolds
+from extproc.admission.replica import ReplicaHolds
 from extproc.byok import ByokDirectory, parse_encryption_key
 from extproc.collaborators import Collaborators
 from extproc.cooldowns import Cooldowns
@@ -19,6 +22,8 @@ from extproc.error_rates import ErrorRates
 from extproc.limits import FreeModelLimiter
 from extproc.pipeline.free_usage import FreeModelUsageLog
 from extproc.pipeline.routing import Router
+from extproc.pricing.catalogue import PriceCatalogue
+from extproc.pricing.refresh import PriceRefresher
 from extproc.resources import Resources
 from extproc.settings import Settings
 from extproc.side import SideServices
@@ -29,16 +34,20 @@ from extproc.translate.openai_phase import PhaseMemory
 class Services:
     core: Collaborators
     submitter: UsageSubmitter  # the server runs and drains it
+    price_refresher: PriceRefresher  # the server runs it: the catalogue `core.prices` reads
 
     @classmethod
     def build(cls, settings: Settings, resources: Resources) -> Services:
         side = SideServices.build(settings)  # optional and fail-open
         outbox = Outbox(resources.redis, settings.ledger_consumer)
         # Each process start is a replica of its own for the write-ahead records.
-        inflight = InFlightLog(replica=uuid.uuid4().hex, ttl_ms=int(settings.inflight_ttl_seconds * 1000))
+        replica = uuid.uuid4().hex
+        inflight = InFlightLog(replica=replica, ttl_ms=int(settings.inflight_ttl_seconds * 1000))
         submitter = UsageSubmitter(outbox, LedgerWriter(settings, resources.db, outbox, side), inflight)
         query_timeout = settings.directory_query_timeout_seconds
         cooldowns = Cooldowns(resources.redis, settings)
+        prices = PriceCatalogue()
+        price_refresher = PriceRefresher(settings, lambda: resources.db.acquire(timeout=5), prices, holder=replica)
         router = Router(
             settings=settings,
             byok=ByokDirectory(resources.db, settings),
@@ -68,5 +77,15 @@ class Services:
             abuse=side.abuse,
             api_metrics=side.api_metrics,
             cooldowns=cooldowns,
+            prices=prices,
+            holds=ReplicaHolds(
+                SpendHolds(
+                    resources.redis,
+                    settle.retention_ms(settings.directory_cache_seconds, settings.directory_stale_seconds),
+                    settings.spend_hold_timeout_seconds,
+                ),
+                inflight,
+                submitter,
+            ),
         )
-        return cls(core=core, submitter=submitter)
+        return cls(core=core, submitter=submitter, price_refresher=price_refresher)

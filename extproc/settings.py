@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -251,6 +251,24 @@ class Settings(BaseSettings):
     directory_stale_seconds: float = Field(default=600.0, ge=0)
     # Postgres queries on the request path give up after this; the request gets a 503.
     directory_query_timeout_seconds: float = Field(default=2.0, gt=0)
+
+    # The price catalogue (extproc/pricing/, issue 23): each priced provider's `/models` is
+    # fetched by one replica of the fleet at a time once the stored table is older than
+    # `price_catalogue_refresh_seconds`; every replica looks (and loads newer tables from
+    # Postgres) every `price_catalogue_check_seconds`. A fetch gives up after the timeout.
+    price_catalogue_refresh_seconds: float = Field(default=600.0, gt=0)
+    price_catalogue_check_seconds: float = Field(default=30.0, gt=0)
+    price_catalogue_fetch_timeout_seconds: float = Field(default=30.0, gt=0)
+    # The shortest reply a request is admitted with when its spend bound does not fit the
+    # balance and `max_tokens` is lowered to fit (issue 23, part 4).
+    spend_minimum_reply_tokens: int = Field(default=256, ge=1)
+    # Spend holds (issue 23, extproc/admission; the decision beside contract 2.12 in
+    # docs/ARCHITECTURE.md). Off: the contract's rule exactly (a positive balance admits).
+    spend_holds: bool = Field(default=True, validation_alias="SPEND_HOLDS")
+    # Redis unreachable at admission: `open` falls back to the contract's check (logged,
+    # counted, alerted), `refuse` answers the contract's 503.
+    spend_holds_redis_down: Literal["open", "refuse"] = Field(default="open", validation_alias="SPEND_HOLDS_REDIS_DOWN")
+    spend_hold_timeout_seconds: float = Field(default=1.0, gt=0)
 
     # Routing (contract 3). BYOK keys are stored AES-256-GCM encrypted with this key (base64
     # of 32 bytes); unset, BYOK routing is off.

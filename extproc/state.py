@@ -15,6 +15,7 @@ from extproc.pipeline.client_headers import ClientInfo
 from extproc.pipeline.identity import Identity
 from extproc.pipeline.parse import ChatRequest
 from extproc.pipeline.routing import Route
+from extproc.pipeline.spend import SpendHold
 from extproc.response_usage import JsonTap, StreamTap
 from extproc.settings import Provider
 from extproc.side.api_metrics import AnsweredRequest
@@ -73,6 +74,7 @@ class AdmittedRequest:
     translator: ResponseTranslator | None  # custom LLMs of another protocol (3.4)
     # The ledger row's id, from admission on: the write-ahead record and the final one share it.
     usage_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    hold: SpendHold | None = None  # issue 23: the spend hold the request took, if any
 
     @property
     def chat(self) -> ChatRequest:

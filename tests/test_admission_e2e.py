@@ -17,6 +17,7 @@ import httpx
 import jwt
 import pytest
 
+from extproc.admission import scopes
 from tests.bodies import APPENDIX_A, FREE_LIMIT, SERVICE_UNAVAILABLE
 from tests.conftest import Gateway, fresh_ip
 
@@ -162,8 +163,9 @@ def test_row12_returning_customer_gets_the_low_credit_text(upstream: Gateway) ->
 
 def test_free_credits_do_not_make_a_returning_customer(upstream: Gateway) -> None:
     user = upstream.new_user(credits_usd="0")
-    upstream.cli("credits", "add", "--user", user["id"], "--usd", "0.000001", "--free")
-    # One microdollar of balance is enough to be let in ...
+    upstream.cli("credits", "add", "--user", user["id"], "--usd", "0.01", "--free")
+    # Free credits let a user in (with spend holds, as much as the input and a minimum reply
+    # cost: decision beside contract 2.12) ...
     assert chat(upstream, PAID, token=user["token"]).status_code == 200
     # ... and a user whose only credits were free is still a first-time customer.
     poor = upstream.new_user(credits_usd="0")
@@ -378,16 +380,30 @@ def _postgres_user_lookups(gateway: Gateway) -> float:
     return 0.0
 
 
-def test_admitting_a_cached_signed_in_user_costs_no_postgres_and_no_redis_round_trip(gateway: Gateway) -> None:
+def _wait_until_nothing_held(gateway: Gateway, user_id: str) -> None:
+    import redis
+
+    client, key = redis.Redis.from_url(gateway.redis_url), scopes.user_balance(user_id) + ":live"
+    deadline = time.monotonic() + 30
+    while client.hlen(key) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.hlen(key) == 0
+
+
+def test_admitting_a_cached_signed_in_user_costs_no_postgres_and_one_redis_round_trip(gateway: Gateway) -> None:
     user = gateway.new_user()
     assert chat(gateway, PAID, token=user["token"]).status_code == 200  # fills the cache
+    _wait_until_nothing_held(gateway, user["id"])
     redis_commands = RedisCommands(gateway)
-    lookups, commands = _postgres_user_lookups(gateway), redis_commands.admission()
+    lookups, scripts = _postgres_user_lookups(gateway), redis_commands.scripts()
     for _ in range(10):
         assert chat(gateway, PAID, token=user["token"]).status_code == 200
     assert _postgres_user_lookups(gateway) == lookups
-    # Redis saw only accounting's outbox traffic, after each response.
-    assert redis_commands.admission() == commands
+    # Beside accounting's outbox traffic, Redis ran each request's spend hold (issue 23: one
+    # round trip, the replica's index HSET and the hold's script) and, once its row committed,
+    # the ledger writer's end of that hold: one script each.
+    _wait_until_nothing_held(gateway, user["id"])
+    assert redis_commands.scripts() - scripts == 20
 
 
 def test_a_kilo_free_model_request_costs_one_redis_round_trip(gateway: Gateway) -> None:

@@ -554,3 +554,48 @@ async def test_serve(caplog: pytest.LogCaptureFixture) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_max_tokens_cuts_the_reply_reasoning_first(client: TestClient[Any, Any]) -> None:
+    body = chat_body(max_tokens=5, mock={"chunks": 10, "reasoning": "one two three"})
+    response = await client.post(CHAT, json=body)
+    reply = await response.json()
+    assert reply["choices"][0]["finish_reason"] == "length"
+    assert reply["choices"][0]["message"]["content"] == "w1 w2 "
+    assert reply["usage"]["completion_tokens"] == 5
+    assert reply["usage"]["completion_tokens_details"]["reasoning_tokens"] == 3
+    assert reply["usage"] == expected_usage(body, DEFAULTS)
+
+    streamed = await client.post(CHAT, json={**body, "stream": True, "max_completion_tokens": 2})
+    chunks = data_events(split_events(await streamed.text()))
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+    assert content_of(chunks) == "" and chunks[-1]["usage"]["completion_tokens"] == 2
+    generation = await client.get(GENERATION, params={"id": chunks[0]["id"]})
+    assert (await generation.json())["data"]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("limit", [-1, 0, 2.5, "3", True, None])
+async def test_a_limit_that_is_not_a_positive_integer_is_ignored(client: TestClient[Any, Any], limit: Any) -> None:
+    reply = await (await client.post(CHAT, json=chat_body(max_tokens=limit, mock={"chunks": 4}))).json()
+    assert reply["choices"][0]["finish_reason"] == "stop" and reply["usage"]["completion_tokens"] == 4
+
+
+async def test_models_lists_the_prices_the_mock_bills(client: TestClient[Any, Any]) -> None:
+    listed = (await (await client.get("/openrouter/api/v1/models")).json())["data"]
+    gpt = next(m for m in listed if m["id"] == "openai/gpt-4o-mini")
+    assert gpt["pricing"]["prompt"] == "0.0000003" and gpt["pricing"]["completion"] == "0.0000015"
+    assert gpt["pricing"]["input_cache_read"] == "0.000000075"
+    assert gpt["top_provider"]["max_completion_tokens"] == 65_536
+    # 8 prompt tokens (2 cached) and 3 completion tokens at those prices: docs/mock-upstream.md.
+    assert Decimal("6") * Decimal(gpt["pricing"]["prompt"]) + 2 * Decimal(gpt["pricing"]["input_cache_read"]) + 3 * Decimal(
+        gpt["pricing"]["completion"]
+    ) == Decimal("0.00000645")
+    vercel = (await (await client.get("/vercel/v1/models")).json())["data"]
+    assert {"id": "zai/glm-5"}.items() <= next(m for m in vercel if m["id"] == "zai/glm-5").items()
+    assert all(m["pricing"]["output"] == "0.0000015" for m in vercel)
+
+    assert (await client.put("/__mock/models", json={"status": 502, "raw": "not json"})).status == 204
+    broken = await client.get("/openrouter/api/v1/models")
+    assert broken.status == 502 and await broken.text() == "not json"
+    assert (await client.delete("/__mock/models")).status == 204
+    assert (await client.get("/openrouter/api/v1/models")).status == 200

@@ -265,6 +265,7 @@ QUIET_PANELS = {
     "Side-service errors",
     "Outbox depth",
     "Oldest record in the outbox",
+    "Spend hold refusals, lowered max_tokens, degraded",
 }
 
 

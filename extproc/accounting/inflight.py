@@ -35,6 +35,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.exceptions import RedisError
@@ -43,6 +44,8 @@ from extproc import logs
 from extproc.accounting.outbox import RECORD_FIELD, STREAM
 from extproc.accounting.record import UsageRecord
 from extproc.accounting.resp import pack
+from extproc.admission import counters as hold_metrics
+from extproc.admission import settle
 from extproc.event_loop import sleep_or_stop
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,10 @@ _SLOT = "{" + STREAM + "}"
 REPLICAS = f"gw:inflight:{_SLOT}:replicas"
 ALIVE_PREFIX = f"gw:inflight:{_SLOT}:alive:"
 RECORDS_PREFIX = f"gw:inflight:{_SLOT}:records:"
+# Each replica's spend holds (extproc/admission), usage id -> the scopes held, written in the
+# admission's own round trip just before its script: a hold whose request never got a
+# write-ahead record (the replica died first) is still found, and released by the reaper.
+HOLDS_PREFIX = f"gw:inflight:{_SLOT}:holds:"
 
 REAPED = Counter(
     "llm_gateway_inflight_reaped",
@@ -61,16 +68,22 @@ REAPED = Counter(
 )
 
 # Atomic, so a replica's records move once however many writers reap: nothing if its key is
-# still alive, else every record into the outbox, then the hash and the registration go.
+# still alive, else every record into the outbox (the writer ends their holds when it commits
+# them), then the hash goes. Holds without a record are returned, to be released, and the
+# registration goes once none is left (`Reaper.reap` releases them, then calls again).
 _REAP = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local records = redis.call('HVALS', KEYS[2])
-for _, record in ipairs(records) do
-  redis.call('XADD', KEYS[3], '*', ARGV[2], record)
+if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
+local moved = redis.call('HGETALL', KEYS[2])
+for i = 1, #moved, 2 do
+  redis.call('XADD', KEYS[3], '*', ARGV[2], moved[i + 1])
+  redis.call('HDEL', KEYS[5], moved[i])
 end
 redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[4], ARGV[1])
-return #records
+local orphans = redis.call('HGETALL', KEYS[5])
+if #orphans == 0 then redis.call('SREM', KEYS[4], ARGV[1]) end
+local reply = {#moved / 2}
+for _, value in ipairs(orphans) do reply[#reply + 1] = value end
+return reply
 """
 
 
@@ -103,6 +116,17 @@ class InFlightLog:
     def forget(self, usage_id: str) -> bytes:
         return pack(b"HDEL", self._records, usage_id.encode())
 
+    @property
+    def _holds(self) -> bytes:
+        return (HOLDS_PREFIX + self.replica).encode()
+
+    def index_hold(self, usage_id: str, scopes: list[str]) -> bytes:
+        return pack(b"HSET", self._holds, usage_id.encode(), orjson.dumps(scopes))
+
+    def unindex_hold(self, usage_id: str) -> bytes:
+        """Once the request's record is in the outbox (its row ends the hold) or it held nothing."""
+        return pack(b"HDEL", self._holds, usage_id.encode())
+
     def leave(self) -> bytes:
         """At a clean exit: the records left (none, unless a record could not be finished)
         move to the outbox at the reaper's next pass instead of after the key's expiry."""
@@ -123,6 +147,7 @@ class Reaper:
         self.grace = grace_seconds
         self.interval = interval_seconds
         self._script = redis.register_script(_REAP)
+        self._release = redis.register_script(settle.SCRIPT)
         self._missing_since: dict[str, float] = {}
 
     async def reap(self) -> int:
@@ -136,8 +161,12 @@ class Reaper:
                 continue
             if now - self._missing_since.setdefault(name, now) < self.grace:
                 continue
-            keys = [ALIVE_PREFIX + name, RECORDS_PREFIX + name, STREAM, REPLICAS]
-            count = int(await self._script(keys=keys, args=[name, RECORD_FIELD]))
+            keys = [ALIVE_PREFIX + name, RECORDS_PREFIX + name, STREAM, REPLICAS, HOLDS_PREFIX + name]
+            count, *orphans = await self._script(keys=keys, args=[name, RECORD_FIELD])
+            count = int(count)
+            if orphans:
+                await self._release_orphans(name, orphans)
+                await self._script(keys=keys, args=[name, RECORD_FIELD])
             self._missing_since.pop(name, None)
             if count > 0:
                 REAPED.inc(count)
@@ -147,6 +176,21 @@ class Reaper:
                     extra={"replica": name, "count": count},
                 )
         return moved
+
+    async def _release_orphans(self, replica: str, orphans: list[bytes]) -> None:
+        """Holds of a dead replica's requests that never got a record: none will ever be written
+        (the usage the table of docs/ARCHITECTURE.md counts as lost), so nothing is charged."""
+        held = 0
+        for usage_id, scopes in zip(orphans[::2], orphans[1::2], strict=True):
+            keys, args = settle.arguments(usage_id.decode(), 0, settle.release(orjson.loads(scopes)))
+            held += int(await self._release(keys=keys, args=args))
+            await self.redis.hdel(HOLDS_PREFIX + replica, usage_id)
+        hold_metrics.RELEASED_HOLDS.inc(len(orphans) // 2)
+        hold_metrics.RELEASED.inc(held)
+        logger.warning(
+            "replica stopped holding spend for requests without a record; holds released",
+            extra={"replica": replica, "count": len(orphans) // 2, "microdollars": held},
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

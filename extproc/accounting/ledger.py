@@ -11,6 +11,7 @@ records without an organisation or a request log, in one statement (the same sta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -125,7 +126,8 @@ UPDATE organizations
 SET microdollars_used = microdollars_used + $2, microdollars_balance = microdollars_balance - $2,
     updated_at = now()
 WHERE id = $1
-RETURNING total_microdollars_acquired - microdollars_used AS balance, settings->>'minimum_balance' AS minimum_balance
+RETURNING total_microdollars_acquired - microdollars_used AS balance, settings->>'minimum_balance' AS minimum_balance,
+          microdollars_used AS used
 """
 # Within a dollar of the threshold, KiloPass bonus credits are due (contract 7.5).
 _KILO_PASS_MARGIN = 1_000_000
@@ -135,6 +137,7 @@ VALUES ($1, $2, CURRENT_DATE, 'daily', $3)
 ON CONFLICT (organization_id, kilo_user_id, limit_type, usage_date)
 DO UPDATE SET microdollar_usage = organization_user_usage.microdollar_usage + EXCLUDED.microdollar_usage,
               updated_at = now()
+RETURNING usage_date::text AS day, microdollar_usage AS used
 """
 # A restore replaces what an earlier write of the record left (the metadata row first: it
 # references nothing, but nothing may see the usage row without it).
@@ -170,6 +173,11 @@ def _low_balance_hook(organization_id: str, balance: int, cost: int, minimum: ob
 class Written:
     inserted: bool  # False: this usage id was already in the ledger; nothing was charged
     cost_microdollars: int
+    # The running totals the charge left (for the spend holds, extproc/admission/settle.py):
+    # a balance read that saw this charge saw at least these. None: not charged there.
+    user_used: int | None = None
+    organization_used: int | None = None
+    member_day: tuple[str, int] | None = None  # (usage_date, the member's usage that day)
 
 
 def stored_model(record: UsageRecord) -> str:
@@ -300,7 +308,12 @@ async def write(
             account = await connection.fetchrow(_CHARGE_ORGANIZATION, org, cost)
             if account is not None:
                 _low_balance_hook(org, account["balance"], cost, account["minimum_balance"])
-            await connection.execute(_CHARGE_MEMBER_DAY, org, record.kilo_user_id, cost)
+            day = await connection.fetchrow(_CHARGE_MEMBER_DAY, org, record.kilo_user_id, cost)
+            written = dataclasses.replace(
+                written,
+                organization_used=account["used"] if account is not None else None,
+                member_day=(day["day"], day["used"]) if day is not None else None,
+            )
         if "request_log" not in emptied:
             await _log_request(connection, record)
     return written
@@ -394,8 +407,16 @@ async def _write_usage(
         else:
             _kilo_pass_hook(user_id, row["used"], row["threshold"])
     return [
-        Written(inserted=True, cost_microdollars=cost)
+        Written(inserted=True, cost_microdollars=cost, user_used=_used(charged, record, cost))
         if index == first[record.usage_id] and record.usage_id in inserted
         else Written(inserted=False, cost_microdollars=0)
         for index, (record, _, cost, _) in enumerate(items)
     ]
+
+
+def _used(charged: dict[str, Any], record: UsageRecord, cost: int) -> int | None:
+    """The user's `microdollars_used` after the statement that charged this record, if it did."""
+    if cost <= 0 or record.organization_id is not None:
+        return None
+    row = charged.get(record.kilo_user_id)
+    return None if row is None else int(row["used"])

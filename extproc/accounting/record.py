@@ -129,6 +129,10 @@ class UsageRecord:
     # The W3C `traceparent` of the request's span when the request was traced, so the ledger
     # writer's span joins the request's trace (extproc/request_trace.py); never a ledger column.
     traceparent: str | None = None
+    # Spend holds (extproc/admission): the scopes this request holds in, and how much; the
+    # ledger writer ends the hold when this record's row commits.
+    held_scopes: list[str] | None = None
+    held_microdollars: int = 0
 
     def stream_usage(self) -> ReportedUsage:
         """The usage the response itself reported (before any generation refetch)."""

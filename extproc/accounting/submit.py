@@ -30,7 +30,9 @@ from extproc import logs
 from extproc.accounting.inflight import InFlightLog
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.record import UsageRecord
+from extproc.accounting.resp import pack
 from extproc.accounting.writer import LedgerWriter
+from extproc.admission import settle
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ _BATCH = 256
 # ~0.1 ms of the ext_proc's CPU alone against ~0.015 ms per command in a batch of ten
 # (bench/micro.py). Delays only bookkeeping; a crash loses at most this window's write-aheads.
 _GATHER_SECONDS = 0.02
+# EVAL, not EVALSHA: in a pipeline a NOSCRIPT could not be retried; releases are rare.
+_RELEASE = settle.SCRIPT.encode()
 
 
 class UsageSubmitter:
@@ -69,6 +73,16 @@ class UsageSubmitter:
     def forget(self, usage_id: str) -> None:
         """The request ended and is not accounted (contract 6.2): its write-ahead record goes."""
         self._ahead.append(self.inflight.forget(usage_id))
+        self._wake.set()
+
+    def release(self, usage_id: str, scopes: list[str]) -> None:
+        """The request's spend hold ends without a ledger row (not accounted, contract 6.2; or
+        refused, holding nothing): the hold goes (settle.lua, nothing committed), then its index
+        entry (accounting/inflight.py)."""
+        if scopes:
+            keys, args = settle.arguments(usage_id, 0, settle.release(scopes))
+            self._ahead.append(pack(b"EVAL", _RELEASE, b"%d" % len(keys), *keys, *args))
+        self._ahead.append(self.inflight.unindex_hold(usage_id))
         self._wake.set()
 
     def submit(self, record: UsageRecord, abuse_request_id: Awaitable[int] | None = None) -> None:
@@ -134,7 +148,13 @@ class UsageSubmitter:
     async def _send(self, batch: list[UsageRecord], ahead: list[bytes] | None = None) -> bool:
         commands = list(ahead or ())
         for record in batch:
-            commands += (self.outbox.entry(record), self.inflight.forget(record.usage_id))
+            commands.append(self.outbox.entry(record))
+            if record.held_scopes:
+                # After the XADD, before the write-ahead record goes: whatever prefix of these
+                # Redis runs, a hold is either in the outbox with its record, or in the index
+                # with its write-ahead record, or (that record gone) in the index alone.
+                commands.append(self.inflight.unindex_hold(record.usage_id))
+            commands.append(self.inflight.forget(record.usage_id))
         try:
             async with asyncio.timeout(2):
                 await self.outbox.send(commands)

@@ -30,6 +30,9 @@ from extproc.accounting.generation import fetch_generation
 from extproc.accounting.http1 import Client
 from extproc.accounting.outbox import Outbox
 from extproc.accounting.record import UsageRecord
+from extproc.admission import counters as hold_metrics
+from extproc.admission import settle
+from extproc.admission.scopes import Kind, kind, member_day
 from extproc.db import POSTGRES_ERRORS, Connection, refuses_data
 from extproc.event_loop import sleep_or_stop
 from extproc.settings import Settings
@@ -99,6 +102,9 @@ class LedgerWriter:
         self._batch = _Batch(db)
         # Failed attempts per usage id for errors that are neither transient nor refused data.
         self._attempts: dict[str, int] = {}
+        # Spend holds (extproc/admission): ended when their record's row commits.
+        self._retention_ms = settle.retention_ms(settings.directory_cache_seconds, settings.directory_stale_seconds)
+        self._settle_script: Any = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read new entries continuously and write each as soon as it is priced; a slow
@@ -224,9 +230,35 @@ class LedgerWriter:
             )
             return False
         self._attempts.pop(record.usage_id, None)
+        if not await self._end_hold(record, charged, written):
+            return False  # read again: a duplicate then, whose hold ends with an unknown version
         self._after_commit(item, written, first_usage, used_after)
         if traced:
             _trace_write(record, charge, written, started_ns)
+        return True
+
+    async def _end_hold(self, record: UsageRecord, charged: int, written: ledger.Written | None) -> bool:
+        """The request's spend hold ends now that its row committed (`written`; None: its
+        dead letter could not be charged), in one atomic step with the charge's ledger version
+        (extproc/admission/settle.py). False: Redis did not take it."""
+        if not record.held_scopes:
+            return True
+        if self._settle_script is None:
+            self._settle_script = self.outbox.redis.register_script(settle.SCRIPT)
+        parts = settlements(record, charged, written)
+        keys, args = settle.arguments(record.usage_id, self._retention_ms, parts)
+        try:
+            released = int(await self._settle_script(keys=keys, args=args))
+        except (RedisError, OSError) as exc:
+            hold_metrics.SETTLE_FAILURES.inc()
+            logger.error("spend hold not ended; will retry", extra={"usage_id": record.usage_id, **logs.failure(exc)})
+            return False
+        if released:
+            hold_metrics.RELEASED_HOLDS.inc()
+            hold_metrics.RELEASED.inc(released)
+            if written is not None and written.inserted:
+                hold_metrics.SETTLED_HELD.inc(released)
+                hold_metrics.SETTLED_CHARGED.inc(charged)
         return True
 
     async def _commit(self, item: ledger.Item) -> tuple[ledger.Written, bool, int | None]:
@@ -295,6 +327,10 @@ class LedgerWriter:
                 charged=written is not None,
                 priced={"charge": charge, "cost": charged, "discount": discount},
             )
+            # The hold ends with the row, charged or not: a letter replayed later is charged
+            # without one (decision beside contract 2.12, docs/ARCHITECTURE.md).
+            if not await self._end_hold(record, charged, written):
+                raise RedisError("spend hold not ended")
         except _STORE_ERRORS as exc:
             LEDGER_FAILURES.inc()
             logger.error(
@@ -501,3 +537,27 @@ def _trace_write(record: UsageRecord, charge: cost.Charge, written: ledger.Writt
         span.end()
     except Exception:
         logger.exception("ledger write span failed", extra={"usage_id": record.usage_id})
+def settlements(record: UsageRecord, charged: int, written: ledger.Written | None) -> list[settle.Settlement]:
+    """What ends the hold of `record` in each of its scopes, after its row's commit (`written`).
+    A duplicate (the row committed before, and this writer cannot tell at which version) is
+    subtracted by every read until the retention ends; a row not charged releases only."""
+    parts = []
+    for scope in record.held_scopes or ():
+        if written is None:
+            parts.append(settle.Settlement(scope))
+            continue
+        if not written.inserted:
+            parts.append(settle.Settlement(scope, charged, settle.UNKNOWN_VERSION))
+            continue
+        match kind(scope):
+            case Kind.USER_BALANCE:
+                parts.append(settle.Settlement(scope, charged, written.user_used))
+            case Kind.ORGANIZATION_BALANCE:
+                parts.append(settle.Settlement(scope, charged, written.organization_used))
+            case Kind.MEMBER_DAILY_LIMIT:
+                day = written.member_day
+                committed = member_day(record.organization_id or "", record.kilo_user_id, day[0]) if day else scope
+                if committed != scope:  # held on the day before midnight, charged on the next
+                    parts.append(settle.Settlement(scope))
+                parts.append(settle.Settlement(committed, charged, day[1] if day else None))
+    return parts

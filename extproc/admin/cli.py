@@ -20,7 +20,7 @@ from extproc.settings import load_settings
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 # The top-level words of the operator commands (cli.py makes their usage errors JSON too).
-COMMAND_GROUPS = ("user", "token", "credits", "org", "byok", "usage", "outbox")
+COMMAND_GROUPS = ("user", "token", "credits", "org", "byok", "usage", "outbox", "catalogue")
 
 
 def _print_error(message: str) -> None:
@@ -140,6 +140,11 @@ def add_subcommands(commands: argparse._SubParsersAction[_Parser]) -> None:
         do.outbox_replay,
     )
     p.add_argument("--entry", action="append", metavar="ID", help="only this entry (repeatable; default: all)")
+
+    prices = group("catalogue", "the price catalogue: each model's prices from the providers' /models")
+    p = action(prices, "show", "a model's stored prices at each provider (integer picodollars)", do.catalogue_show)
+    p.add_argument("model", metavar="MODEL")
+    action(prices, "refresh", "fetch the providers' /models now and store them", do.catalogue_refresh)
 
     byok_keys = group("byok", "customers' own provider keys (BYOK)")
     p = action(

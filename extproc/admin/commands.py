@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any
 
-from extproc.admin.connections import open_database, open_outbox, resolve_nextauth_secret
+import orjson
+
+from extproc.admin.connections import (
+    UpstreamUnavailable,
+    open_database,
+    open_outbox,
+    resolve_nextauth_secret,
+    resolve_priced_providers,
+)
 from extproc.admin.inputs import (
     AdminError,
     normalize_email,
@@ -174,3 +185,77 @@ async def outbox_replay(args: argparse.Namespace, settings: Settings) -> dict[st
         except LookupError as error:
             raise AdminError(str(error)) from None
 
+
+
+def _table_age(table: Any) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
+    return {
+        "fetched_at": datetime.fromtimestamp(table.fetched_at, timezone.utc).isoformat(),
+        "age_seconds": round(max(0.0, time.time() - table.fetched_at), 3),
+        "models": len(table.models),
+    }
+
+
+async def catalogue_show(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """The stored prices of a model at each priced provider, as the spend bound uses them."""
+    from extproc.pricing.candidates import candidate_models
+    from extproc.pricing.catalogue import PriceCatalogue
+    from extproc.pricing.refresh import PriceRefresher
+
+    model = parse_nonempty(args.model, "MODEL").strip().lower()
+    catalogue = PriceCatalogue()
+    async with open_database(settings) as conn:
+        await PriceRefresher(settings, lambda: _lent(conn), catalogue, holder="cli").load()
+    if not catalogue.tables:
+        raise AdminError("no price catalogue stored yet: run `llm-gateway catalogue refresh`")
+    providers: dict[str, Any] = {}
+    for provider, model_id in candidate_models(model, {}, settings.catalogue, routed_to="vercel"):
+        table = catalogue.tables.get(provider)
+        if table is None:
+            providers[provider] = {"model_id": model_id, "listed": False, "table": None}
+            continue
+        entry = catalogue.entry(provider, model_id)
+        providers[provider] = {
+            "model_id": model_id,
+            "listed": entry is not None,
+            # An unlisted model is bounded at the table's highest prices.
+            "prices": (entry or table.highest).as_json(),
+            "table": _table_age(table),
+        }
+    return {"model": model, "unit": PRICE_UNIT, "providers": providers}
+
+
+async def catalogue_refresh(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """Fetch every priced provider's `/models` now and store what passes the checks."""
+    from extproc.pricing.catalogue import PriceCatalogue
+    from extproc.pricing.refresh import FetchFailed, PriceRefresher
+
+    results: dict[str, Any] = {}
+    catalogue = PriceCatalogue()
+    async with open_database(settings) as conn:
+        refresher = PriceRefresher(
+            settings, lambda: _lent(conn), catalogue, holder=f"cli:{os.getpid()}", priced=resolve_priced_providers(settings)
+        )
+        await refresher.load()
+        for provider in refresher.providers():
+            try:
+                table = await refresher.refresh(provider, force=True)
+            except FetchFailed as error:
+                results[provider.id] = {"stored": False, "error": str(error)}
+                continue
+            if table is None:
+                results[provider.id] = {"stored": False, "error": "another replica is fetching it now"}
+            else:
+                results[provider.id] = {"stored": True, **_table_age(table)}
+    if not any(r["stored"] for r in results.values()):
+        raise UpstreamUnavailable(f"no price catalogue refreshed: {orjson.dumps(results).decode()}")
+    return {"providers": results}
+
+
+PRICE_UNIT = "picodollars (1e-12 USD) per token; request, image and web_search per request, image and search"
+
+
+@asynccontextmanager
+async def _lent(connection: Connection) -> AsyncIterator[Connection]:
+    yield connection

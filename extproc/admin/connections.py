@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -16,7 +17,8 @@ from extproc.accounting.outbox import Outbox
 from extproc.admin.inputs import AdminError
 from extproc.db import POSTGRES_ERRORS, Connection, init_connection
 from extproc.db.migrate import migrate
-from extproc.settings import Settings
+from extproc.pricing.catalogue import PRICED_PROVIDERS
+from extproc.settings import DEFAULT_PROVIDERS, Provider, Settings
 
 NO_DATABASE = "no database: set DATABASE_URL or start the stack with `make run`"
 NO_REDIS = "no Redis: set REDIS_URL or start the stack with `make run`"
@@ -69,6 +71,30 @@ def resolve_nextauth_secret(settings: Settings) -> str:
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached or failed: exit 1."""
+
+
+class UpstreamUnavailable(DatabaseUnavailable):
+    """No provider answered (`catalogue refresh`): exit 1."""
+
+
+def resolve_priced_providers(settings: Settings) -> tuple[Provider, ...]:
+    """The providers whose `/models` the price catalogue reads, where the ext_proc finds them:
+    the settings, or, when they name no provider key (so the local stack points every provider
+    at its mock upstream, extproc/local/stack.py), the running stack's mock."""
+    providers = [settings.providers[key] for key in PRICED_PROVIDERS if key in settings.routable_providers]
+    if any(p.api_key is not None for p in providers):
+        return tuple(providers)
+    try:
+        state = json.loads((_data_dir(settings) / "stack.json").read_text())
+    except (OSError, ValueError):
+        return tuple(providers)
+    mock = state.get("mock_upstream_url") if isinstance(state, dict) else None
+    if not isinstance(mock, str) or not mock:
+        return tuple(providers)
+    return tuple(
+        p.model_copy(update={"api_url": f"{mock.rstrip('/')}/{p.id}{urlsplit(DEFAULT_PROVIDERS[p.id]['api_url']).path}"})
+        for p in providers
+    )
 
 
 @asynccontextmanager

@@ -55,6 +55,95 @@ COMPLETION_PRICE = Decimal("1.5") * _MICRO_USD
 # OpenRouter charges BYOK requests a fee of 5 % of the upstream cost.
 BYOK_FEE = Decimal("0.05")
 
+# `GET …/models`: the models the tests use, each at the prices above (so the bill of any
+# reply is what these prices make of its usage), in OpenRouter's shape and, under `/vercel/`,
+# in Vercel AI Gateway's (under the ids Vercel gives them, contract 3.6).
+MODEL_CONTEXT_LENGTH = 1_000_000
+MODEL_MAX_COMPLETION_TOKENS = 65_536
+PRICED_MODELS = (
+    "anthropic/claude-haiku-4.5",
+    "anthropic/claude-opus-4.6",
+    "anthropic/claude-sonnet-4.6",
+    "google/gemini-2.5-pro",
+    "google/gemini-3.1-pro-preview",
+    "meta-llama/llama-4-maverick",
+    "minimax/minimax-m2.5",
+    "mistralai/codestral-2508",
+    "mistralai/devstral-2512",
+    "mistralai/mistral-large-2512",
+    "moonshotai/kimi-k2.5",
+    "openai/gpt-4o",
+    "openai/gpt-4o-mini",
+    "openai/gpt-5",
+    "openai/gpt-5.2",
+    "openai/gpt-5.3-codex",
+    "openai/gpt-oss-120b",
+    "qwen/qwen3-coder",
+    "x-ai/grok-4",
+    "x-ai/grok-code-fast-1",
+    "z-ai/glm-5",
+)
+
+
+def _usd(price: Decimal) -> str:
+    return format(price.normalize(), "f")
+
+
+def openrouter_models() -> dict[str, Any]:
+    """The mock's OpenRouter `GET /api/v1/models` answer."""
+    return {
+        "data": [
+            {
+                "id": model,
+                "name": model,
+                "context_length": MODEL_CONTEXT_LENGTH,
+                "pricing": {
+                    "prompt": _usd(PROMPT_PRICE),
+                    "completion": _usd(COMPLETION_PRICE),
+                    "request": "0",
+                    "image": "0",
+                    "web_search": "0",
+                    "internal_reasoning": "0",
+                    "input_cache_read": _usd(CACHED_PROMPT_PRICE),
+                },
+                "top_provider": {
+                    "context_length": MODEL_CONTEXT_LENGTH,
+                    "max_completion_tokens": MODEL_MAX_COMPLETION_TOKENS,
+                    "is_moderated": False,
+                },
+            }
+            for model in PRICED_MODELS
+        ]
+    }
+
+
+def vercel_models() -> dict[str, Any]:
+    """The mock's Vercel AI Gateway `GET /v1/models` answer."""
+    from extproc.catalogue import DEFAULT_FREE_MODELS, DEFAULT_RATE_LIMITED_TO_DEATH, Catalogue, FreeModel
+    from extproc.shaping.vercel import map_model_id_to_vercel
+
+    catalogue = Catalogue.build(
+        tuple(FreeModel.model_validate(m) for m in DEFAULT_FREE_MODELS), DEFAULT_RATE_LIMITED_TO_DEATH
+    )
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": map_model_id_to_vercel(model, catalogue),
+                "object": "model",
+                "type": "language",
+                "context_window": MODEL_CONTEXT_LENGTH,
+                "max_tokens": MODEL_MAX_COMPLETION_TOKENS,
+                "pricing": {
+                    "input": _usd(PROMPT_PRICE),
+                    "output": _usd(COMPLETION_PRICE),
+                    "input_cache_read": _usd(CACHED_PROMPT_PRICE),
+                },
+            }
+            for model in PRICED_MODELS
+        ],
+    }
+
 
 @dataclass(frozen=True)
 class MockOptions:
@@ -205,6 +294,8 @@ class _Plan:
     reasoning_tokens: list[str]
     prompt_tokens: int
     cached_tokens: int
+    # "length" when `max_tokens` cut the reply (reasoning counts first, as providers do).
+    finish_reason: str = "stop"
 
     def usage(self, content_sent: int, reasoning_sent: int) -> dict[str, Any]:
         completion = content_sent + reasoning_sent
@@ -240,14 +331,34 @@ def _plan(body: object, defaults: MockOptions) -> _Plan:
     if not isinstance(messages, list):
         raise MockRequestError('"messages" must be a list')
     prompt_tokens = max(1, len(orjson.dumps(messages)) // 4)
+    tokens = _TOKEN.findall(_reply_text(messages, options))
+    reasoning = _TOKEN.findall(options.reasoning or "")
+    limit = _reply_limit(body)
+    finish_reason = "stop"
+    if limit is not None and len(reasoning) + len(tokens) > limit:
+        reasoning = reasoning[:limit]
+        tokens = tokens[: limit - len(reasoning)]
+        finish_reason = "length"
     return _Plan(
         options=options,
         model=model,
-        tokens=_TOKEN.findall(_reply_text(messages, options)),
-        reasoning_tokens=_TOKEN.findall(options.reasoning or ""),
+        tokens=tokens,
+        reasoning_tokens=reasoning,
         prompt_tokens=prompt_tokens,
         cached_tokens=prompt_tokens // 4 if options.cached_tokens is None else options.cached_tokens,
+        finish_reason=finish_reason,
     )
+
+
+def _reply_limit(body: dict[str, Any]) -> int | None:
+    """The completion tokens the request allows, as a real upstream enforces them: the smaller
+    of `max_tokens` and `max_completion_tokens` that is a positive integer (reasoning included)."""
+    limits = [
+        value
+        for value in (body.get("max_tokens"), body.get("max_completion_tokens"))
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0
+    ]
+    return min(limits) if limits else None
 
 
 def expected_usage(request_body: dict[str, Any], options: MockOptions) -> dict[str, Any]:
@@ -309,6 +420,8 @@ class _State:
         if len(self.attempts) > MAX_GENERATIONS:
             del self.attempts[next(iter(self.attempts))]
         return count
+    # What `GET …/models` answers instead of the default (`PUT /__mock/models`): (status, body).
+    models_override: tuple[int, bytes] | None = None
 
     def finish(self, run: _Run, finish_reason: str | None, cancelled: bool) -> dict[str, Any]:
         """Record the generation and return its usage."""
@@ -366,10 +479,11 @@ _REASONING_DELTA = (
 )
 _DELTA_END = b'},"finish_reason":null,"native_finish_reason":null,"logprobs":null}]}\n\n'
 _ROLE_TAIL = _CONTENT_DELTA + b'""' + _DELTA_END
-_FINISH_TAIL = (
-    _CONTENT_DELTA
-    + b'""},"finish_reason":"stop","native_finish_reason":"stop","logprobs":null}]}\n\n'
-)
+_FINISH_TAILS = {
+    reason: _CONTENT_DELTA
+    + b'""},"finish_reason":"%s","native_finish_reason":"%s","logprobs":null}]}\n\n' % (reason.encode(), reason.encode())
+    for reason in ("stop", "length")
+}
 # An event whose data is cut inside a JSON string: not a JSON document.
 _MALFORMED_EVENT = b'data: {"id":"gen-malformed","choices":[{"delta":{"content":"unterminated\n\n'
 _ERROR_TAIL = (
@@ -441,11 +555,11 @@ async def _stream(request: web.Request, state: _State, run: _Run, record: Record
             await out.send(head + _ERROR_TAIL)
             finish_reason = "error"
         else:
-            await out.send(head + _FINISH_TAIL)
+            await out.send(head + _FINISH_TAILS[plan.finish_reason])
             if not options.no_usage:
                 usage = plan.usage(run.content_sent, run.reasoning_sent)
                 await out.send(head + b',"choices":[],"usage":' + orjson.dumps(usage) + b"}\n\n")
-            finish_reason = "stop"
+            finish_reason = plan.finish_reason
         await out.send(_DONE)
     except (asyncio.CancelledError, ConnectionError) as exc:
         # The client hung up: record what was generated so the gateway can
@@ -493,7 +607,7 @@ async def _chat_completions(request: web.Request, body: Any, record: Recorded) -
         return await _stream(request, state, run, record)
     run.content_sent = len(plan.tokens)
     run.reasoning_sent = len(plan.reasoning_tokens)
-    usage = state.finish(run, "stop", cancelled=False)
+    usage = state.finish(run, plan.finish_reason, cancelled=False)
     return json_response(
         {
             "id": run.id,
@@ -505,8 +619,8 @@ async def _chat_completions(request: web.Request, body: Any, record: Recorded) -
                 {
                     "index": 0,
                     "logprobs": None,
-                    "finish_reason": "stop",
-                    "native_finish_reason": "stop",
+                    "finish_reason": plan.finish_reason,
+                    "native_finish_reason": plan.finish_reason,
                     "message": {
                         "role": "assistant",
                         "content": "".join(plan.tokens),
@@ -561,6 +675,34 @@ async def _generation(request: web.Request) -> web.Response:
     return json_response({"data": generation.data})
 
 
+async def _models(request: web.Request) -> web.Response:
+    override = request.app[_STATE].models_override
+    if override is not None:
+        status, body = override
+        return web.Response(status=status, body=body, content_type="application/json")
+    vercel = request.path.startswith("/vercel/")
+    return json_response(vercel_models() if vercel else openrouter_models())
+
+
+async def _override_models(request: web.Request) -> web.Response:
+    """`{"status": 200, "body": <any JSON>}` or `{"status": 200, "raw": "<text>"}`: what every
+    `GET …/models` answers until `DELETE /__mock/models`."""
+    try:
+        spec = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        return _invalid_json(str(exc))
+    if not isinstance(spec, dict) or not _is_status(spec.get("status", 200)):
+        return _error(400, 'expected {"status": <200-599>, "body": <JSON>} or {"raw": <text>}')
+    raw = spec["raw"].encode() if isinstance(spec.get("raw"), str) else orjson.dumps(spec.get("body"))
+    request.app[_STATE].models_override = (spec.get("status", 200), raw)
+    return web.Response(status=204)
+
+
+async def _reset_models(request: web.Request) -> web.Response:
+    request.app[_STATE].models_override = None
+    return web.Response(status=204)
+
+
 async def _list_answers(request: web.Request) -> web.Response:
     return json_response(list(request.app[_STATE].answers))
 
@@ -572,6 +714,9 @@ def build_app(defaults: MockOptions | None = None) -> web.Application:
     # Match on the path suffix so any base path works (/api/v1, /v1/code, ...).
     app.router.add_post("/{base:(?:.*/)?}chat/completions", json_post(_chat_completions, _invalid_json))
     app.router.add_get("/{base:(?:.*/)?}generation", _generation)
+    app.router.add_put("/__mock/models", _override_models)
+    app.router.add_delete("/__mock/models", _reset_models)
+    app.router.add_get("/{base:(?:.*/)?}models", _models)
     return app
 
 

@@ -57,6 +57,8 @@ def finish_request(
     model = (summary.model if summary is not None else None) or "none"
     metrics.child(metrics.REQUESTS, "aborted" if aborted else str(status), provider, model).inc()
     if admitted is None or written_ahead is None:
+        if admitted is not None:  # failed after admission: never sent, never charged
+            _release_hold(core, admitted)
         return  # refused: nothing reached an upstream
     if tap is None or summary is None:
         # Cut before the response reached us (the upstream dropped the connection, or the
@@ -77,6 +79,7 @@ def finish_request(
             core.api_metrics.report(answered, summary)  # 8.1: every upstream response, the 402 too
     # Contract 6.2: a provider's 402 on Kilo's own key is answered 503 and not accounted.
     if tap.status == 402 and not admitted.user_byok:
+        _release_hold(core, admitted)
         core.submitter.forget(admitted.usage_id)
         return
     # The written-ahead record was serialised when written (Submitter.write_ahead) and is the
@@ -93,6 +96,12 @@ def finish_request(
     if admitted.abuse is not None and record.message_id:
         abuse = admitted.abuse.request_id(tap.first_byte_at)
     core.submitter.submit(record, abuse)
+
+
+def _release_hold(core: Collaborators, admitted: AdmittedRequest) -> None:
+    """A request that gets no ledger row: its spend hold ends now (nothing will be charged)."""
+    if admitted.hold is not None and core.holds is not None:
+        core.holds.release(admitted.usage_id, admitted.hold.scopes, admitted.hold.microdollars)
 
 
 def _request_log(admitted: AdmittedRequest, tap: ResponseTap) -> dict[str, Any] | None:
@@ -147,6 +156,8 @@ def unanswered_record(settings: Settings, admitted: AdmittedRequest) -> UsageRec
         # 7.5: the analytics events' inputs, carried only when analytics is on.
         posthog_distinct_id=user.email if user is not None and settings.posthog_api_key else None,
         prior_microdollar_usage=user.microdollars_used if user is not None else None,
+        held_scopes=admitted.hold.scopes if admitted.hold is not None else None,
+        held_microdollars=admitted.hold.microdollars if admitted.hold is not None else 0,
     )
 
 

@@ -11,15 +11,17 @@ import uuid
 from typing import Any
 
 from extproc import errors
-from extproc.accounting.record import request_facts
+from extproc.accounting.record import RequestFacts, request_facts
 from extproc.auth.rules import is_employee
 from extproc.collaborators import Collaborators
 from extproc.custom_llm import FORWARDABLE_KIND
 from extproc.directory import User
 from extproc.limits import Admission
+from extproc.pipeline import spend
 from extproc.pipeline.auto_model import apply_auto_model, resolve_auto_model
 from extproc.pipeline.balance import (
     organization_balance,
+    payment_required,
     promotion_active,
     require_balance,
 )
@@ -29,10 +31,12 @@ from extproc.pipeline.organization import apply_organization_rules, data_collect
 from extproc.pipeline.parse import parse_chat_request
 from extproc.pipeline.rejection import Rejection
 from extproc.pipeline.routing import Route
+from extproc.pipeline.spend import SpendHold
 from extproc.pipeline.upstream import Forwarded, forward
 from extproc.pipeline.validation import validate_request
 from extproc.shaping.provider_rules import apply_provider_specific_logic
 from extproc.shaping.transform import TransformResult, transform_request
+from extproc.side.abuse import Classification
 from extproc.state import AdmittedRequest, Caller, ClientRequest
 
 _LIMIT_REFUSALS = {
@@ -101,9 +105,36 @@ async def send_upstream(
     )
     validate_request(chat, catalogue)  # 2.11
     promotion = promotion_active(settings, model, identity)
+    usage_id = str(uuid.uuid4())
+    hold = None
     # 2.12 for signed-in callers, except on their organisation's own custom LLM.
     if identity.user is not None and route.custom_llm is None:
-        await _check_balance_and_organization(core, identity, identity.user, chat.body, model, byok=user_byok)
+        hold = await _check_balance_and_organization(
+            core, identity, identity.user, chat.body, model, route.provider.id, usage_id, byok=user_byok, promotion=promotion
+        )
+    try:
+        return await _shape_and_forward(core, request, caller, route, facts, abuse, promotion, usage_id, hold)
+    except BaseException:
+        if hold is not None and core.holds is not None:
+            core.holds.release(usage_id, hold.scopes, hold.microdollars)  # refused after its hold
+        raise
+
+
+async def _shape_and_forward(
+    core: Collaborators,
+    request: ClientRequest,
+    caller: Caller,
+    route: Route,
+    facts: RequestFacts,
+    abuse: Classification | None,
+    promotion: bool,
+    usage_id: str,
+    hold: SpendHold | None,
+) -> tuple[AdmittedRequest, Forwarded]:
+    """2.13 to 2.15."""
+    settings, catalogue = core.settings, core.settings.catalogue
+    chat, identity, client = caller.chat, caller.identity, caller.client
+    model = chat.model_lower
     data_collection_gate(chat.body, model, catalogue)  # 2.13
     tools, extra_headers = _shape(core, caller, route)
     route.record_metrics()
@@ -130,6 +161,8 @@ async def send_upstream(
         tools=tools,
         upstream_body=forwarded.body,
         translator=forwarded.translator,
+        usage_id=usage_id,
+        hold=hold,
     )
     return admitted, forwarded
 
@@ -160,15 +193,42 @@ def _shape(core: Collaborators, caller: Caller, route: Route) -> tuple[Transform
 
 
 async def _check_balance_and_organization(
-    core: Collaborators, identity: Identity, user: User, body: dict[str, Any], model: str, *, byok: bool
-) -> None:
+    core: Collaborators,
+    identity: Identity,
+    user: User,
+    body: dict[str, Any],
+    model: str,
+    provider_id: str,
+    usage_id: str,
+    *,
+    byok: bool,
+    promotion: bool,
+) -> SpendHold | None:
+    """2.12; the request's spend hold when it takes one (issue 23)."""
     settings, accounts = core.settings, core.accounts
-    if identity.organization_id is None:
-        if not byok:
-            await require_balance(settings, accounts, identity, model, user.balance_microdollars)
-        return
-    account = await accounts.organization_account(identity.organization_id, identity.user_id)
+    organization_id = identity.organization_id
+    account = None if organization_id is None else await accounts.organization_account(organization_id, identity.user_id)
+    hold = None
     if not byok:
-        await require_balance(settings, accounts, identity, model, organization_balance(account))
+        balance = user.balance_microdollars if organization_id is None else organization_balance(account)
+        holds = core.holds
+        paid = not (promotion or settings.catalogue.is_free_model(model))
+        if paid and settings.spend_holds and holds is not None and balance > 0:
+            if organization_id is None or account is None:
+                reads = spend.user_reads(user)
+            else:  # a positive organisation balance: the account was found
+                reads = spend.organization_reads(organization_id, identity.user_id, account)
+
+            async def refusal(available: int) -> errors.GatewayError:
+                return await payment_required(settings, accounts, identity, available)
+
+            try:
+                bound = spend.request_bound(settings, core.prices, model, body, provider_id)
+                hold = await spend.reserve(settings, holds, usage_id, reads, bound, body, refusal)
+            except spend.RedisDown:
+                await require_balance(settings, accounts, identity, model, balance)
+        else:
+            await require_balance(settings, accounts, identity, model, balance)
     if account is not None:
         apply_organization_rules(body, model, account.plan, account.settings, settings.catalogue)
+    return hold

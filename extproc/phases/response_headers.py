@@ -18,6 +18,7 @@ from extproc.state import AdmittedRequest, ResponseTap
 WHITELIST = frozenset({"date", "content-type", "request-id"})
 # Stops a client or proxy from recompressing what the gateway streams.
 ADDED = {"content-encoding": "identity"}
+LOWERED_MAX_TOKENS = "x-gateway-max-tokens"
 
 
 def rewrites_free_model(settings: Settings, admitted: AdmittedRequest) -> bool:
@@ -50,4 +51,8 @@ def open_response(
             tap.rewriter = SseRewriter(admitted.chat.model_lower)
     remove = [name for name in headers if not name.startswith(":") and name not in WHITELIST]
     mode = protocol.STREAMED if streamed else protocol.BUFFERED
-    return tap, protocol.response_headers_reply(ADDED, remove, mode)
+    added = ADDED
+    if admitted is not None and admitted.hold is not None and admitted.hold.max_tokens is not None:
+        # Issue 23: the reply was limited to what the caller's balance covers.
+        added = {**ADDED, LOWERED_MAX_TOKENS: str(admitted.hold.max_tokens)}
+    return tap, protocol.response_headers_reply(added, remove, mode)

@@ -33,12 +33,15 @@ async def require_balance(
 ) -> None:
     if balance > 0 or settings.catalogue.is_free_model(model_lower) or promotion_active(settings, model_lower, identity):
         return
+    raise Rejection(await payment_required(settings, directory, identity, balance))
+
+
+async def payment_required(settings: Settings, directory: Accounts, identity: Identity, balance: int) -> errors.GatewayError:
+    """The contract's 402 for `balance`, first-time or returning."""
     returning = await directory.is_returning_customer(identity.user_id)
-    raise Rejection(
-        errors.payment_required(
-            returning=returning,
-            balance_microdollars=balance,
-            buy_credits_url=f"{settings.app_url}/profile",
-            bonus_usd=settings.first_topup_bonus_usd,
-        )
+    return errors.payment_required(
+        returning=returning,
+        balance_microdollars=balance,
+        buy_credits_url=f"{settings.app_url}/profile",
+        bonus_usd=settings.first_topup_bonus_usd,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from extproc.admission.holds import Hold, ScopeRead
 from extproc.custom_llm import CustomLlm, PinnedUpstream
 from extproc.directory import OrganizationAccount, User
 from extproc.limits import Admission
@@ -67,3 +68,12 @@ class ErrorRateSource(Protocol):
     """OpenRouter's and Vercel's recent error rates (3.5)."""
 
     async def get(self) -> tuple[float, float]: ...
+
+
+class SpendHolder(Protocol):
+    """The spend holds of paid requests (issue 23; extproc/admission)."""
+
+    async def hold(self, usage_id: str, reads: Sequence[ScopeRead], bound: int, floor: int) -> Hold: ...
+
+    def release(self, usage_id: str, scopes: list[str], microdollars: int) -> None: ...
+
