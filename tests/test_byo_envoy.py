@@ -375,7 +375,11 @@ def test_a_paid_stream_passes_through_and_is_charged_once(byo: ByoEnvoy) -> None
     # Byte for byte what the provider sent, and the provider saw only the gateway's headers.
     assert response.content == received["response"].encode()
     assert _events(response.content)[-1] == b"data: [DONE]"
-    assert set(received["headers"]) == {"host", "authorization", "http-referer", "x-title", "content-type", "content-length"}
+    # The shipped file traces (envoy/CONTRACT.md 10a): Envoy's tracer adds its own W3C context
+    # for the attempt's span, the only headers beside the contract's (2.15).
+    assert set(received["headers"]) == {
+        "host", "authorization", "http-referer", "x-title", "content-type", "content-length", "traceparent", "tracestate"
+    }
     assert received["headers"]["authorization"] == "Bearer mock-openrouter-key"
     assert received["headers"]["host"] == "openrouter.ai"
 

@@ -28,6 +28,7 @@ from extproc.admission.holds import ScopeRead
 from extproc.directory import OrganizationAccount, User
 from extproc.pipeline.ports import SpendHolder
 from extproc.pipeline.rejection import Rejection
+from extproc.pipeline.upstream import serialised
 from extproc.pricing.bound import SpendBound, largest_max_tokens, spend_bound
 from extproc.pricing.candidates import candidate_models
 from extproc.pricing.catalogue import PriceCatalogue, PricesUnavailable
@@ -73,7 +74,8 @@ def request_bound(settings: Settings, prices: PriceCatalogue, model: str, body: 
         model, body, settings.catalogue, routed_to=provider_id, universal_vercel_routing=settings.universal_vercel_routing
     )
     try:
-        return spend_bound(body, prices.candidates(models), model_id=model)
+        # Measured as it will be sent; a body too deep to send is the contract's 400 here too.
+        return spend_bound(body, prices.candidates(models), model_id=model, body_bytes=len(serialised(body)))
     except PricesUnavailable as exc:
         logger.error("no price catalogue loaded; paid requests refused", extra=logs.failure(exc))
         raise Rejection(errors.SERVICE_UNAVAILABLE) from exc

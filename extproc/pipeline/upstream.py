@@ -70,7 +70,7 @@ def translated_headers(route: Route, request: ProviderRequest, body_length: int)
     return headers
 
 
-def _serialised(body: dict[str, Any]) -> bytes:
+def serialised(body: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(body)
     except orjson.JSONEncodeError:
@@ -106,10 +106,10 @@ async def forward(
             await phase_memory.inject(request.body)
         on_phase = phase_memory.remember if phase_memory is not None else None
         translator = llm.response_translator(legacy_extension=legacy_extension, on_phase=on_phase)
-        body = _serialised(request.body)
+        body = serialised(request.body)
         headers = translated_headers(route, request, len(body))
     else:
-        body = _serialised(chat.body)
+        body = serialised(chat.body)
         headers = upstream_headers(settings, route, query, len(body), extra_headers)
     remove = [
         name
