@@ -420,22 +420,16 @@ def _provider_cluster(settings: Settings, provider: Provider) -> dict[str, Any]:
     }
     options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     if provider.tls:
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": _typed(
-                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                sni=provider.host,
-                common_tls_context={
-                    "alpn_protocols": ["h2", "http/1.1"],
-                    "validation_context": {
-                        "trusted_ca": {"filename": settings.ca_bundle},
-                        "match_typed_subject_alt_names": [
-                            {"san_type": "DNS", "matcher": {"exact": provider.host}}
-                        ],
-                    },
+        cluster["transport_socket"] = _upstream_tls(
+            {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "validation_context": {
+                    "trusted_ca": {"filename": settings.ca_bundle},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": provider.host}}],
                 },
-            ),
-        }
+            },
+            sni=provider.host,
+        )
         protocol: dict[str, Any] = {"auto_config": {"http2_protocol_options": {}, "http_protocol_options": {}}}
     else:
         protocol = {"explicit_http_config": {"http_protocol_options": {}}}
@@ -481,15 +475,23 @@ def _custom_llm_clusters(settings: Settings) -> list[dict[str, Any]]:
             },
         }
         if tls:
-            cluster["transport_socket"] = {
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": _typed(
-                    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                    common_tls_context={"validation_context": {"trusted_ca": {"filename": settings.ca_bundle}}},
-                ),
-            }
+            cluster["transport_socket"] = _upstream_tls(
+                {"validation_context": {"trusted_ca": {"filename": settings.ca_bundle}}}
+            )
         clusters.append(cluster)
     return clusters
+
+
+def _upstream_tls(common_tls_context: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A cluster's TLS transport socket (`fields`: the UpstreamTlsContext's own, e.g. `sni`)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": _typed(
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            **fields,
+            common_tls_context=common_tls_context,
+        ),
+    }
 
 
 def _extproc_cluster(settings: Settings) -> dict[str, Any]:
@@ -587,14 +589,9 @@ def _collector_cluster(settings: Settings, trace_url: str) -> dict[str, Any]:
         },
     }
     if collector.tls:
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": _typed(
-                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                sni=collector.host,
-                common_tls_context={"validation_context": {"trusted_ca": {"filename": settings.ca_bundle}}},
-            ),
-        }
+        cluster["transport_socket"] = _upstream_tls(
+            {"validation_context": {"trusted_ca": {"filename": settings.ca_bundle}}}, sni=collector.host
+        )
     return cluster
 
 
